@@ -160,7 +160,12 @@ def generate_release(chapter: str, release_dir: Path, source_dir: Path = SOURCE_
     return path
 
 
-def build(check: bool = False, chapters_: list[str] | None = None, force: bool = False) -> list[str]:
+def build(
+    check: bool = False,
+    chapters_: list[str] | None = None,
+    force: bool = False,
+    release_dir: Path = RELEASE_DIR,
+) -> list[str]:
     """Render source notebooks and regenerate learner notebooks. Returns the drift found.
 
     With ``check=True`` nothing is written. Without it, a learner notebook that differs from
@@ -180,16 +185,16 @@ def build(check: bool = False, chapters_: list[str] | None = None, force: bool =
             shutil.copytree(src.parent, staged / chapter)
             write_notebook(nb, staged / chapter / f"{chapter}.ipynb")
             fresh = generate_release(chapter, Path(tmp) / "release", staged)
-            target = release_path(chapter)
+            target = release_path(chapter, release_dir)
             fresh_text = fresh.read_text(encoding="utf-8")
             if target.exists() and target.read_text(encoding="utf-8") == fresh_text:
                 continue
-            drift.append(f"{target.relative_to(ROOT)}: not what nbgrader generates from the source notebook")
+            drift.append(f"{_shown(target)}: not what nbgrader generates from the source notebook")
             if check:
                 continue
             if target.exists() and not force and _learner_edited(target):
                 raise SystemExit(
-                    f"{target.relative_to(ROOT)} has answers or changes of yours in it; not replaced. "
+                    f"{_shown(target)} has answers or outputs of yours in it; not replaced. "
                     "Re-run with --force to replace it (a backup is kept beside it)."
                 )
             if target.exists():
@@ -197,6 +202,10 @@ def build(check: bool = False, chapters_: list[str] | None = None, force: bool =
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(fresh.parent, target.parent, dirs_exist_ok=True)
     return drift
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _learner_edited(path: Path) -> bool:

@@ -1,0 +1,46 @@
+"""Shared fixtures: paths, and running a notebook the way Jupyter and nbgrader do."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = 300):
+    """Run a notebook top to bottom in a fresh kernel, in its own folder; returns (nb, seconds)."""
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", allow_errors=allow_errors,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return nb, time.perf_counter() - start
+
+
+def text_outputs(nb) -> list[str]:
+    """Printed text of every code cell, for comparing two runs."""
+    out = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        out.append("".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"))
+    return out

@@ -1,0 +1,100 @@
+"""How ``autograder.check`` talks to a learner: ✓ lines, ✗ reports, and clear refusals."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import autograder
+from autograder import CheckpointFailed, CheckUsageError
+from autograder.core import lookup, run
+from solutions import tokenizer
+
+
+def test_pass_prints_one_line(capsys):
+    result = autograder.check("01.merge", tokenizer.merge)
+    out = capsys.readouterr().out
+    assert result.passed and out.startswith("✓ 01.merge") and out.count("\n") == 1
+
+
+def test_failure_is_an_assertion_error_with_call_difference_and_hint():
+    def merge(ids, pair, new_id):
+        return list(ids)
+
+    with pytest.raises(AssertionError) as info:
+        autograder.check("01.merge", merge)
+    message = str(info.value)
+    assert isinstance(info.value, CheckpointFailed)
+    assert message.startswith("✗ 01.merge")
+    for field in ("called:   merge([1, 2, 3, 1, 2], (1, 2), 256)", "expected: [256, 3, 256]",
+                  "got:      [1, 2, 3, 1, 2]", "first difference at index 0", "hint:"):
+        assert field in message
+
+
+def test_a_stub_is_reported_as_not_implemented():
+    def merge(ids, pair, new_id):
+        raise NotImplementedError()
+
+    with pytest.raises(CheckpointFailed, match="not implemented yet"):
+        autograder.check("01.merge", merge)
+
+
+def test_a_crash_names_the_learners_line_not_a_traceback():
+    def merge(ids, pair, new_id):
+        return [ids[i] for i in range(len(ids) + 1)]
+
+    with pytest.raises(CheckpointFailed) as info:
+        autograder.check("01.merge", merge)
+    message = str(info.value)
+    assert "raised IndexError" in message and "line" in message and "Traceback" not in message
+
+
+@pytest.mark.parametrize(
+    "checkpoint_id, fn, fragment",
+    [
+        ("01.merj", tokenizer.merge, "Did you mean '01.merge'"),
+        ("nonsense", tokenizer.merge, "autograder.checkpoints() lists them all"),
+        (1, tokenizer.merge, "checkpoint id such as"),
+        ("01.merge", [256, 3], "needs your function"),
+        ("01.merge", None, "pass the function itself"),
+        ("01.merge", lambda ids, pair: ids, "with 3 argument(s), but yours is"),
+        ("01.train_bpe", lambda text, vocab_size: {}, "Keep the signature given in the notebook"),
+    ],
+)
+def test_bad_use_of_check_is_refused_clearly(checkpoint_id, fn, fragment):
+    with pytest.raises(CheckUsageError) as info:
+        autograder.check(checkpoint_id, fn)
+    assert fragment in str(info.value)
+
+
+def test_a_function_with_defaults_or_star_args_is_accepted():
+    def encode_ordinary(*args, **kwargs):
+        return tokenizer.encode_ordinary(*args)
+
+    autograder.check("01.encode", encode_ordinary, quiet=True)
+
+
+def test_checkpoints_are_listed_in_order():
+    ids = autograder.checkpoints()
+    assert ids == sorted(ids)
+    assert {"01.merge", "01.train_bpe", "01.encode", "01.decode", "01.special_tokens"} <= set(ids)
+
+
+def test_cases_are_seeded_and_the_hidden_seed_differs():
+    cp = lookup("01.merge")
+    first = [c.args for c in cp.cases(random.Random("01.merge/0"))]
+    again = [c.args for c in cp.cases(random.Random("01.merge/0"))]
+    hidden = [c.args for c in cp.cases(random.Random(f"01.merge/{autograder._hidden_seed()}"))]
+    assert first == again and first != hidden
+
+
+def test_hard_coding_the_visible_cases_fails_the_hidden_check():
+    visible = {repr(c.args): tokenizer.merge(*c.args) for c in lookup("01.merge").cases(random.Random("01.merge/0"))}
+
+    def merge(ids, pair, new_id):
+        return visible.get(repr((ids, pair, new_id)), [])
+
+    assert run(lookup("01.merge"), merge).passed
+    with pytest.raises(CheckpointFailed):
+        autograder.check("01.merge", merge, hidden=True)
