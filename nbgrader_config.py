@@ -13,7 +13,6 @@ ROOT = Path(__file__).resolve().parent
 # Without the course root on the kernel's path, `import autograder` fails in every test
 # cell and every checkpoint scores 0 without saying why.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-os.environ.setdefault("MPLBACKEND", "Agg")
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 

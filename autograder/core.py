@@ -52,6 +52,13 @@ class Raised:
         return f"raises {self.type.__name__}" + (f" ({self.message[:80]})" if self.message else "")
 
 
+class Label(str):
+    """A stand-in shown in reports instead of a large argument: printed without quotes."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 @dataclass
 class Case:
     """One call of the learner's function: ``fn(*args)``."""
@@ -112,6 +119,8 @@ COMMON_HINTS = {
     "place changes data the caller still needs.",
     "return_type": "Return the type the docstring promises (a list, not a tuple or a generator; "
     "str, not bytes): compare the 'expected' and 'got' lines above.",
+    "code_error": "Your code uses a name that does not exist here (a missing import, a typo, or a "
+    "cell above that was not run); the line above shows where.",
     "raised": "Your function raised an exception on this input; the line above shows where. "
     "Try the same call in a cell of its own and print the intermediate values.",
 }
@@ -177,7 +186,8 @@ def _learner_frame(exc: BaseException) -> str:
         return ""
     f = mine[-1]
     where = "your cell" if f.filename.startswith("<") or "ipykernel" in f.filename else f.filename
-    return f" (in {f.name}, {where}, line {f.lineno}: {f.line or ''})"
+    code = f": {f.line.strip()}" if f.line else ""
+    return f" (in {f.name}, {where}, line {f.lineno}{code})"
 
 
 def call(fn: Callable, args: tuple) -> Any:
@@ -232,6 +242,8 @@ def _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn) -> s
         for matches, hint in cp.raised_hints:
             if matches(got):
                 return hint
+        if issubclass(got.type, (NameError, ImportError, AttributeError)):
+            return "code_error"
         return case.hint if case.hint != "default" else "raised"
     if not isinstance(expected, Raised) and cp.compare is None and type(got) is not type(expected):
         if not (isinstance(expected, int) and isinstance(got, int)):

@@ -87,16 +87,17 @@ def train_bpe(
     the text, each unique chunk weighted by how often it occurs. Ties go to the pair whose
     bytes sort first. Training stops early when no pair is left to merge.
 
-    Counting is incremental: a merge only changes the pair counts of the words that
-    contain the merged pair, so we keep ``pair -> words containing it`` and a max-heap of
-    counts with lazy deletion, instead of recounting the corpus after every merge.
+    Counting here is incremental (a recount after every merge gives the same result, only
+    slower): a merge only changes the pair counts of the words that contain the merged
+    pair, so we keep ``pair -> words containing it`` and a max-heap of counts with lazy
+    deletion.
     """
     n_special = len(special_tokens)
     if vocab_size < 256 + n_special:
+        specials = f" plus {n_special} for the special tokens" if n_special else ""
         raise ValueError(
-            f"vocab_size={vocab_size} is too small: a byte-level vocabulary needs 256 ids "
-            f"for the single bytes plus {n_special} for the special tokens. "
-            f"Use vocab_size >= {256 + n_special}."
+            f"vocab_size={vocab_size} is too small: a byte-level vocabulary needs 256 ids for "
+            f"the single bytes{specials}. Use vocab_size >= {256 + n_special}."
         )
     n_merges = vocab_size - 256 - n_special
 

@@ -48,13 +48,13 @@ def graded(tmp_path_factory):
     submit(course, "untouched", nbformat.read(release_path(CHAPTER), as_version=4))
 
     wrong = nbformat.read(source_path(CHAPTER), as_version=4)
-    cell = answer_cell(wrong, "merge")
-    cell.source = cell.source.split("### BEGIN SOLUTION")[0] + "return list(ids)\n"
+    cell = answer_cell(wrong, "decode")  # a leaf: no later answer calls decode
+    cell.source = cell.source.split("### BEGIN SOLUTION")[0] + 'return b"".join(vocab[i] for i in ids).decode()\n'
     submit(course, "wrong", wrong)
 
     tampered = nbformat.read(source_path(CHAPTER), as_version=4)
-    answer_cell(tampered, "merge").source = answer_cell(wrong, "merge").source
-    answer_cell(tampered, "check_merge").source = "print('✓ trust me')"
+    answer_cell(tampered, "decode").source = answer_cell(wrong, "decode").source
+    answer_cell(tampered, "check_decode").source = "print('✓ trust me')"
     tampered.cells.remove(answer_cell(tampered, "check_train_bpe"))
     submit(course, "tampered", tampered)
 
@@ -78,7 +78,7 @@ def test_full_zero_and_partial_marks(graded):
     _, scores, _ = graded
     assert scores["full"] == TOTAL
     assert scores["untouched"] == 0
-    assert scores["wrong"] == TOTAL - 1  # only 01.merge (1 point) is wrong
+    assert scores["wrong"] == TOTAL - 1  # only 01.decode (1 point) is wrong
 
 
 def test_edited_and_deleted_test_cells_are_restored(graded):
@@ -89,7 +89,7 @@ def test_edited_and_deleted_test_cells_are_restored(graded):
 def test_feedback_shows_the_hint_but_not_the_hidden_tests(graded):
     course, _, _ = graded
     html = (course / "feedback" / "wrong" / CHAPTER / f"{CHAPTER}.html").read_text()
-    assert "01.merge" in html and "hint" in html
+    assert "01.decode" in html and "decode with errors=" in html
     assert "hidden=True" not in html and "BEGIN HIDDEN TESTS" not in html
 
 

@@ -116,3 +116,17 @@ def test_invalid_utf8_decodes_to_replacement_characters_like_tiktoken(cl100k):
     ours = BPETokenizer.from_tiktoken(cl100k)
     ids = cl100k.encode("🙂")[:1] + cl100k.encode("ok")
     assert ours.decode(ids) == cl100k.decode(ids)
+
+
+def test_the_shipped_course_tokenizer():
+    from solutions.course_data import TOKENIZER_VOCAB_SIZE, load_corpus, load_course_tokenizer
+    from solutions.tokenizer import COURSE_SPECIAL_TOKENS
+
+    tok = load_course_tokenizer()
+    assert tok.n_vocab == TOKENIZER_VOCAB_SIZE == 4096
+    assert list(tok.special_tokens) == list(COURSE_SPECIAL_TOKENS)
+    val = load_corpus("val", max_chars=20_000)
+    ids = tok.encode(val, allowed_special={"<|endoftext|>"})
+    assert tok.decode(ids) == val
+    assert ids == tok.to_tiktoken().encode(val, allowed_special={"<|endoftext|>"})
+    assert len(val.encode()) / len(ids) > 3  # it compresses the stories it was trained on

@@ -13,7 +13,7 @@ from collections import Counter
 
 import regex
 
-from ..core import Case, Checkpoint, register
+from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
 
 tok = functools.partial(reference, "solutions.tokenizer")
@@ -121,7 +121,7 @@ def _merge_bound(stop: int):
 
 register(Checkpoint(
     id="01.merge",
-    title="merge(ids, pair, new_id)",
+    title="merges left to right, overlaps and edges included",
     signature="merge(ids, pair, new_id)",
     cases=merge_cases,
     reference=tok("merge"),
@@ -150,7 +150,7 @@ def train_cases(rng: random.Random) -> list[Case]:
     stories = "<|endoftext|>".join(sample_text(rng, 150) for _ in range(8))
 
     def case(label, args, hint="default"):
-        return Case(label, args, hint, show=(f"<{len(args[0])} characters>", *args[1:2], "GPT4_SPLIT_PATTERN", *args[3:]))
+        return Case(label, args, hint, show=(Label(f"<{len(args[0])} characters>") if len(args[0]) > 60 else args[0], args[1], Label("GPT4_SPLIT_PATTERN"), *args[3:]))
 
     return [
         case("vocab_size below 256", (text, 200, pat, ()), "too_small"),
@@ -239,7 +239,7 @@ def _diagnose_merge(token, text, chunks, words, special_tokens, counts) -> str:
 
 register(Checkpoint(
     id="01.train_bpe",
-    title="train_bpe(text, vocab_size, pat_str, special_tokens): every merge is a most frequent pair",
+    title="every merge is a most frequent pair; size and special tokens right",
     signature="train_bpe(text, vocab_size, pat_str, special_tokens)",
     cases=train_cases,
     reference=tok("train_bpe"),
@@ -276,10 +276,10 @@ register(Checkpoint(
 def encode_cases(rng: random.Random) -> list[Case]:
     pat = tok("GPT4_SPLIT_PATTERN")
     ranks = trained_ranks(rng.randrange(3))
-    shown = "<400 trained ranks>"
+    shown = Label("<400 trained ranks>")
 
     def case(label, text, ranks_=ranks, hint="default", name=shown):
-        return Case(label, (text, ranks_, pat), hint, show=(text, name, "GPT4_SPLIT_PATTERN"))
+        return Case(label, (text, ranks_, pat), hint, show=(text, Label(name), Label("GPT4_SPLIT_PATTERN")))
 
     cases = [
         case("an empty text", "", hint="empty"),
@@ -353,7 +353,7 @@ def _reference_chunk(chunk, ranks):
 
 register(Checkpoint(
     id="01.encode",
-    title="encode_ordinary(text, mergeable_ranks, pat_str): ids identical to the reference and tiktoken",
+    title="ids identical to the reference, GPT-4's vocabulary included",
     signature="encode_ordinary(text, mergeable_ranks, pat_str)",
     cases=encode_cases,
     reference=tok("encode_ordinary"),
@@ -388,7 +388,7 @@ def decode_cases(rng: random.Random) -> list[Case]:
     ranks = trained_ranks(rng.randrange(3))
     vocab = {r: t for t, r in ranks.items()}
     vocab[len(ranks)] = b"<|endoftext|>"
-    shown = f"<vocab of {len(vocab)} tokens>"
+    shown = Label(f"<vocab of {len(vocab)} tokens>")
     encode = tok("encode_ordinary")
     pat = tok("GPT4_SPLIT_PATTERN")
 
@@ -412,7 +412,7 @@ def decode_cases(rng: random.Random) -> list[Case]:
 
 register(Checkpoint(
     id="01.decode",
-    title="decode(ids, vocab): bytes joined first, invalid UTF-8 replaced, unknown ids refused",
+    title="bytes joined first, invalid UTF-8 replaced, unknown ids refused",
     signature="decode(ids, vocab)",
     cases=decode_cases,
     reference=tok("decode"),
@@ -443,7 +443,7 @@ def special_cases(rng: random.Random) -> list[Case]:
     nested = {"<|im_start|>": n, "<|im_start|>assistant": n + 1}
 
     def case(label, text, specials, hint="default"):
-        return Case(label, (text, ranks, pat, specials), hint, show=(text, "<400 trained ranks>", "GPT4_SPLIT_PATTERN", specials))
+        return Case(label, (text, ranks, pat, specials), hint, show=(text, Label("<400 trained ranks>"), Label("GPT4_SPLIT_PATTERN"), specials))
 
     cases = [
         case("no special token in the text", "A cat sat on the mat.", eot),
@@ -469,7 +469,7 @@ def diagnose_special(case: Case, expected, got) -> str | None:
 
 register(Checkpoint(
     id="01.special_tokens",
-    title="encode(text, mergeable_ranks, pat_str, special_tokens): special tokens become single ids",
+    title="special tokens become single ids, the text between them ordinary",
     signature="encode(text, mergeable_ranks, pat_str, special_tokens)",
     cases=special_cases,
     reference=tok("encode"),

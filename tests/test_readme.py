@@ -1,0 +1,28 @@
+"""The README's set-up and test commands are the ones CI runs, and they are real commands."""
+
+from __future__ import annotations
+
+import subprocess
+
+from autograder.notebooks import ROOT
+
+
+def readme_command(marker: str) -> str:
+    script = (ROOT / ".ci" / "run").read_text()
+    helper = script[script.index("readme_command() {") : script.index("\n}\n") + 3]
+    done = subprocess.run(["bash", "-c", f"{helper}\nreadme_command {marker}"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_ci_reads_the_setup_and_test_commands_from_the_readme():
+    setup, tests = readme_command("setup-command"), readme_command("test-command")
+    assert setup.startswith("python3.11 -m venv .venv") and "pip install -r requirements.txt" in setup
+    assert tests == ".venv/bin/python -m pytest"
+    assert 'bash -c "$setup"' in (ROOT / ".ci" / "run").read_text()
+    assert 'bash -c "$tests"' in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_speaks_to_all_three_users():
+    text = (ROOT / "README.md").read_text()
+    for heading in ("## For learners", "## For instructors", "## For workshop organisers"):
+        assert heading in text
