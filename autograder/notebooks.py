@@ -165,10 +165,11 @@ def build(
     chapters_: list[str] | None = None,
     force: bool = False,
     release_dir: Path = RELEASE_DIR,
+    write_sources: bool = True,
 ) -> list[str]:
     """Render source notebooks and regenerate learner notebooks. Returns the drift found.
 
-    With ``check=True`` nothing is written. Without it, a learner notebook that differs from
+    With ``check=True`` nothing is written (``write_sources=False``: only ``release_dir`` is). Without it, a learner notebook that differs from
     what was last generated (someone worked in it) is only replaced with ``force=True``,
     after a backup.
     """
@@ -178,7 +179,7 @@ def build(
         nb = nbformat.read(src, as_version=4)
         if render_notebook(nb):
             drift.append(f"{src.relative_to(ROOT)}: solution cells differ from solutions/ (run `python -m autograder build`)")
-            if not check:
+            if not check and write_sources:
                 write_notebook(nb, src)
         with tempfile.TemporaryDirectory() as tmp:
             staged = Path(tmp) / "source"
@@ -192,12 +193,12 @@ def build(
             drift.append(f"{_shown(target)}: not what nbgrader generates from the source notebook")
             if check:
                 continue
-            if target.exists() and not force and _learner_edited(target):
-                raise SystemExit(
-                    f"{_shown(target)} has answers or outputs of yours in it; not replaced. "
-                    "Re-run with --force to replace it (a backup is kept beside it)."
-                )
-            if target.exists():
+            if target.exists() and _learner_edited(target):
+                if not force:
+                    raise SystemExit(
+                        f"{_shown(target)} has answers or outputs of yours in it; not replaced. "
+                        "Re-run with --force to replace it (a backup is kept beside it)."
+                    )
                 shutil.copy2(target, target.with_name(target.stem + ".backup.ipynb"))
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(fresh.parent, target.parent, dirs_exist_ok=True)

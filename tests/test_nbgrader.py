@@ -95,6 +95,6 @@ def test_feedback_shows_the_hint_but_not_the_hidden_tests(graded):
 
 def test_release_has_no_solutions_or_hidden_tests(graded):
     course, _, _ = graded
-    text = (course / "release" / CHAPTER / f"{CHAPTER}.ipynb").read_text()
+    text = (course / "chapters" / CHAPTER / f"{CHAPTER}.ipynb").read_text()
     assert "BEGIN SOLUTION" not in text and "hidden=True" not in text
     assert text.count("raise NotImplementedError()") >= 5
