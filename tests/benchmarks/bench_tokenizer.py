@@ -1,6 +1,6 @@
 """Benchmark: BPE training speed, and encoding speed of the reference against tiktoken.
 
-Run: python tests/benchmarks/bench_tokenizer.py [--mb 1] [--merges 2000]
+Run from the repository root: python -m tests.benchmarks.bench_tokenizer [--mb 1] [--merges 2000]
 
 Prints, measured side by side in this run:
 * the reference trainer (incremental pair counts + heap) on N MB of the course corpus,
@@ -20,28 +20,13 @@ from collections import Counter
 import regex
 
 from solutions.course_data import load_corpus
-from solutions.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer, merge, train_bpe
+from solutions.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer, train_bpe
+from tests.catalogue.ch01_tokenizer import naive_bpe
 
 
 def naive_train(text: str, n_merges: int) -> dict[bytes, int]:
     """The textbook loop: recount all pairs of all chunks after every merge."""
-    chunks = Counter(regex.findall(GPT4_SPLIT_PATTERN, text))
-    words = {c: list(c.encode()) for c in chunks}
-    ranks = {bytes([i]): i for i in range(256)}
-    vocab = {i: bytes([i]) for i in range(256)}
-    for _ in range(n_merges):
-        counts = Counter()
-        for c, ids in words.items():
-            for pair in zip(ids, ids[1:]):
-                counts[pair] += chunks[c]
-        if not counts:
-            break
-        best = max(counts, key=counts.get)
-        new_id = len(vocab)
-        vocab[new_id] = vocab[best[0]] + vocab[best[1]]
-        ranks[vocab[new_id]] = new_id
-        words = {c: merge(ids, best, new_id) for c, ids in words.items()}
-    return ranks
+    return naive_bpe(Counter(regex.findall(GPT4_SPLIT_PATTERN, text)), n_merges)
 
 
 def timed(fn, *args):

@@ -95,7 +95,9 @@ def _words(text, pat_str, special_tokens, split=True):
     return Counter(chunks)
 
 
-def _train(chunks, n_merges, weighted=True, pick=max):
+def naive_bpe(chunks: Counter, n_merges: int, weighted: bool = True, pick=max) -> dict[bytes, int]:
+    """The textbook trainer: recount every pair after every merge. Correct as called by
+    default (the benchmark's baseline); the mistakes below bend one of its choices."""
     words = {chunk: list(chunk.encode("utf-8")) for chunk in chunks}
     ranks = {bytes([i]): i for i in range(256)}
     vocab = {i: bytes([i]) for i in range(256)}
@@ -131,36 +133,36 @@ def _check_size(vocab_size, special_tokens):
 @mistake("01.train_bpe", "presplit")
 def train_without_presplit(text, vocab_size, pat_str, special_tokens):
     _check_size(vocab_size, special_tokens)
-    return _train(_words(text, pat_str, special_tokens, split=False), vocab_size - 256 - len(special_tokens))
+    return naive_bpe(_words(text, pat_str, special_tokens, split=False), vocab_size - 256 - len(special_tokens))
 
 
 @mistake("01.train_bpe", "frequency")
 def train_counting_distinct_chunks_once(text, vocab_size, pat_str, special_tokens):
     _check_size(vocab_size, special_tokens)
-    return _train(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens), weighted=False)
+    return naive_bpe(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens), weighted=False)
 
 
 @mistake("01.train_bpe", "argmax")
 def train_picks_least_frequent(text, vocab_size, pat_str, special_tokens):
     _check_size(vocab_size, special_tokens)
-    return _train(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens), pick=min)
+    return naive_bpe(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens), pick=min)
 
 
 @mistake("01.train_bpe", "size_specials")
 def train_forgets_special_tokens_in_size(text, vocab_size, pat_str, special_tokens):
     _check_size(vocab_size, special_tokens)
-    return _train(_words(text, pat_str, special_tokens), vocab_size - 256)
+    return naive_bpe(_words(text, pat_str, special_tokens), vocab_size - 256)
 
 
 @mistake("01.train_bpe", "too_small")
 def train_accepts_tiny_vocab(text, vocab_size, pat_str, special_tokens):
-    return _train(_words(text, pat_str, special_tokens), max(0, vocab_size - 256 - len(special_tokens)))
+    return naive_bpe(_words(text, pat_str, special_tokens), max(0, vocab_size - 256 - len(special_tokens)))
 
 
 @mistake("01.train_bpe", "special_in_training")
 def train_on_special_tokens_too(text, vocab_size, pat_str, special_tokens):
     _check_size(vocab_size, special_tokens)
-    return _train(Counter(regex.findall(pat_str, text)), vocab_size - 256 - len(special_tokens))
+    return naive_bpe(Counter(regex.findall(pat_str, text)), vocab_size - 256 - len(special_tokens))
 
 
 @mistake("01.train_bpe", "run_out")
