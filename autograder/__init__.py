@@ -31,10 +31,9 @@ def check(checkpoint_id: str, fn, *, hidden: bool = False, quiet: bool = False) 
 
 def checkpoints() -> list[str]:
     """Every checkpoint id, in chapter order."""
-    from . import checks  # noqa: F401
-    from .core import REGISTRY
+    from .core import registry
 
-    return sorted(REGISTRY)
+    return sorted(registry())
 
 
 def _hidden_seed() -> int:

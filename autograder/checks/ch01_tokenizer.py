@@ -363,7 +363,7 @@ register(Checkpoint(
         ("longest_match", _encode_fingerprint(_longest_match)),
         ("until_none", _encode_fingerprint(_one_sweep)),
     ],
-    raised_hints=[(lambda r: "bad escape \\p" in r.message, "regex_module")],
+    raised_hints=[(r"bad escape \\p", "regex_module")],
     hints={
         "default": "Split with regex.findall(pat_str, text); encode each chunk to UTF-8 bytes; "
         "repeatedly merge the adjacent pair whose joined bytes have the lowest rank.",
