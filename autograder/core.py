@@ -321,3 +321,15 @@ def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | No
         details.append(f"  hint:     {hint_text(cp, hint)}")
         return Result(cp.id, False, f"{case.label}.", hint, n, details)
     return Result(cp.id, True, f"{cp.title} ({len(cases)} cases)", None, len(cases))
+
+
+# -------------------------------------------------------------------------- command
+
+def add_arguments(parser) -> None:
+    """``python -m autograder checkpoints`` takes no arguments."""
+
+
+def main(args) -> int:
+    for checkpoint_id, cp in sorted(registry().items()):
+        print(f"{checkpoint_id:24s} {cp.points} pt  {cp.signature}")
+    return 0

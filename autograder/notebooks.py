@@ -219,3 +219,23 @@ def _learner_edited(path: Path) -> bool:
         if grade.get("solution") and "NotImplementedError" not in "".join(cell.get("source", "")):
             return True
     return False
+
+
+# -------------------------------------------------------------------------- command
+
+def add_arguments(parser) -> None:
+    parser.add_argument("chapters", nargs="*", help="chapter ids such as 01_tokenizer (default: all)")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if anything would change")
+    parser.add_argument("--force", action="store_true", help="replace learner notebooks that have work in them (backed up)")
+
+
+def main(args) -> int:
+    drift = build(check=args.check, chapters_=args.chapters or None, force=args.force)
+    for line in drift:
+        print(("drift: " if args.check else "updated: ") + line)
+    if args.check and drift:
+        print("Run `python -m autograder build` and commit the result.", file=sys.stderr)
+        return 1
+    if not drift:
+        print("notebooks are up to date")
+    return 0

@@ -1,0 +1,9 @@
+"""(being written)"""
+
+
+def add_arguments(parser) -> None:
+    pass
+
+
+def main(args) -> int:
+    raise SystemExit("python -m autograder grading is not available yet")
