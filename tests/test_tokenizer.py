@@ -119,14 +119,15 @@ def test_invalid_utf8_decodes_to_replacement_characters_like_tiktoken(cl100k):
 
 
 def test_the_shipped_course_tokenizer():
-    from solutions.course_data import TOKENIZER_VOCAB_SIZE, load_corpus, load_course_tokenizer
+    from data import TOKENIZER_FILE, TOKENIZER_VOCAB_SIZE, course_tokenizer, load_corpus
     from solutions.tokenizer import COURSE_SPECIAL_TOKENS
 
-    tok = load_course_tokenizer()
-    assert tok.n_vocab == TOKENIZER_VOCAB_SIZE == 4096
-    assert list(tok.special_tokens) == list(COURSE_SPECIAL_TOKENS)
+    enc = course_tokenizer()
+    ours = BPETokenizer.load(TOKENIZER_FILE)
+    assert enc.n_vocab == ours.n_vocab == TOKENIZER_VOCAB_SIZE == 4096
+    assert list(ours.special_tokens) == list(COURSE_SPECIAL_TOKENS) == list(enc._special_tokens)
     val = load_corpus("val", max_chars=20_000)
-    ids = tok.encode(val, allowed_special={"<|endoftext|>"})
-    assert tok.decode(ids) == val
-    assert ids == tok.to_tiktoken().encode(val, allowed_special={"<|endoftext|>"})
+    ids = ours.encode(val, allowed_special={"<|endoftext|>"})
+    assert ours.decode(ids) == val
+    assert ids == enc.encode(val, allowed_special={"<|endoftext|>"})
     assert len(val.encode()) / len(ids) > 3  # it compresses the stories it was trained on

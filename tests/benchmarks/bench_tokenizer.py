@@ -19,7 +19,7 @@ from collections import Counter
 
 import regex
 
-from solutions.course_data import load_corpus
+from data import load_corpus
 from solutions.tokenizer import GPT4_SPLIT_PATTERN, BPETokenizer, train_bpe
 from tests.catalogue.ch01_tokenizer import naive_bpe
 
