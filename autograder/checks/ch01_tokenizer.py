@@ -121,6 +121,7 @@ def _merge_bound(stop: int):
 
 register(Checkpoint(
     id="01.merge",
+    points=1,
     title="merges left to right, overlaps and edges included",
     signature="merge(ids, pair, new_id)",
     cases=merge_cases,
@@ -146,21 +147,57 @@ register(Checkpoint(
 
 def train_cases(rng: random.Random) -> list[Case]:
     pat = tok("GPT4_SPLIT_PATTERN")
+
+    def case(label, args, hint="default", unique_answer=True):
+        shown = Label(f"<{len(args[0])} characters>") if len(args[0]) > 60 else args[0]
+        return Case(label, args, hint, show=(shown, args[1], Label("GPT4_SPLIT_PATTERN"), *args[3:]),
+                    unique_answer=unique_answer)
+
+    def stories(n, words=150):
+        return "<|endoftext|>".join(sample_text(rng, words) for _ in range(n))
+
+    eot = ("<|endoftext|>",)
     text = sample_text(rng, 1500)
-    stories = "<|endoftext|>".join(sample_text(rng, 150) for _ in range(8))
-
-    def case(label, args, hint="default"):
-        return Case(label, args, hint, show=(Label(f"<{len(args[0])} characters>") if len(args[0]) > 60 else args[0], args[1], Label("GPT4_SPLIT_PATTERN"), *args[3:]))
-
     return [
         case("vocab_size below 256", (text, 200, pat, ()), "too_small"),
         case("vocab_size 256: the bytes, no merges", (text, 256, pat, ()), "size"),
-        case("English-like text, 40 merges", (text, 296, pat, ()), "default"),
+        case("English-like text, 10 merges", (tie_free(rng, lambda: sample_text(rng, 1500), 10), 266, pat, ())),
+        case("many short texts between special tokens, 10 merges", (tie_free(rng, lambda: stories(250, 6), 10, eot), 267, pat, eot), "specials"),
         case("text that runs out of pairs", ("aaaaaaaa", 300, pat, ()), "run_out"),
-        case("special tokens in the text", (stories, 300, pat, ("<|endoftext|>",)), "specials"),
         case("an empty text", ("", 260, pat, ()), "run_out"),
-        case("random English-like text, 120 merges", (sample_text(rng, 3000), 376, pat, ()), "default"),
+        # Longer runs meet ties (several most frequent pairs): any choice among them is right.
+        case("English-like text, 40 merges", (text, 296, pat, ()), unique_answer=False),
+        case("special tokens in the text, 40 merges", (stories(8), 297, pat, eot), "specials", unique_answer=False),
+        case("random English-like text, 120 merges", (sample_text(rng, 3000), 376, pat, ()), unique_answer=False),
     ]
+
+
+def tie_free(rng: random.Random, make_text, n_merges: int, special_tokens=(), tries: int = 500) -> str:
+    """A text whose first ``n_merges`` merges have one most frequent pair each, so that
+    exactly one answer is right (what a stored fixture can check)."""
+    pat = tok("GPT4_SPLIT_PATTERN")
+    for _ in range(tries):
+        text = make_text()
+        chunks = _chunks(text, pat, special_tokens)
+        words, freqs = [[bytes([b]) for b in c.encode("utf-8")] for c in chunks], list(chunks.values())
+        for _ in range(n_merges):
+            counts = _count(words, freqs)
+            best = max(counts.values(), default=0)
+            top = [p for p, c in counts.items() if c == best]
+            if len(top) != 1:
+                break
+            words = [_bytes_merge(w, top[0]) for w in words]
+        else:
+            return text
+    raise RuntimeError(f"no tie-free text in {tries} tries")
+
+
+def _count(words, freqs) -> Counter:
+    counts: Counter = Counter()
+    for word, freq in zip(words, freqs):
+        for pair in zip(word, word[1:]):
+            counts[pair] += freq
+    return counts
 
 
 def _chunks(text: str, pat_str: str, special_tokens) -> Counter:
@@ -187,10 +224,7 @@ def check_training(case: Case, expected, got):
     freqs = list(chunks.values())
     learned = sorted((rank, token) for token, rank in got.items() if rank >= 256)
     for step, (rank, token) in enumerate(learned, 1):
-        counts: Counter = Counter()
-        for word, freq in zip(words, freqs):
-            for pair in zip(word, word[1:]):
-                counts[pair] += freq
+        counts = _count(words, freqs)
         if not counts:
             return (
                 f"id {rank} ({token!r}) was learned after every chunk had become a single "
@@ -224,10 +258,7 @@ def _diagnose_merge(token, text, chunks, words, special_tokens, counts) -> str:
         return "special_in_training"
     if not any(token in chunk.encode("utf-8") for chunk in chunks):
         return "presplit"
-    unweighted: Counter = Counter()
-    for word in words:
-        for pair in zip(word, word[1:]):
-            unweighted[pair] += 1
+    unweighted = _count(words, [1] * len(words))
     top = max(unweighted.values())
     if any(c == top and p[0] + p[1] == token for p, c in unweighted.items()):
         return "frequency"
@@ -239,6 +270,7 @@ def _diagnose_merge(token, text, chunks, words, special_tokens, counts) -> str:
 
 register(Checkpoint(
     id="01.train_bpe",
+    points=3,
     title="every merge is a most frequent pair; size and special tokens right",
     signature="train_bpe(text, vocab_size, pat_str, special_tokens)",
     cases=train_cases,
@@ -353,6 +385,7 @@ def _reference_chunk(chunk, ranks):
 
 register(Checkpoint(
     id="01.encode",
+    points=2,
     title="ids identical to the reference, GPT-4's vocabulary included",
     signature="encode_ordinary(text, mergeable_ranks, pat_str)",
     cases=encode_cases,
@@ -412,6 +445,7 @@ def decode_cases(rng: random.Random) -> list[Case]:
 
 register(Checkpoint(
     id="01.decode",
+    points=1,
     title="bytes joined first, invalid UTF-8 replaced, unknown ids refused",
     signature="decode(ids, vocab)",
     cases=decode_cases,
@@ -469,6 +503,7 @@ def diagnose_special(case: Case, expected, got) -> str | None:
 
 register(Checkpoint(
     id="01.special_tokens",
+    points=2,
     title="special tokens become single ids, the text between them ordinary",
     signature="encode(text, mergeable_ranks, pat_str, special_tokens)",
     cases=special_cases,
