@@ -111,7 +111,7 @@ def hard_codes_visible_outputs(nb):
 
 ATTACKS = [
     Attack("monkeypatch torch.allclose", TARGET, patch_then_wrong("import torch\ntorch.allclose = lambda *a, **k: True"), False),
-    Attack("monkeypatch torch.testing.assert_close", "01.merge",
+    Attack("monkeypatch torch.testing.assert_close", TARGET,
            patch_then_wrong("import torch.testing\ntorch.testing.assert_close = lambda *a, **k: None"), False),
     Attack("monkeypatch numpy.allclose", TARGET, patch_then_wrong("import numpy\nnumpy.allclose = lambda *a, **k: True"), False),
     Attack("monkeypatch the course's check", TARGET, course_check_patched, True, nbgrader_score=TOTAL),
@@ -128,11 +128,11 @@ ATTACKS = [
     Attack("os._exit()", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    import os\n    os._exit(0)\n"),
            False, nbgrader_safe=False),
     Attack("print 100 MB", TARGET, lambda nb: replace_body(
-        nb, "merge", "merge", "    print('x' * 100_000_000)\n    return ''\n"), False),
+        nb, "decode", "decode", "    print('x' * 100_000_000)\n    return ''\n"), False),
     Attack("spawn processes without end", TARGET, lambda nb: replace_body(
-        nb, "merge", "merge", "    import os\n    while True:\n        os.fork()\n"), True, nbgrader_safe=False),
+        nb, "decode", "decode", "    import os\n    while True:\n        os.fork()\n"), True, nbgrader_safe=False),
     Attack("spawn a shell", TARGET, lambda nb: replace_body(
-        nb, "merge", "merge", "    import subprocess\n    return subprocess.run(['echo'], capture_output=True, text=True).stdout\n"),
+        nb, "decode", "decode", "    import subprocess\n    return subprocess.run(['echo'], capture_output=True, text=True).stdout\n"),
         True, nbgrader_safe=False),
 ]
 
