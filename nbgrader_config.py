@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent
 # Without the course root on the kernel's path, `import autograder` fails in every test
 # cell and every checkpoint scores 0 without saying why.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+# Grading a student's notebook must not count as the instructor's own progress.
+os.environ["COURSE_RECORD_PROGRESS"] = "0"
 
 c = get_config()  # noqa: F821 - provided by nbgrader when it loads this file
 

@@ -22,6 +22,10 @@ def check(checkpoint_id: str, fn, *, hidden: bool = False, quiet: bool = False) 
     """
     cp = lookup(checkpoint_id)
     result = run(cp, fn, seed=_hidden_seed() if hidden else 0)
+    if not hidden:
+        from .progress import record
+
+        record(cp.id, result.passed, result.summary)
     if not result.passed:
         raise CheckpointFailed(result.report())
     if not quiet:
