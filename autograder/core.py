@@ -97,6 +97,10 @@ class Checkpoint:
     raised_hints: list[tuple[str, str]] = field(default_factory=list)
     points: int = 1
     tol: float = 0.0
+    # "function": the learner's object is called as fn(*args). "module": it is an nn.Module
+    # class; each case's args are (init_args, state_dict, forward_args) and the check builds
+    # cls(*init_args), loads state_dict (the reference's parameter names), runs forward.
+    kind: str = "function"
 
     @property
     def params(self) -> list[str]:
@@ -216,6 +220,31 @@ def _learner_frame(exc: BaseException) -> str:
     return f" (in {f.name}, {where}, line {f.lineno}{code})"
 
 
+def module_runner(cls: Callable) -> Callable:
+    """Adapt an ``nn.Module`` class to the (init_args, state_dict, forward_args) protocol."""
+
+    def run_module(init_args, state_dict, forward_args):
+        import torch
+
+        module = cls(*init_args)
+        expected, got = sorted(state_dict), sorted(module.state_dict())
+        if expected != got:
+            raise ValueError(
+                f"the module's parameters are named {got}, but the checkpoint loads {expected}: "
+                "keep the names (and shapes) that the notebook's __init__ gives"
+            )
+        module.load_state_dict(state_dict)
+        with torch.no_grad():
+            return module(*forward_args)
+
+    run_module.__name__ = getattr(cls, "__name__", "module")
+    return run_module
+
+
+def as_callable(cp: "Checkpoint", fn: Callable) -> Callable:
+    return module_runner(fn) if cp.kind == "module" else fn
+
+
 def call(fn: Callable, args: tuple) -> Any:
     """Call ``fn``; an exception becomes a :class:`Raised` value instead of propagating."""
     try:
@@ -242,6 +271,14 @@ def hint_text(cp: Checkpoint, hint: str) -> str:
     return cp.hints.get(hint) or COMMON_HINTS.get(hint) or cp.hints["default"]
 
 
+def _changed(before: tuple, after: tuple) -> bool:
+    """Did the call modify its arguments in place (tensors compared exactly)?"""
+    try:
+        return difference(before, after) is not None
+    except Exception:  # noqa: BLE001 - arguments we cannot compare are not reported
+        return False
+
+
 def _same_outcome(a: Any, b: Any) -> bool:
     if isinstance(a, Raised) or isinstance(b, Raised):
         return isinstance(a, Raised) and isinstance(b, Raised) and a.type is b.type
@@ -258,7 +295,7 @@ def _fingerprint(cp: Checkpoint, cases: list[Case], outputs: list[Any], fn: Call
     def variant_output(hint, variant, case):
         if case.fingerprint_outputs is not None:
             return case.fingerprint_outputs[hint]
-        return call(variant, copy.deepcopy(case.args))
+        return call(as_callable(cp, variant), copy.deepcopy(case.args))
 
     for hint, variant in cp.fingerprints:
         if all(_same_outcome(variant_output(hint, variant, c), got) for c, got in zip(cases, outputs)):
@@ -294,7 +331,8 @@ def _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn) -> s
 def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | None = None) -> Result:
     """Check ``fn`` against the checkpoint's reference on every case; stop at the first failure."""
     validate_callable(cp, fn)
-    reference = reference or cp.reference
+    fn = as_callable(cp, fn)
+    reference = as_callable(cp, reference or cp.reference)
     cases = cp.cases(random.Random(f"{cp.id}/{seed}"))
     outputs: list[Any] = []
     for n, case in enumerate(cases, 1):
@@ -310,7 +348,7 @@ def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | No
         problem, compare_hint = outcome_difference(cp, case, expected, got), None
         if isinstance(problem, tuple):
             problem, compare_hint = problem
-        if problem is None and learner_args != case.args and not isinstance(expected, Raised):
+        if problem is None and not isinstance(expected, Raised) and _changed(case.args, learner_args):
             problem, compare_hint = "it changed its input arguments in place", "mutated_input"
         if problem is None:
             continue

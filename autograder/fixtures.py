@@ -288,14 +288,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    drift = write_fixtures(check=args.check)
-    for line in drift:
-        print(("drift: " if args.check else "updated: ") + line)
-    if args.check and drift:
-        print("Run `python -m autograder fixtures` and commit autograder/fixture_data/.", file=sys.stderr)
-        return 1
-    if not drift:
-        print("fixtures are up to date")
+    from .notebooks import report_drift
+
+    code = report_drift(write_fixtures(check=args.check), args.check, "python -m autograder fixtures", "fixtures are up to date")
+    if code:
+        return code
     for path in sorted(FIXTURE_DIR.glob(f"*{SUFFIX}")):
         print(f"  {_shown(path)}  {path.stat().st_size:,} bytes")
     return 0

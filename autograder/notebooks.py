@@ -235,11 +235,16 @@ def main(args) -> int:
         from . import fixtures
 
         drift += fixtures.write_fixtures(check=args.check)
+    return report_drift(drift, args.check, "python -m autograder build", "notebooks and fixtures are up to date")
+
+
+def report_drift(drift: list[str], check: bool, command: str, up_to_date: str) -> int:
+    """Print what changed (or would change, with ``check``); exit code 1 for drift under ``check``."""
     for line in drift:
-        print(("drift: " if args.check else "updated: ") + line)
-    if args.check and drift:
-        print("Run `python -m autograder build` and commit the result.", file=sys.stderr)
+        print(("drift: " if check else "updated: ") + line)
+    if check and drift:
+        print(f"Run `{command}` and commit the result.", file=sys.stderr)
         return 1
     if not drift:
-        print("notebooks are up to date")
+        print(up_to_date)
     return 0

@@ -37,6 +37,10 @@ def mistake(checkpoint: str, hint: str):
 
 
 def load_all() -> list[Mistake]:
-    from . import ch01_tokenizer  # noqa: F401
+    """Every chapter's catalogue (``chNN_slug.py`` beside this file)."""
+    import importlib
+    import pkgutil
 
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith("ch")):
+        importlib.import_module(f"{__name__}.{module}")
     return MISTAKES
