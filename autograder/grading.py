@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import builtins
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -126,27 +127,58 @@ def _rebuild_exception(info: dict) -> Exception:
 
 
 def _restore(value):
+    """Plain data from the worker back into Python values (tensors rebuilt from bytes)."""
     if isinstance(value, tuple) and len(value) == 3 and value[0] == "__unsupported__":
-        raise TypeError(f"returned a {value[1]} ({value[2][:80]}), which is not plain data: return a list, dict, str, ...")
+        raise TypeError(f"returned a {value[1]} ({value[2][:80]}), which is not plain data: return a list, dict, str, tensor, ...")
+    if isinstance(value, tuple) and len(value) == 4 and value[0] == "__tensor__":
+        import torch
+
+        _, dtype, shape, raw = value
+        storage = torch.int16 if dtype == "bfloat16" else getattr(torch, dtype)
+        tensor = torch.frombuffer(bytearray(raw), dtype=storage) if raw else torch.empty(0, dtype=storage)
+        if dtype == "bfloat16":
+            tensor = tensor.view(torch.bfloat16)
+        return tensor.reshape(shape).clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_restore(v) for v in value)
+    if isinstance(value, dict):
+        return {_restore(k): _restore(v) for k, v in value.items()}
     return value
 
 
-def _proxy(worker: Worker, name: str, violations: list[str], sandbox_errors: list[SandboxError]):
+def _write_back(arg, after) -> None:
+    """Show the checker an in-place change the learner's code made to an argument."""
+    if type(arg).__module__.startswith("torch") and hasattr(arg, "copy_"):
+        if getattr(after, "shape", None) == arg.shape and not (after == arg).all():
+            arg.copy_(after)
+    elif isinstance(arg, list) and arg != after:
+        arg[:] = after
+    elif isinstance(arg, dict) and isinstance(after, dict) and arg.keys() == after.keys():
+        for key in arg:
+            if isinstance(arg[key], (list, dict)) or hasattr(arg[key], "copy_"):
+                _write_back(arg[key], after[key])
+            elif arg[key] != after[key]:
+                arg[key] = after[key]
+    elif isinstance(arg, tuple) and isinstance(after, tuple) and len(arg) == len(after):
+        for a, b in zip(arg, after):
+            _write_back(a, b)
+
+
+def _proxy(worker: Worker, name: str, kind: str, violations: list[str], sandbox_errors: list[SandboxError]):
     def call(*args):
         try:
-            kind, payload, args_after, seen = worker.call(name, args)
+            outcome, payload, args_after, seen = worker.call(name, args, kind)
         except SandboxError as exc:
             sandbox_errors.append(exc)
             raise
         violations.extend(seen)
-        if kind == "raise":
+        if outcome == "raise":
             raise _rebuild_exception(payload)
-        for arg, after in zip(args, args_after):  # show in-place changes to the checker
-            if isinstance(arg, list) and arg != after:
-                arg[:] = after
-            elif isinstance(arg, dict) and arg != after and isinstance(after, dict):
-                arg.clear()
-                arg.update(after)
+        for arg, after in zip(args, _restore(args_after)):
+            try:
+                _write_back(arg, after)
+            except Exception:  # noqa: BLE001 - an odd argument is not worth failing over
+                pass
         return _restore(payload)
 
     call.__name__ = name
@@ -197,7 +229,8 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
     all_cells = plan.preamble + cells
     all_names = ["preamble"] * len(plan.preamble) + cell_names
     try:
-        with Worker(limits) as worker:
+        preload = tuple(name for name in ("torch", "numpy") if any(f"import {name}" in c for c in plan.preamble))
+        with Worker(limits, preload) as worker:
             report = worker.setup(all_cells, {function: len(cp.params)})
             for index, seen in report.get("violations_by_cell", {}).items():
                 if all_names[index] == answer_cell:
@@ -212,7 +245,13 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
             elif state != "ok":
                 grade.message = f"{function} has the {state}; {cp.id} calls it as {cp.signature}"
             else:
-                result = core.run(cp, _proxy(worker, function, violations, sandbox_errors), seed=seed)
+                proxy = _proxy(worker, function, cp.kind, violations, sandbox_errors)
+                # the proxy already runs a module class the checkpoint's way: call it as a function
+                as_function = dataclasses.replace(
+                    cp, kind="function", reference=core.as_callable(cp, cp.reference),
+                    fingerprints=[(hint, core.as_callable(cp, v)) for hint, v in cp.fingerprints],
+                )
+                result = core.run(as_function, proxy, seed=seed)
                 grade.verdict = "pass" if result.passed else "fail"
                 grade.message = result.report()
                 grade.hint = core.hint_text(cp, result.hint_id) if result.hint_id else ""

@@ -32,7 +32,7 @@ MAX_REPLY_BYTES = 64 * 2**20
 @dataclass(frozen=True)
 class Limits:
     seconds: float = 60.0  # per checkpoint, setup included
-    memory_mb: int = 4096  # address space of the worker
+    memory_mb: int = 8192  # address space of the worker (torch alone reserves ~2 GB)
 
 
 class SandboxError(Exception):
@@ -70,7 +70,7 @@ def _limit_resources(limits: Limits):
 class Worker:
     """One sandboxed Python process running one learner's code."""
 
-    def __init__(self, limits: Limits = Limits()):
+    def __init__(self, limits: Limits = Limits(), preload: tuple[str, ...] = ()):
         self.limits = limits
         self.deadline = time.monotonic() + limits.seconds
         self.tmp = tempfile.TemporaryDirectory(prefix="course-sandbox-")
@@ -84,6 +84,7 @@ class Worker:
             "OMP_NUM_THREADS": "1",
             "COURSE_SANDBOX_IN": str(to_worker_r),
             "COURSE_SANDBOX_OUT": str(from_worker_w),
+            "COURSE_SANDBOX_PRELOAD": ",".join(preload),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-I", str(WORKER), str(ROOT)],
@@ -155,9 +156,9 @@ class Worker:
         assert kind == "ready"
         return report
 
-    def call(self, name: str, args: tuple):
-        """(kind, payload, args_after, violations): kind is "return" or "raise"."""
-        self._send(("call", name, args))
+    def call(self, name: str, args: tuple, kind: str = "function"):
+        """(outcome, payload, args_after, violations): outcome is "return" or "raise"."""
+        self._send(("call", name, args, kind))
         reply = self._receive()
         if reply[0] == "return":
             return "return", reply[1], reply[2], reply[3]

@@ -14,7 +14,7 @@ Protocol, over the pipe the parent passes as file descriptors (stdin/stdout are 
 used, so the learner's prints cannot corrupt it): length-prefixed pickles.
 
     parent -> ("setup", cells, {name: n_params})     worker -> ("ready", report)
-    parent -> ("call", name, args)         worker -> ("return", value, args_after)
+    parent -> ("call", name, args, kind)   worker -> ("return", value, args_after)
                                                   or ("raise", exception_info)
 
 The parent unpickles replies with an allow-list (only plain data), compares outputs with
@@ -148,10 +148,25 @@ def exception_info(exc):
     }
 
 
+def tensor_data(value):
+    """A tensor as plain data: ("__tensor__", dtype name, shape, raw bytes)."""
+    t = value.detach().cpu().contiguous()
+    name = str(t.dtype).replace("torch.", "")
+    raw = t.view(torch_module().int16) if name == "bfloat16" else t
+    return ("__tensor__", name, tuple(t.shape), raw.numpy().tobytes())
+
+
+def torch_module():
+    return sys.modules.get("torch")
+
+
 def plain(value, depth=0):
     """Only plain data goes back to the grader: anything else becomes its repr."""
     if depth > 50:
         raise ValueError("output nested more than 50 levels deep")
+    torch = torch_module()
+    if torch is not None and isinstance(value, torch.Tensor):
+        return tensor_data(value)
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
         return value if type(value) in (bool, int, float, complex, str, bytes, type(None)) else _base(value)
     if isinstance(value, (list, tuple, set, frozenset)):
@@ -186,6 +201,20 @@ def describe(fn, n_params):
     return "ok"
 
 
+def run_module(cls, init_args, state_dict, forward_args):
+    """An nn.Module class checked as the grader's ``module_runner`` does: build, load, forward."""
+    module = cls(*init_args)
+    expected, got = sorted(state_dict), sorted(module.state_dict())
+    if expected != got:
+        raise ValueError(
+            f"the module's parameters are named {got}, but the checkpoint loads {expected}: "
+            "keep the names (and shapes) that the notebook's __init__ gives"
+        )
+    module.load_state_dict(state_dict)
+    with torch_module().no_grad():
+        return module(*forward_args)
+
+
 def main():
     channel_in = os.fdopen(int(os.environ["COURSE_SANDBOX_IN"]), "rb")
     channel_out = os.fdopen(int(os.environ["COURSE_SANDBOX_OUT"]), "wb")
@@ -196,6 +225,10 @@ def main():
     os.dup2(devnull, 2)
     output = BoundedText()
     sys.stdout = sys.stderr = output
+    # Trusted libraries the chapter needs are imported before the audit hook: their own
+    # start-up (native libraries, config files) is not the learner's doing.
+    for name in filter(None, os.environ.pop("COURSE_SANDBOX_PRELOAD", "").split(",")):
+        __import__(name)
     try:
         import signal
 
@@ -227,10 +260,10 @@ def main():
             report["output"] = output.text()
             send(channel_out, ("ready", report))
         elif message[0] == "call":
-            _, name, args = message
+            _, name, args, kind = message
             before = len(VIOLATIONS)
             try:
-                value = namespace[name](*args)
+                value = run_module(namespace[name], *args) if kind == "module" else namespace[name](*args)
                 reply = ("return", plain(value), plain(list(args)))
             except BaseException as exc:  # noqa: BLE001 - reported to the grader as data
                 reply = ("raise", exception_info(exc))
