@@ -44,7 +44,7 @@ class CheckpointGrade:
     checkpoint: str
     points: float
     max_points: float
-    verdict: str  # pass, fail, missing, timeout, crashed, flagged
+    verdict: str  # pass, fail, missing, timeout, crashed, memory, flagged
     message: str = ""
     hint: str = ""
     seconds: float = 0.0
@@ -173,6 +173,10 @@ def _proxy(worker: Worker, name: str, kind: str, violations: list[str], sandbox_
             raise
         violations.extend(seen)
         if outcome == "raise":
+            if not any(name == "Exception" for name in payload["mro"]):  # SystemExit, KeyboardInterrupt
+                violations.append(f"{payload['mro'][0]}: tried to stop the grader")
+            if payload["mro"][0] == "MemoryError":
+                sandbox_errors.append(SandboxError("memory", f"ran out of memory under the cap of {worker.limits.memory_mb} MB"))
             raise _rebuild_exception(payload)
         for arg, after in zip(args, _restore(args_after)):
             try:
@@ -226,6 +230,7 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
     violations: list[str] = []
     sandbox_errors: list[SandboxError] = []
     report: dict = {}
+    worker_dropped = [0]
     all_cells = plan.preamble + cells
     all_names = ["preamble"] * len(plan.preamble) + cell_names
     try:
@@ -252,6 +257,7 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
                     fingerprints=[(hint, core.as_callable(cp, v)) for hint, v in cp.fingerprints],
                 )
                 result = core.run(as_function, proxy, seed=seed)
+                worker_dropped[0] = worker.output_dropped
                 grade.verdict = "pass" if result.passed else "fail"
                 grade.message = result.report()
                 grade.hint = core.hint_text(cp, result.hint_id) if result.hint_id else ""
@@ -261,6 +267,8 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
     if sandbox_errors:
         grade.verdict = sandbox_errors[0].kind
         grade.message = f"{sandbox_errors[0]}. " + grade.message
+    if report and worker_dropped[0]:
+        grade.message += f" (printed {worker_dropped[0]:,} characters more than the report keeps)"
     if violations:
         grade.verdict = "flagged"
         grade.message = f"tried something forbidden while graded: {', '.join(sorted(set(violations)))[:300]}"
@@ -300,6 +308,16 @@ def grade_notebook(path: str | Path, *, seed: int | None = None, limits: Limits 
             global_violations.update(f"{cell_names[index]}: {v}" for v in seen)
         if not result.output:
             result.output = report.get("output", "")
+            if report.get("output_dropped"):
+                result.flags.append(f"printed {report['output_dropped']:,} characters more than the "
+                                    f"{len(result.output):,} kept in this report")
+            if report.get("patched"):
+                result.flags.append(f"replaced comparison functions: {', '.join(report['patched'])} "
+                                    "(no effect: the grader compares outside the student's process)")
+        if "more than the report keeps" in grade.message:
+            result.flags.append(f"{checkpoint_id}: output truncated{grade.message.rsplit('(printed', 1)[1].rstrip(')')}")
+        if grade.verdict in ("timeout", "crashed", "memory"):
+            result.flags.append(f"{checkpoint_id}: {grade.verdict}: {grade.message.split('. ')[0]}")
     result.flags.extend(sorted(global_violations))
     return result
 

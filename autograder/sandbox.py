@@ -73,6 +73,7 @@ class Worker:
     def __init__(self, limits: Limits = Limits(), preload: tuple[str, ...] = ()):
         self.limits = limits
         self.deadline = time.monotonic() + limits.seconds
+        self.output_dropped = 0
         self.tmp = tempfile.TemporaryDirectory(prefix="course-sandbox-")
         to_worker_r, self._to_worker = os.pipe()
         self._from_worker, from_worker_w = os.pipe()
@@ -157,9 +158,12 @@ class Worker:
         return report
 
     def call(self, name: str, args: tuple, kind: str = "function"):
-        """(outcome, payload, args_after, violations): outcome is "return" or "raise"."""
+        """(outcome, payload, args_after, violations): outcome is "return" or "raise".
+
+        ``self.output_dropped`` then holds how many printed characters were not kept."""
         self._send(("call", name, args, kind))
         reply = self._receive()
+        self.output_dropped = reply[-1]
         if reply[0] == "return":
             return "return", reply[1], reply[2], reply[3]
         return "raise", reply[1], None, reply[2]

@@ -201,6 +201,22 @@ def describe(fn, n_params):
     return "ok"
 
 
+CHECK_FUNCTIONS = [("torch", "allclose"), ("torch", "equal"), ("torch.testing", "assert_close"),
+                   ("numpy", "allclose"), ("numpy", "array_equal"), ("numpy.testing", "assert_allclose")]
+
+
+def patched_checks():
+    """Comparison functions the learner's code replaced. They cannot change the grade (the
+    comparison happens in the grader), but an attempt is worth reporting."""
+    found = []
+    for module_name, attr in CHECK_FUNCTIONS:
+        module = sys.modules.get(module_name)
+        fn = getattr(module, attr, None) if module else None
+        if fn is not None and not str(getattr(fn, "__module__", "") or "").startswith(module_name.split(".")[0]):
+            found.append(f"{module_name}.{attr}")
+    return found
+
+
 def run_module(cls, init_args, state_dict, forward_args):
     """An nn.Module class checked as the grader's ``module_runner`` does: build, load, forward."""
     module = cls(*init_args)
@@ -257,7 +273,9 @@ def main():
                 if len(VIOLATIONS) > before:
                     report["violations_by_cell"][index] = VIOLATIONS[before:]
             report["defined"] = {name: describe(namespace.get(name), n_params) for name, n_params in names.items()}
+            report["patched"] = patched_checks()
             report["output"] = output.text()
+            report["output_dropped"] = output.dropped
             send(channel_out, ("ready", report))
         elif message[0] == "call":
             _, name, args, kind = message
@@ -267,7 +285,7 @@ def main():
                 reply = ("return", plain(value), plain(list(args)))
             except BaseException as exc:  # noqa: BLE001 - reported to the grader as data
                 reply = ("raise", exception_info(exc))
-            send(channel_out, reply + (VIOLATIONS[before:],))
+            send(channel_out, reply + (VIOLATIONS[before:], output.dropped))
 
 
 if __name__ == "__main__":

@@ -110,25 +110,27 @@ def hard_codes_visible_outputs(nb):
 
 
 ATTACKS = [
-    Attack("monkeypatch torch.allclose", TARGET, patch_then_wrong("import torch\ntorch.allclose = lambda *a, **k: True"), False),
+    Attack("monkeypatch torch.allclose", TARGET, patch_then_wrong("import torch\ntorch.allclose = lambda *a, **k: True"), True),
     Attack("monkeypatch torch.testing.assert_close", TARGET,
-           patch_then_wrong("import torch.testing\ntorch.testing.assert_close = lambda *a, **k: None"), False),
-    Attack("monkeypatch numpy.allclose", TARGET, patch_then_wrong("import numpy\nnumpy.allclose = lambda *a, **k: True"), False),
+           patch_then_wrong("import torch.testing\ntorch.testing.assert_close = lambda *a, **k: None"), True),
+    Attack("monkeypatch numpy.allclose", TARGET, patch_then_wrong("import numpy\nnumpy.allclose = lambda *a, **k: True"), True),
     Attack("monkeypatch the course's check", TARGET, course_check_patched, True, nbgrader_score=TOTAL),
     Attack("import the reference package", TARGET, imports_reference, True, nbgrader_score=TOTAL),
     Attack("read the reference's files", TARGET, reads_reference, True, nbgrader_score=TOTAL),
     Attack("edit a checkpoint cell", TARGET, edits_check_cell, True),
     Attack("delete a checkpoint cell", TARGET, deletes_check_cell, True),
     Attack("hard-code the visible outputs", TARGET, hard_codes_visible_outputs, False),
-    Attack("infinite loop", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    while True:\n        pass\n"), False),
+    Attack("infinite loop", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    while True:\n        pass\n"), True),
     Attack("allocate 30 GB", "01.decode", lambda nb: replace_body(
         nb, "decode", "decode", "    hoard = bytearray(30 * 2**30)\n    hoard[::4096] = b'x' * len(hoard[::4096])\n    return ''\n"),
-        False, nbgrader_safe=False),
-    Attack("sys.exit()", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    import sys\n    sys.exit(0)\n"), False),
+        True, nbgrader_safe=False),
+    Attack("sys.exit()", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    import sys\n    sys.exit(0)\n"), True),
     Attack("os._exit()", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    import os\n    os._exit(0)\n"),
-           False, nbgrader_safe=False),
+           True, nbgrader_safe=False),
     Attack("print 100 MB", TARGET, lambda nb: replace_body(
-        nb, "decode", "decode", "    print('x' * 100_000_000)\n    return ''\n"), False),
+        nb, "decode", "decode", "    print('x' * 100_000_000)\n    return ''\n"), True),
+    Attack("segfault through ctypes", TARGET, lambda nb: replace_body(
+        nb, "decode", "decode", "    import ctypes\n    return ctypes.string_at(0)\n"), True, nbgrader_safe=False),
     Attack("spawn processes without end", TARGET, lambda nb: replace_body(
         nb, "decode", "decode", "    import os\n    while True:\n        os.fork()\n"), True, nbgrader_safe=False),
     Attack("spawn a shell", TARGET, lambda nb: replace_body(
