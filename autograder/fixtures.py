@@ -128,6 +128,27 @@ class _Pickler(pickle.Pickler):
     def persistent_id(self, obj):
         return self._shared.get(id(obj))
 
+    def reducer_override(self, obj):
+        # torch's own tensor pickling embeds storage details that change between runs;
+        # dtype, shape and raw bytes give the same file every time.
+        if type(obj).__module__.startswith("torch") and type(obj).__name__ in ("Tensor", "Parameter"):
+            t = obj.detach().cpu().contiguous()
+            dtype = str(t.dtype).replace("torch.", "")
+            raw = t.view(__import__("torch").int16) if dtype == "bfloat16" else t
+            return tensor_from_bytes, (dtype, tuple(t.shape), raw.numpy().tobytes())
+        return NotImplemented
+
+
+def tensor_from_bytes(dtype: str, shape: tuple, raw: bytes):
+    """Rebuild a tensor stored by :class:`_Pickler`."""
+    import torch
+
+    storage = torch.int16 if dtype == "bfloat16" else getattr(torch, dtype)
+    tensor = torch.frombuffer(bytearray(raw), dtype=storage) if raw else torch.empty(0, dtype=storage)
+    if dtype == "bfloat16":
+        tensor = tensor.view(torch.bfloat16)
+    return tensor.reshape(shape).clone()
+
 
 def _shared_ids() -> dict[int, tuple[str, Any]]:
     """``id(object) -> (name, object)`` for each shared object available here; the object is

@@ -13,15 +13,30 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class RMSNorm(nn.Module):
-    r"""Root-mean-square layer norm (Zhang & Sennrich, 2019).
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    r"""Root-mean-square layer norm (Zhang & Sennrich, 2019) over the last dimension.
 
-    .. math:: \mathrm{RMSNorm}(x) = \frac{x}{\sqrt{\frac{1}{d}\sum_i x_i^2 + \epsilon}} \odot g
+    .. math:: \mathrm{RMSNorm}(x) = \frac{x}{\sqrt{\frac{1}{d}\sum_{i=1}^{d} x_i^2 + \epsilon}} \odot g
 
     No mean subtraction and no bias: cheaper than LayerNorm, as good in practice. As in
-    LLaMA, the statistics are computed in float32 whatever the input dtype, then cast back
-    before the gain ``g`` (``weight``) is applied.
+    LLaMA, the statistics are computed in float32 whatever the input dtype (``x**2``
+    overflows float16 beyond 256), then the result is cast back to ``x.dtype`` before the
+    gain ``g`` (``weight``) is applied.
+
+    ``x``: ``(..., dim)``; ``weight``: ``(dim,)``. Returns ``(..., dim)``.
     """
+    if weight.shape != x.shape[-1:]:
+        raise ValueError(
+            f"weight has shape {tuple(weight.shape)} but x's last dimension is {x.shape[-1]}: "
+            f"RMSNorm normalises the last dimension, so weight must be ({x.shape[-1]},)"
+        )
+    x32 = x.float()  # (..., dim)
+    inv_rms = torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + eps)  # (..., 1)
+    return weight * (x32 * inv_rms).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """:func:`rms_norm` as a module with a learned gain ``weight`` (Hugging Face's name)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -29,18 +44,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()  # (..., dim)
-        normed = x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_cache(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Cosines and sines of RoPE's rotation angles (Su et al., 2021), precomputed once.
 
     Dimension pair :math:`i` of position :math:`m` is rotated by :math:`m\,\theta^{-2i/d}`:
-    low pairs spin fast (local order), high pairs slowly (long range). Returned in the
-    *rotate-half* layout used by Hugging Face checkpoints: the ``head_dim / 2`` angles are
-    repeated, ``[a_0 .. a_{d/2-1}, a_0 .. a_{d/2-1}]``.
+    low pairs spin fast (local order), high pairs slowly (long range). Positions start at
+    0, so row 0 is ``cos = 1, sin = 0``. ``theta`` is the config's ``rope_theta`` (10000 in
+    LLaMA 2, 500000 in LLaMA 3). Returned in the *rotate-half* layout used by Hugging Face
+    checkpoints: the ``head_dim / 2`` angles are repeated, ``[a_0 .. a_{d/2-1}, a_0 .. a_{d/2-1}]``.
 
     Returns ``(cos, sin)``, each ``(max_seq_len, head_dim)``.
     """
@@ -72,9 +86,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     (:func:`apply_rope_interleaved`); the two agree up to a fixed permutation of the
     head dimension, which Hugging Face's conversion script applies to ``q_proj``/``k_proj``.
     """
+    if x.ndim != 4 or cos.shape != (x.shape[1], x.shape[3]) or sin.shape != cos.shape:
+        raise ValueError(
+            f"apply_rope takes x as (batch, seq, n_heads, head_dim) and cos, sin as (seq, head_dim); "
+            f"got x {tuple(x.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}. Pass the rows "
+            "of rope_cache for x's positions: cos[start:start + seq], sin[start:start + seq]"
+        )
     cos = cos[None, :, None, :].to(x.dtype)  # (1, seq, 1, head_dim)
     sin = sin[None, :, None, :].to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    return x * cos + rotate_half(x) * sin  # (batch, seq, n_heads, head_dim)
 
 
 def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -90,13 +110,34 @@ def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     return rotated.flatten(-2)
 
 
-class SwiGLU(nn.Module):
+def swiglu(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
     r"""The gated feed-forward network of LLaMA (Shazeer, 2020):
 
-    .. math:: \mathrm{FFN}(x) = W_{down}\,(\mathrm{SiLU}(W_{gate}\,x) \odot W_{up}\,x)
+    .. math:: \mathrm{FFN}(x) = W_{down}\,\big(\mathrm{SiLU}(W_{gate}\,x) \odot W_{up}\,x\big),
+              \qquad \mathrm{SiLU}(z) = z\,\sigma(z)
 
-    Three bias-free projections instead of two; ``hidden_dim`` is usually about
-    :math:`\frac{8}{3}` of ``dim`` so that the parameter count matches a 4x MLP.
+    The weights are stored as ``nn.Linear`` stores them, ``(out_features, in_features)``:
+    ``w_gate``, ``w_up``: ``(hidden_dim, dim)``; ``w_down``: ``(dim, hidden_dim)``; so
+    :math:`W x` is ``F.linear(x, W)`` (``x @ W.T``). ``x``: ``(..., dim)``; returns ``(..., dim)``.
+    """
+    if w_gate.shape != w_up.shape or w_down.shape != w_gate.shape[::-1] or x.shape[-1] != w_gate.shape[1]:
+        raise ValueError(
+            f"x (..., {x.shape[-1]}), w_gate {tuple(w_gate.shape)}, w_up {tuple(w_up.shape)} and "
+            f"w_down {tuple(w_down.shape)} do not fit: expected (hidden_dim, dim), (hidden_dim, dim) "
+            "and (dim, hidden_dim), nn.Linear's (out_features, in_features) layout"
+        )
+    gate = F.silu(F.linear(x, w_gate))  # (..., hidden_dim)
+    up = F.linear(x, w_up)  # (..., hidden_dim)
+    return F.linear(gate * up, w_down)  # (..., dim)
+
+
+class SwiGLU(nn.Module):
+    r""":func:`swiglu` with its three bias-free projections as ``nn.Linear`` layers.
+
+    ``forward`` calls the layers themselves rather than passing their weights to
+    :func:`swiglu`, so that a wrapped projection (chapter 09's LoRA) takes part.
+    ``hidden_dim`` is usually about :math:`\frac{8}{3}` of ``dim``, so that the three
+    matrices hold as many parameters as a classic two-matrix MLP with a 4x hidden layer.
     """
 
     def __init__(self, dim: int, hidden_dim: int):
@@ -114,7 +155,8 @@ def causal_mask(q_len: int, kv_len: int | None = None, device=None) -> torch.Ten
 
     The queries are the *last* ``q_len`` of ``kv_len`` positions (with a KV cache the keys
     include earlier tokens), so query ``i`` sits at position ``kv_len - q_len + i`` and
-    sees every key at or before it. Boolean, as ``scaled_dot_product_attention`` expects.
+    sees every key at or before it. ``kv_len=None`` means ``kv_len = q_len`` (no cache).
+    Boolean, as ``scaled_dot_product_attention`` expects.
     """
     kv_len = q_len if kv_len is None else kv_len
     if kv_len < q_len:
