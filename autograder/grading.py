@@ -48,6 +48,7 @@ class CheckpointGrade:
     message: str = ""
     hint: str = ""
     seconds: float = 0.0
+    output_dropped: int = 0  # printed characters beyond what the report keeps
 
 
 @dataclass
@@ -230,7 +231,6 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
     violations: list[str] = []
     sandbox_errors: list[SandboxError] = []
     report: dict = {}
-    worker_dropped = [0]
     all_cells = plan.preamble + cells
     all_names = ["preamble"] * len(plan.preamble) + cell_names
     try:
@@ -257,7 +257,7 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
                     fingerprints=[(hint, core.as_callable(cp, v)) for hint, v in cp.fingerprints],
                 )
                 result = core.run(as_function, proxy, seed=seed)
-                worker_dropped[0] = worker.output_dropped
+                grade.output_dropped = worker.output_dropped
                 grade.verdict = "pass" if result.passed else "fail"
                 grade.message = result.report()
                 grade.hint = core.hint_text(cp, result.hint_id) if result.hint_id else ""
@@ -267,8 +267,6 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
     if sandbox_errors:
         grade.verdict = sandbox_errors[0].kind
         grade.message = f"{sandbox_errors[0]}. " + grade.message
-    if report and worker_dropped[0]:
-        grade.message += f" (printed {worker_dropped[0]:,} characters more than the report keeps)"
     if violations:
         grade.verdict = "flagged"
         grade.message = f"tried something forbidden while graded: {', '.join(sorted(set(violations)))[:300]}"
@@ -314,8 +312,9 @@ def grade_notebook(path: str | Path, *, seed: int | None = None, limits: Limits 
             if report.get("patched"):
                 result.flags.append(f"replaced comparison functions: {', '.join(report['patched'])} "
                                     "(no effect: the grader compares outside the student's process)")
-        if "more than the report keeps" in grade.message:
-            result.flags.append(f"{checkpoint_id}: output truncated{grade.message.rsplit('(printed', 1)[1].rstrip(')')}")
+        if grade.output_dropped:
+            result.flags.append(f"{checkpoint_id}: output truncated: printed {grade.output_dropped:,} "
+                                "characters more than the report keeps")
         if grade.verdict in ("timeout", "crashed", "memory"):
             result.flags.append(f"{checkpoint_id}: {grade.verdict}: {grade.message.split('. ')[0]}")
     result.flags.extend(sorted(global_violations))
