@@ -5,7 +5,8 @@
    reference module named in the notebook's metadata (``{"course": {"module": ...}}``).
    Each function keeps its signature and docstring; its body goes between
    ``### BEGIN SOLUTION`` / ``### END SOLUTION``, which nbgrader turns into a stub.
-   A name written ``"=NAME"`` is copied whole, as given code with no solution markers.
+   A name written ``"=NAME"`` is copied whole, as given code with no solution markers;
+   ``"=package.module:NAME"`` copies it from another reference module (earlier chapters).
 2. **Release.** ``nbgrader generate_assignment`` (with the repository's own
    ``nbgrader_config.py``) writes ``chapters/NN_slug/NN_slug.ipynb``: solutions replaced by
    stubs, hidden tests removed, outputs cleared.
@@ -70,17 +71,21 @@ def _definition_lines(module_source: str, name: str) -> tuple[list[str], int | N
 
 
 def render_cell(module: str, names: list[str]) -> str:
-    """The source of a solution (or given) cell, built from the reference module."""
-    path = Path(importlib.import_module(module).__file__)
-    module_source = path.read_text(encoding="utf-8")
+    """The source of a solution (or given) cell, built from the reference module.
+
+    An entry ``"=solutions.layers:SwiGLU"`` takes the definition from another module: how a
+    later chapter gives an earlier chapter's code, without a copy that could drift.
+    """
     pieces = []
     for entry in names:
         given = entry.startswith("=")
         name = entry.lstrip("=")
+        source_module, _, name = name.rpartition(":")
+        module_source = Path(importlib.import_module(source_module or module).__file__).read_text(encoding="utf-8")
         try:
             block, body_start = _definition_lines(module_source, name)
         except KeyError:
-            raise KeyError(f"{module} has no top-level definition {name!r} (cell metadata course.render)") from None
+            raise KeyError(f"{source_module or module} has no top-level definition {name!r} (cell metadata course.render)") from None
         if given or body_start is None:
             pieces.append("\n".join(block))
             continue

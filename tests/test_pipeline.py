@@ -24,7 +24,7 @@ def test_committed_notebooks_are_exactly_what_the_pipeline_generates():
 def test_a_drifted_solution_cell_is_detected(chapter):
     nb = nbformat.read(source_path(chapter), as_version=4)
     cell = next(c for c in nb.cells if c.metadata.get("course", {}).get("render"))
-    cell.source = cell.source.replace("### END SOLUTION", "    pass  # edited by hand\n    ### END SOLUTION", 1)
+    cell.source += "\n# edited by hand"
     assert render_notebook(nb), "a hand-edited solution cell went unnoticed"
 
 
