@@ -298,6 +298,7 @@ def _fingerprint(cp: Checkpoint, cases: list[Case], outputs: list[Any], fn: Call
         return call(as_callable(cp, variant), copy.deepcopy(case.args))
 
     for hint, variant in cp.fingerprints:
+        # exact match: two mistakes that agree within tolerance are told apart by their bits
         if all(_same_outcome(variant_output(hint, variant, c), got) for c, got in zip(cases, outputs)):
             return hint
     return None

@@ -100,6 +100,7 @@ def materialise(cp: Checkpoint) -> dict:
         "signature": cp.signature,
         "points": cp.points,
         "tol": cp.tol,
+        "kind": cp.kind,
         "hints": dict(cp.hints),
         "raised_hints": [tuple(item) for item in cp.raised_hints],
         "fingerprints": [hint for hint, _ in cp.fingerprints],
@@ -264,6 +265,7 @@ def checkpoint_from(data: dict) -> Checkpoint:
         raised_hints=list(data["raised_hints"]),
         points=data["points"],
         tol=data["tol"],
+        kind=data.get("kind", "function"),
     )
 
 

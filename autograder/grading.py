@@ -83,13 +83,16 @@ class Plan:
     preamble: list[str]  # code the answers may rely on (imports, given constants)
     checkpoints: list[tuple[str, str, str]]  # (checkpoint id, function name, answer cell id)
     locked: dict[str, str]  # grade_id -> source of every locked cell, to detect tampering
+    demos: set[str]  # the course's other code cells (stripped source): never run by the grader
 
 
 def chapter_plan(chapter: str) -> Plan:
     nb = nbformat.read(source_path(chapter), as_version=4)
-    preamble, checkpoints, locked, last_answer = [], [], {}, None
+    preamble, checkpoints, locked, demos, last_answer = [], [], {}, set(), None
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and not meta:
+            demos.add(cell.source.strip())
         if cell.cell_type == "code" and cell.metadata.get("course", {}).get("preamble"):
             preamble.append(cell.source)
         if meta.get("solution"):
@@ -99,7 +102,7 @@ def chapter_plan(chapter: str) -> Plan:
         if meta.get("grade"):
             found = CHECK_CALL.search(cell.source)
             checkpoints.append((found.group(1), found.group(2), last_answer))
-    return Plan(chapter, preamble, checkpoints, locked)
+    return Plan(chapter, preamble, checkpoints, locked, demos)
 
 
 def chapter_of(nb, path: Path) -> str | None:
@@ -191,7 +194,8 @@ def _proxy(worker: Worker, name: str, kind: str, violations: list[str], sandbox_
 
 
 def _learner_cells(nb, plan: Plan) -> tuple[list[str], list[str]]:
-    """The submission's answer cells and the cells it added, in order, with their names."""
+    """The submission's answer cells and the cells it added or changed, in order, with their
+    names. The course's own demo cells, unchanged, are not run."""
     cells, names = [], []
     answer_ids = {answer for _, _, answer in plan.checkpoints}
     for index, cell in enumerate(nb.cells):
@@ -201,7 +205,7 @@ def _learner_cells(nb, plan: Plan) -> tuple[list[str], list[str]]:
         if grade_id in answer_ids:
             cells.append(cell.source)
             names.append(grade_id)
-        elif grade_id is None:
+        elif grade_id is None and cell.source.strip() not in plan.demos:
             cells.append(cell.source)
             names.append(f"added cell {index}")
     return cells, names

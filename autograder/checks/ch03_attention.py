@@ -1,0 +1,578 @@
+"""Chapter 03 checkpoints: attention, grouped-query attention, the KV cache, latent attention.
+
+Inputs are small float32 tensors drawn from a ``torch.Generator`` seeded by the case RNG;
+expected outputs come from ``solutions.attention``, compared within ``tol``. Known mistakes
+are recognised by fingerprints: wrong variants of the reference, built here from a few
+switches, whose outputs a learner's function reproduces exactly on every case (stored in the
+fixtures, so a release names them too). Live, a mistake computed in another order of
+operations, which misses a fingerprint by a rounding error, is still named from the failing
+case (:func:`near_fingerprint`). Edge cases come first, each with the hint of the mistake it
+isolates: a single key, no mask, a causal mask, the last queries of a longer sequence, a
+padding mask; empty and non-empty caches; MHA, GQA and MQA.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from ..compare import difference
+from ..core import Case, Checkpoint, Label, call, register
+from ..reference import reference
+
+att = functools.partial(reference, "solutions.attention")
+layers = functools.partial(reference, "solutions.layers")
+
+TOL = 1e-5  # float32, a few operations deep
+
+
+def generator(rng: random.Random) -> torch.Generator:
+    return torch.Generator().manual_seed(rng.randrange(2**31))
+
+
+def randn(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=g) * scale
+
+
+def shown(name: str, t: torch.Tensor | None) -> Label:
+    """``q(1, 2, 3, 4)``: a tensor argument in a report, by name and shape."""
+    return Label("None" if t is None else f"{name}{tuple(t.shape)}")
+
+
+def causal(q_len: int, kv_len: int | None = None) -> torch.Tensor:
+    return layers("causal_mask")(q_len, kv_len)
+
+
+def random_mask(g: torch.Generator, q_len: int, kv_len: int) -> torch.Tensor:
+    """A boolean mask in which every query sees at least one key."""
+    mask = torch.rand(q_len, kv_len, generator=g) < 0.6
+    mask[torch.arange(q_len), torch.randint(kv_len, (q_len,), generator=g)] = True
+    return mask
+
+
+def rope_table(head_dim: int, max_len: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    return layers("rope_cache")(head_dim, max_len)
+
+
+def mask_label(mask: torch.Tensor | None, how: str) -> Label:
+    return Label("None") if mask is None else Label(how)
+
+
+def near_fingerprint(fingerprints: list[tuple[str, object]]):
+    """A ``diagnose`` that names the known mistake whose output on the failing case is within
+    ``TOL`` of the learner's. Fingerprints must match exactly on every case, which a learner's
+    mistake computed in another order of operations misses by a rounding error."""
+
+    def diagnose(case: Case, expected, got):
+        for hint, variant in fingerprints:
+            try:
+                if difference(call(variant, copy.deepcopy(case.args)), got, TOL) is None:
+                    return hint
+            except Exception:  # noqa: BLE001 - incomparable outputs are simply different
+                continue
+        return None
+
+    return diagnose
+
+
+def checkpoint(**fields) -> Checkpoint:
+    """Register a checkpoint whose known mistakes are named exactly (fingerprints, shipped in
+    fixtures) or, live, within ``TOL`` on the failing case (:func:`near_fingerprint`)."""
+    return register(Checkpoint(diagnose=near_fingerprint(fields["fingerprints"]), **fields))
+
+
+# ------------------------------------------------------------------------ 03.attention
+
+def attention_cases(rng: random.Random) -> list[Case]:
+    g = generator(rng)
+
+    def case(label, shape, mask, how="", hint="default"):
+        b, h, q_len, kv_len, d = shape
+        q, k, v = randn(g, b, h, q_len, d), randn(g, b, h, kv_len, d), randn(g, b, h, kv_len, d)
+        return Case(label, (q, k, v, mask), hint,
+                    show=(shown("q", q), shown("k", k), shown("v", v), mask_label(mask, how)))
+
+    padding = torch.tensor([[True, False, True, True]] * 3)
+    cases = [
+        case("a single key: the output is its value", (1, 2, 1, 1, 4), None, hint="no_mask"),
+        case("no mask: every query sees every key", (1, 2, 3, 3, 4), None, hint="no_mask"),
+        case("a causal mask", (1, 2, 4, 4, 4), causal(4), "causal_mask(4)", "mask"),
+        case("the last 2 of 5 positions attend (as with a KV cache)", (1, 2, 2, 5, 4), causal(2, 5),
+             "causal_mask(2, 5)", "given_mask"),
+        case("a padding mask: key 1 is hidden from every query", (1, 1, 3, 4, 6), padding,
+             "mask(3, 4) hiding key 1", "given_mask"),
+    ]
+    for n in range(4):
+        b, h, q_len, d = rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 4), rng.choice([2, 4, 8])
+        kv_len = rng.randint(q_len, 5)
+        kind = rng.choice(["none", "causal", "random"])
+        mask = {"none": None, "causal": causal(q_len, kv_len), "random": random_mask(g, q_len, kv_len)}[kind]
+        cases.append(case(f"random shapes and mask (case {n + 1})", (b, h, q_len, kv_len, d), mask,
+                          f"{kind} mask({q_len}, {kv_len})"))
+    return cases
+
+
+def attention_variant(scale="sqrt", softmax_dim=-1, mask_mode="before", fill=float("-inf")):
+    """A wrong ``attention``: one of its choices bent."""
+
+    def wrong(q, k, v, mask):
+        d = q.shape[-1]
+        scores = q @ k.transpose(-2, -1)
+        scores = {"sqrt": scores / math.sqrt(d), "d": scores / d, "none": scores}[scale]
+        if mask_mode == "own":
+            mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril()
+        if mask is not None and mask_mode in ("before", "own"):
+            scores = scores.masked_fill(~mask, fill)
+        if mask is not None and mask_mode == "inverted":
+            scores = scores.masked_fill(mask, fill)
+        weights = torch.softmax(scores, dim=softmax_dim)
+        if mask is not None and mask_mode == "after":
+            weights = weights.masked_fill(~mask, 0.0)
+        return weights @ v
+
+    return wrong
+
+
+checkpoint(
+    id="03.attention",
+    points=2,
+    title="softmax(QK^T / sqrt(d)) V with a boolean mask, as F.scaled_dot_product_attention",
+    signature="attention(q, k, v, mask)",
+    cases=attention_cases,
+    reference=att("attention"),
+    tol=TOL,
+    fingerprints=[
+        ("scale_d", attention_variant(scale="d")),
+        ("no_scale", attention_variant(scale="none")),
+        ("softmax_axis", attention_variant(softmax_dim=-2)),
+        ("mask_after_softmax", attention_variant(mask_mode="after")),
+        ("mask_zero", attention_variant(fill=0.0)),
+        ("mask_inverted", attention_variant(mask_mode="inverted")),
+        ("own_mask", attention_variant(mask_mode="own")),
+    ],
+    raised_hints=[(r"unary ~: 'NoneType'|NoneType", "no_mask")],
+    hints={
+        "default": "scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim); set masked scores to "
+        "-inf with scores.masked_fill(~mask, float('-inf')); softmax over the last axis (the keys); "
+        "multiply by v.",
+        "no_mask": "mask=None means every query may attend to every key: only mask when a mask is given.",
+        "mask": "Where mask is False the score must become -inf before the softmax, so that the weight is 0.",
+        "given_mask": "Apply the mask you are given, whatever its shape: it is not always a square causal mask.",
+        "scale_d": "Divide the scores by sqrt(head_dim), not head_dim: with unit-variance q and k, "
+        "q·k has variance head_dim, so its standard deviation is sqrt(head_dim).",
+        "no_scale": "Scale the scores by 1 / sqrt(head_dim) (head_dim = q.shape[-1]) before the "
+        "softmax: unscaled scores grow with head_dim and saturate the softmax.",
+        "softmax_axis": "Take the softmax over the last axis, the keys (dim=-1): each query's "
+        "weights over the keys must sum to 1, not each key's weights over the queries.",
+        "mask_after_softmax": "Mask before the softmax: zeroing weights after it leaves rows that "
+        "no longer sum to 1. Fill the masked scores with -inf, then softmax.",
+        "mask_zero": "Fill masked scores with float('-inf'), not 0: a score of 0 still gets weight "
+        "exp(0) = 1 in the softmax.",
+        "mask_inverted": "True in the mask means 'may attend' (as in F.scaled_dot_product_attention): "
+        "fill the scores where the mask is False, i.e. masked_fill(~mask, float('-inf')).",
+        "own_mask": "Use the mask argument instead of building a causal mask yourself: a padding mask, "
+        "None, or the last queries of a longer sequence (KV cache) are not torch.tril(ones(q_len, kv_len)).",
+    },
+)
+
+
+# ------------------------------------------------------------------------ 03.repeat_kv
+
+def repeat_kv_cases(rng: random.Random) -> list[Case]:
+    g = generator(rng)
+
+    def case(label, shape, n_rep, hint="default"):
+        x = randn(g, *shape)
+        return Case(label, (x, n_rep), hint, show=(shown("x", x), n_rep))
+
+    cases = [
+        case("n_rep = 1 (MHA): nothing to repeat", (1, 2, 3, 2), 1),
+        case("one KV head for four query heads (MQA)", (1, 1, 3, 2), 4),
+        case("two KV heads, three query heads each (GQA)", (1, 2, 3, 2), 3, "grouping"),
+        case("a batch of two, four KV heads shared by pairs", (2, 4, 2, 2), 2, "grouping"),
+    ]
+    for n in range(3):
+        shape = (rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 3), 2)
+        cases.append(case(f"random shapes (case {n + 1})", shape, rng.randint(1, 3)))
+    return cases
+
+
+def _repeat_cycled(x, n_rep):
+    return x.repeat(1, n_rep, 1, 1)
+
+
+def _repeat_on_seq(x, n_rep):
+    return x.repeat_interleave(n_rep, dim=2)
+
+
+def _repeat_to_n_rep_heads(x, n_rep):
+    return x.repeat_interleave(n_rep // x.shape[1], dim=1)
+
+
+def _expand_without_reshape(x, n_rep):
+    batch, n_kv_heads, seq, head_dim = x.shape
+    return x[:, :, None].expand(batch, n_kv_heads, n_rep, seq, head_dim)
+
+
+checkpoint(
+    id="03.repeat_kv",
+    points=1,
+    title="each KV head repeated for its group of consecutive query heads",
+    signature="repeat_kv(x, n_rep)",
+    cases=repeat_kv_cases,
+    reference=att("repeat_kv"),
+    fingerprints=[
+        ("grouping", _repeat_cycled),
+        ("axis", _repeat_on_seq),
+        ("n_rep", _repeat_to_n_rep_heads),
+        ("reshape", _expand_without_reshape),
+    ],
+    hints={
+        "default": "(batch, n_kv_heads, seq, head_dim) -> (batch, n_kv_heads * n_rep, seq, head_dim), "
+        "query head h using KV head h // n_rep: x.repeat_interleave(n_rep, dim=1), or x[:, :, None] "
+        "expanded to (batch, n_kv_heads, n_rep, seq, head_dim) and reshaped.",
+        "grouping": "KV head k must serve query heads k*n_rep .. k*n_rep + n_rep - 1 (heads 0,0,1,1 for "
+        "n_rep = 2), not cycle through them (0,1,0,1): use repeat_interleave(n_rep, dim=1), not repeat.",
+        "axis": "Repeat along the heads axis (dim=1), not the sequence axis: the output has "
+        "n_kv_heads * n_rep heads and the same number of positions.",
+        "n_rep": "n_rep is how many query heads share each KV head (n_heads // n_kv_heads), not the "
+        "number of heads to end up with: repeat each KV head n_rep times.",
+        "reshape": "Return a 4-D tensor: after expanding to (batch, n_kv_heads, n_rep, seq, head_dim), "
+        "reshape to (batch, n_kv_heads * n_rep, seq, head_dim).",
+    },
+)
+
+
+# ---------------------------------------------------------------------- 03.gqa_forward
+
+def gqa_weights(g: torch.Generator, dim: int, n_heads: int, n_kv_heads: int, head_dim: int) -> dict:
+    s = dim**-0.5  # keeps q and k near unit variance
+    return {
+        "q_proj": randn(g, n_heads * head_dim, dim, scale=s),
+        "k_proj": randn(g, n_kv_heads * head_dim, dim, scale=s),
+        "v_proj": randn(g, n_kv_heads * head_dim, dim, scale=s),
+        "o_proj": randn(g, dim, n_heads * head_dim, scale=(n_heads * head_dim) ** -0.5),
+    }
+
+
+WEIGHTS_SHOWN = Label("{q_proj, k_proj, v_proj, o_proj}")
+
+
+def gqa_cases(rng: random.Random) -> list[Case]:
+    g = generator(rng)
+    dim, n_heads, head_dim = 8, 4, 2
+    cos_all, sin_all = rope_table(head_dim)
+
+    def case(label, batch, seq, n_kv_heads, masked, hint="default"):
+        x = randn(g, batch, seq, dim)
+        weights = gqa_weights(g, dim, n_heads, n_kv_heads, head_dim)
+        cos, sin = cos_all[:seq].clone(), sin_all[:seq].clone()
+        mask = causal(seq) if masked else None
+        show = (shown("x", x), WEIGHTS_SHOWN, shown("cos", cos), shown("sin", sin),
+                mask_label(mask, f"causal_mask({seq})"), n_heads, n_kv_heads)
+        return Case(label, (x, weights, cos, sin, mask, n_heads, n_kv_heads), hint, show=show)
+
+    cases = [
+        case("MHA, one token (RoPE does nothing at position 0)", 1, 1, 4, False),
+        case("MHA, 4 tokens, causal", 1, 4, 4, True),
+        case("GQA: 4 query heads share 2 KV heads", 1, 3, 2, True, "grouping"),
+        case("MQA: 4 query heads share 1 KV head", 1, 3, 1, True),
+        case("GQA without a mask", 1, 3, 2, False, "mask"),
+    ]
+    for n in range(2):
+        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(2, 4), rng.choice([1, 2, 4]), rng.random() < 0.7))
+    return cases
+
+
+def gqa_variant(rope_q=True, rope_k=True, rope_v=False, grouping="interleave", heads_first="transpose",
+                merge="transpose", linear="linear", use_mask=True):
+    """A wrong ``gqa_forward``: one of its choices bent."""
+    apply_rope = layers("apply_rope")
+
+    def wrong(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+        batch, seq, _ = x.shape
+        head_dim = weights["q_proj"].shape[0] // n_heads
+
+        def proj(name, heads):
+            w = weights[name]
+            y = x @ w if linear == "no_transpose" else F.linear(x, w)
+            return y.view(batch, seq, heads, head_dim)
+
+        q, k, v = proj("q_proj", n_heads), proj("k_proj", n_kv_heads), proj("v_proj", n_kv_heads)
+        q = apply_rope(q, cos, sin) if rope_q else q
+        k = apply_rope(k, cos, sin) if rope_k else k
+        v = apply_rope(v, cos, sin) if rope_v else v
+        if heads_first == "transpose":
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            q, k, v = (t.reshape(batch, t.shape[2], seq, head_dim) for t in (q, k, v))
+        n_rep = n_heads // n_kv_heads
+        if grouping == "interleave":
+            k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
+        else:
+            k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
+        out = att("attention")(q, k, v, mask if use_mask else None)
+        if merge == "transpose":
+            out = out.transpose(1, 2)
+        out = out.reshape(batch, seq, n_heads * head_dim)
+        w = weights["o_proj"]
+        return out @ w if linear == "no_transpose" else F.linear(out, w)
+
+    return wrong
+
+
+checkpoint(
+    id="03.gqa_forward",
+    points=3,
+    title="grouped-query attention: MHA, GQA and MQA by n_kv_heads, RoPE on queries and keys",
+    signature="gqa_forward(x, weights, cos, sin, mask, n_heads, n_kv_heads)",
+    cases=gqa_cases,
+    reference=att("gqa_forward"),
+    tol=TOL,
+    fingerprints=[
+        ("rope_values", gqa_variant(rope_v=True)),
+        ("rope_keys", gqa_variant(rope_k=False)),
+        ("rope_queries", gqa_variant(rope_q=False)),
+        ("grouping", gqa_variant(grouping="cycle")),
+        ("split_heads", gqa_variant(heads_first="reshape")),
+        ("merge_heads", gqa_variant(merge="reshape")),
+        ("linear_layout", gqa_variant(linear="no_transpose")),
+        ("mask", gqa_variant(use_mask=False)),
+    ],
+    hints={
+        "default": "project with F.linear(x, w) and view as (batch, seq, heads, head_dim); apply_rope to "
+        "q and k; transpose(1, 2) to heads-first; repeat_kv k and v by n_heads // n_kv_heads; attention; "
+        "transpose back, reshape to (batch, seq, n_heads * head_dim); F.linear with o_proj.",
+        "rope_values": "Rotate queries and keys only: values carry content, and positions enter "
+        "attention through the scores q·k alone.",
+        "rope_keys": "Apply RoPE to the keys as well as the queries: the score of a rotated query with "
+        "an unrotated key does not depend on their relative position.",
+        "rope_queries": "Apply RoPE to the queries as well as the keys: both sides of q·k must be rotated "
+        "by their own positions.",
+        "grouping": "KV head k must serve query heads k*g .. k*g + g - 1 (g = n_heads // n_kv_heads): "
+        "repeat_interleave along the heads, not repeat (which cycles 0,1,0,1).",
+        "split_heads": "Move the heads axis with transpose(1, 2), not view/reshape: (batch, seq, heads, "
+        "head_dim) reshaped to (batch, heads, seq, head_dim) mixes positions and heads.",
+        "merge_heads": "Before the output projection, transpose(1, 2) the (batch, n_heads, seq, head_dim) "
+        "output back to (batch, seq, n_heads, head_dim), then reshape to (batch, seq, n_heads * head_dim).",
+        "linear_layout": "nn.Linear stores weights as (out_features, in_features): project with "
+        "F.linear(x, w) = x @ w.T, not x @ w.",
+        "mask": "Pass the mask to attention: without it every token sees the future.",
+    },
+)
+
+
+# ------------------------------------------------------------------------- 03.kv_cache
+
+def kv_cases(rng: random.Random) -> list[Case]:
+    g = generator(rng)
+    dim, n_heads, head_dim = 8, 4, 2
+    cos, sin = rope_table(head_dim)
+    decode = att("gqa_decode")
+
+    def case(label, batch, past, seq, n_kv_heads, hint="default"):
+        weights = gqa_weights(g, dim, n_heads, n_kv_heads, head_dim)
+        empty = torch.zeros(batch, n_kv_heads, 0, head_dim)
+        _, k_cache, v_cache = decode(randn(g, batch, past, dim), weights, cos, sin, empty, empty, n_heads, n_kv_heads)
+        x = randn(g, batch, seq, dim)
+        show = (shown("x", x), WEIGHTS_SHOWN, shown("cos", cos), shown("sin", sin),
+                shown("k_cache", k_cache), shown("v_cache", v_cache), n_heads, n_kv_heads)
+        return Case(label, (x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads), hint, show=show)
+
+    cases = [
+        case("an empty cache, one token", 1, 0, 1, 4),
+        case("an empty cache, a prompt of 3 tokens", 1, 0, 3, 4, "mask"),
+        case("one new token after 3 cached (position 3)", 1, 3, 1, 4, "positions"),
+        case("two new tokens after 3 cached", 1, 3, 2, 2, "mask_offset"),
+        case("MQA: one new token after 4 cached", 1, 4, 1, 1, "positions"),
+    ]
+    for n in range(2):
+        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(1, 4), rng.randint(1, 2), rng.choice([1, 2, 4])))
+    return cases
+
+
+def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False):
+    """A wrong ``gqa_decode``: one of its choices bent."""
+
+    def wrong(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
+        past, seq = k_cache.shape[2], x.shape[1]
+        total = past + seq
+        rows = slice(0, seq) if positions == "restart" else slice(past, total)
+        if rotate_cache:  # cache keys before RoPE; rotate every cached key at each step
+            no_rope = torch.ones_like(cos), torch.zeros_like(sin)
+            q, _, _ = att("project_qkv")(x, weights, cos[rows], sin[rows], n_heads, n_kv_heads)
+            _, k, v = att("project_qkv")(x, weights, *(t[rows] for t in no_rope), n_heads, n_kv_heads)
+        else:
+            q, k, v = att("project_qkv")(x, weights, cos[rows], sin[rows], n_heads, n_kv_heads)
+        k_cache, v_cache = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
+        keys = k_cache
+        if rotate_cache:
+            keys = layers("apply_rope")(k_cache.transpose(1, 2), cos[:total], sin[:total]).transpose(1, 2)
+        mask = {"offset": causal(seq, total), "none": None,
+                "tril": torch.ones(seq, total, dtype=torch.bool).tril()}[mask_mode]
+        return att("attend")(q, keys, v_cache, mask, weights["o_proj"]), k_cache, v_cache
+
+    return wrong
+
+
+checkpoint(
+    id="03.kv_cache",
+    points=2,
+    title="decoding with a KV cache: positions, mask and cache extended, as the full forward",
+    signature="gqa_decode(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads)",
+    cases=kv_cases,
+    reference=att("gqa_decode"),
+    tol=TOL,
+    fingerprints=[
+        ("positions", kv_variant(positions="restart")),
+        ("mask_offset", kv_variant(mask_mode="tril")),
+        ("mask", kv_variant(mask_mode="none")),
+        ("cache_rotated", kv_variant(rotate_cache=True)),
+    ],
+    raised_hints=[(r"Sizes of tensors must match except in dimension [013]\b", "cache_axis")],
+    hints={
+        "default": "past = k_cache.shape[2]; project_qkv the new tokens with cos[past:past + seq]; "
+        "torch.cat the new keys and values to the caches on dim=2; attend with causal_mask(seq, "
+        "past + seq); return (out, k_cache, v_cache).",
+        "positions": "The new tokens sit at positions past .. past + seq - 1: rotate them with "
+        "cos[past:past + seq] and sin[past:past + seq], not the rows of positions 0 .. seq - 1.",
+        "mask_offset": "The new queries are the last seq of past + seq positions: query i may see keys "
+        "0 .. past + i. Use causal_mask(seq, past + seq), not a lower triangle starting at key 0.",
+        "mask": "Several new tokens (a prompt) must not see each other's future: attend with "
+        "causal_mask(seq, past + seq).",
+        "cache_rotated": "The cache holds keys after RoPE: rotate only the new keys, at their own "
+        "positions, then append them. Keys already in the cache are never rotated again.",
+        "cache_axis": "Append to the caches along the sequence axis: torch.cat([k_cache, k], dim=2) "
+        "with both (batch, n_kv_heads, seq, head_dim).",
+        "return_type": "Return three tensors, (out, k_cache, v_cache): the output and both caches "
+        "extended by the new tokens.",
+    },
+)
+
+
+# ------------------------------------------------------------------------------ 03.mla
+
+def mla_weights(g: torch.Generator, dim: int, n_heads: int, head_dim: int, rope_dim: int, rank: int) -> dict:
+    return {
+        "q_proj": randn(g, n_heads * (head_dim + rope_dim), dim, scale=dim**-0.5),
+        "kv_a_proj_with_mqa": randn(g, rank + rope_dim, dim, scale=dim**-0.5),
+        "kv_b_proj": randn(g, n_heads * 2 * head_dim, rank, scale=rank**-0.5),
+        "o_proj": randn(g, dim, n_heads * head_dim, scale=(n_heads * head_dim) ** -0.5),
+    }
+
+
+def mla_cases(rng: random.Random) -> list[Case]:
+    g = generator(rng)
+    dim, head_dim, rope_dim, rank = 8, 2, 2, 3
+    cos, sin = rope_table(rope_dim)
+    forward = att("mla_forward")
+    names = Label("{q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj}")
+
+    def case(label, batch, past, seq, n_heads, hint="default"):
+        weights = mla_weights(g, dim, n_heads, head_dim, rope_dim, rank)
+        empty = torch.zeros(batch, 0, rank + rope_dim)
+        _, cache = forward(randn(g, batch, past, dim), weights, cos, sin, empty, n_heads, rope_dim)
+        x = randn(g, batch, seq, dim)
+        show = (shown("x", x), names, shown("cos", cos), shown("sin", sin), shown("latent_cache", cache), n_heads, rope_dim)
+        return Case(label, (x, weights, cos, sin, cache, n_heads, rope_dim), hint, show=show)
+
+    cases = [
+        case("an empty cache, one token", 1, 0, 1, 2),
+        case("an empty cache, 3 tokens", 1, 0, 3, 2),
+        case("one new token after 3 cached (position 3)", 1, 3, 1, 2, "positions"),
+        case("two new tokens after 2 cached", 1, 2, 2, 2, "mask_offset"),
+    ]
+    for n in range(2):
+        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(0, 3), rng.randint(1, 2), rng.randint(1, 3)))
+    return cases
+
+
+def mla_variant(rope_key=True, positions="offset", kv_split="per_head", q_split="nope_first",
+                rotate_cache=False, scale="both", mask_mode="offset"):
+    """A wrong ``mla_forward``: one of its choices bent."""
+    apply_rope = layers("apply_rope")
+
+    def wrong(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim):
+        batch, seq, _ = x.shape
+        past = latent_cache.shape[1]
+        total = past + seq
+        rows = slice(0, seq) if positions == "restart" else slice(past, total)
+        cos, sin = cos_all[rows], sin_all[rows]
+        head_dim = weights["q_proj"].shape[0] // n_heads - rope_dim
+        q = F.linear(x, weights["q_proj"]).view(batch, seq, n_heads, head_dim + rope_dim)
+        if q_split == "nope_first":
+            q_nope, q_rope = q.split([head_dim, rope_dim], dim=-1)
+        else:
+            q_rope, q_nope = q.split([rope_dim, head_dim], dim=-1)
+        q = torch.cat([q_nope, apply_rope(q_rope, cos, sin)], dim=-1)
+        latent = F.linear(x, weights["kv_a_proj_with_mqa"])
+        rank = latent.shape[-1] - rope_dim
+        c_kv, k_rope = latent.split([rank, rope_dim], dim=-1)
+        if rope_key and not rotate_cache:
+            k_rope = apply_rope(k_rope[:, :, None, :], cos, sin)[:, :, 0]
+        latent_cache = torch.cat([latent_cache, torch.cat([c_kv, k_rope], dim=-1)], dim=1)
+        c_kv, k_rope = latent_cache.split([rank, rope_dim], dim=-1)
+        if rotate_cache:
+            k_rope = apply_rope(k_rope[:, :, None, :], cos_all[:total], sin_all[:total])[:, :, 0]
+        kv = F.linear(c_kv, weights["kv_b_proj"])
+        if kv_split == "per_head":
+            k_nope, v = kv.view(batch, total, n_heads, 2 * head_dim).split([head_dim, head_dim], dim=-1)
+        else:
+            k_nope, v = (t.reshape(batch, total, n_heads, head_dim) for t in kv.chunk(2, dim=-1))
+        k = torch.cat([k_nope, k_rope[:, :, None, :].expand(batch, total, n_heads, rope_dim)], dim=-1)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        mask = causal(seq, total) if mask_mode == "offset" else torch.ones(seq, total, dtype=torch.bool).tril()
+        if scale == "nope":  # scores divided by sqrt(head_dim), forgetting the rope part
+            scores = (q @ k.transpose(-2, -1) / math.sqrt(head_dim)).masked_fill(~mask, float("-inf"))
+            out = torch.softmax(scores, dim=-1) @ v
+        else:
+            out = att("attention")(q, k, v, mask)
+        out = out.transpose(1, 2).reshape(batch, seq, n_heads * head_dim)
+        return F.linear(out, weights["o_proj"]), latent_cache
+
+    return wrong
+
+
+checkpoint(
+    id="03.mla",
+    points=2,
+    title="(bonus) multi-head latent attention with its latent cache",
+    signature="mla_forward(x, weights, cos, sin, latent_cache, n_heads, rope_dim)",
+    cases=mla_cases,
+    reference=att("mla_forward"),
+    tol=TOL,
+    fingerprints=[
+        ("rope_key", mla_variant(rope_key=False)),
+        ("positions", mla_variant(positions="restart")),
+        ("kv_split", mla_variant(kv_split="halves")),
+        ("q_split", mla_variant(q_split="rope_first")),
+        ("cache_rotated", mla_variant(rotate_cache=True)),
+        ("scale", mla_variant(scale="nope")),
+        ("mask_offset", mla_variant(mask_mode="tril")),
+    ],
+    hints={
+        "default": "Queries: q_proj, view (batch, seq, n_heads, head_dim + rope_dim), split [head_dim, "
+        "rope_dim], rotate the rope part. Latent: kv_a_proj_with_mqa, split [rank, rope_dim], rotate "
+        "k_rope, append [c_kv; k_rope] to the cache. Keys and values: kv_b_proj of the cached c_kv, "
+        "per head [k_nope; v]; every head's key is [k_nope; k_rope].",
+        "rope_key": "Rotate the shared key part k_rope (the last rope_dim values of kv_a_proj_with_mqa) "
+        "by its positions: it is the only place where keys learn their position.",
+        "positions": "The new tokens sit at positions past .. past + seq - 1 (past = latent_cache.shape[1]): "
+        "rotate with cos[past:past + seq], not from position 0.",
+        "kv_split": "kv_b_proj gives each head its key and value side by side: view as (batch, seq, "
+        "n_heads, 2 * head_dim) first, then split the last axis into [k_nope, v].",
+        "q_split": "Each head's query is [q_nope; q_rope], in that order: split the last axis into "
+        "[head_dim, rope_dim].",
+        "cache_rotated": "Cache k_rope after rotating it at its own position; rotate only the new tokens' "
+        "k_rope, never the cached ones again.",
+        "scale": "The scores q·k add the nope and rope parts: scale by 1 / sqrt(head_dim + rope_dim), "
+        "the full query length (attention does this when q has head_dim + rope_dim values).",
+        "mask_offset": "The new queries are the last seq of past + seq positions: use "
+        "causal_mask(seq, past + seq), not a lower triangle starting at key 0.",
+    },
+)
