@@ -151,3 +151,12 @@ def test_nbgrader_agrees_where_it_can_defend(tmp_path, attack_grades):
                 disagreements.append((attack.name, ours, theirs))
             print(f"{attack.name:40s} grade command {ours:g}  nbgrader {theirs:g}")
     assert not disagreements
+
+
+@pytest.mark.parametrize("chapter", [c for c in __import__("autograder.notebooks", fromlist=["chapters"]).chapters() if c != CHAPTER])
+def test_every_chapter_grades_full_for_the_solution_and_zero_for_the_stubs(chapter):
+    full = grade_notebook(source_path(chapter), limits=LIMITS)
+    assert full.score == full.max_score > 0, [(c.checkpoint, c.verdict, c.message[:300]) for c in full.checkpoints if c.verdict != "pass"]
+    assert not full.flags, full.flags
+    stub = grade_notebook(release_path(chapter), limits=LIMITS)
+    assert stub.score == 0 and not stub.flags, stub.flags
