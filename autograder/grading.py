@@ -135,14 +135,9 @@ def _restore(value):
     if isinstance(value, tuple) and len(value) == 3 and value[0] == "__unsupported__":
         raise TypeError(f"returned a {value[1]} ({value[2][:80]}), which is not plain data: return a list, dict, str, tensor, ...")
     if isinstance(value, tuple) and len(value) == 4 and value[0] == "__tensor__":
-        import torch
+        from .fixtures import tensor_from_bytes  # the same (dtype, shape, raw bytes) encoding
 
-        _, dtype, shape, raw = value
-        storage = torch.int16 if dtype == "bfloat16" else getattr(torch, dtype)
-        tensor = torch.frombuffer(bytearray(raw), dtype=storage) if raw else torch.empty(0, dtype=storage)
-        if dtype == "bfloat16":
-            tensor = tensor.view(torch.bfloat16)
-        return tensor.reshape(shape).clone()
+        return tensor_from_bytes(*value[1:])
     if isinstance(value, (list, tuple)):
         return type(value)(_restore(v) for v in value)
     if isinstance(value, dict):
