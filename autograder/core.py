@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .compare import difference, short
+from .sandbox_worker import RUNNERS
 
 HIDDEN_SEED_OFFSET = 1_000_003
 
@@ -97,9 +98,15 @@ class Checkpoint:
     raised_hints: list[tuple[str, str]] = field(default_factory=list)
     points: int = 1
     tol: float = 0.0
-    # "function": the learner's object is called as fn(*args). "module": it is an nn.Module
-    # class; each case's args are (init_args, state_dict, forward_args) and the check builds
-    # cls(*init_args), loads state_dict (the reference's parameter names), runs forward.
+    # How close a known mistake's output must be to the learner's to name it: 0 (bits) tells
+    # apart mistakes that agree within tol; a small tolerance recognises a mistake however the
+    # learner ordered the arithmetic (chapter 06's optimiser and schedule).
+    fingerprint_tol: float = 0.0
+    # "function": the learner's object is called as fn(*args). Otherwise a runner from
+    # sandbox_worker.RUNNERS calls it: "module" (an nn.Module class; args are (init_args,
+    # state_dict, forward_args): build, load the reference's state_dict, forward),
+    # "train_steps" and "resume" (chapter 06: a training step or a save/restore pair driven
+    # on the notebook's own Transformer; see the runners' docstrings).
     kind: str = "function"
 
     @property
@@ -220,29 +227,17 @@ def _learner_frame(exc: BaseException) -> str:
     return f" (in {f.name}, {where}, line {f.lineno}{code})"
 
 
-def module_runner(cls: Callable) -> Callable:
-    """Adapt an ``nn.Module`` class to the (init_args, state_dict, forward_args) protocol."""
-
-    def run_module(init_args, state_dict, forward_args):
-        import torch
-
-        module = cls(*init_args)
-        expected, got = sorted(state_dict), sorted(module.state_dict())
-        if expected != got:
-            raise ValueError(
-                f"the module's parameters are named {got}, but the checkpoint loads {expected}: "
-                "keep the names (and shapes) that the notebook's __init__ gives"
-            )
-        module.load_state_dict(state_dict)
-        with torch.no_grad():
-            return module(*forward_args)
-
-    run_module.__name__ = getattr(cls, "__name__", "module")
-    return run_module
-
-
 def as_callable(cp: "Checkpoint", fn: Callable) -> Callable:
-    return module_runner(fn) if cp.kind == "module" else fn
+    """The learner's object as a function of a case's args: itself, or wrapped in its runner."""
+    if cp.kind == "function":
+        return fn
+    runner = RUNNERS[cp.kind]
+
+    def run(*args):
+        return runner(fn, *args)
+
+    run.__name__ = getattr(fn, "__name__", cp.kind)
+    return run
 
 
 def call(fn: Callable, args: tuple) -> Any:
@@ -279,11 +274,11 @@ def _changed(before: tuple, after: tuple) -> bool:
         return False
 
 
-def _same_outcome(a: Any, b: Any) -> bool:
+def _same_outcome(a: Any, b: Any, tol: float = 0.0) -> bool:
     if isinstance(a, Raised) or isinstance(b, Raised):
         return isinstance(a, Raised) and isinstance(b, Raised) and a.type is b.type
     try:
-        return difference(a, b) is None
+        return difference(a, b, tol) is None
     except Exception:  # noqa: BLE001 - incomparable outputs are simply different
         return False
 
@@ -299,7 +294,7 @@ def _fingerprint(cp: Checkpoint, cases: list[Case], outputs: list[Any], fn: Call
 
     for hint, variant in cp.fingerprints:
         # exact match: two mistakes that agree within tolerance are told apart by their bits
-        if all(_same_outcome(variant_output(hint, variant, c), got) for c, got in zip(cases, outputs)):
+        if all(_same_outcome(variant_output(hint, variant, c), got, cp.fingerprint_tol) for c, got in zip(cases, outputs)):
             return hint
     return None
 

@@ -100,6 +100,7 @@ def materialise(cp: Checkpoint) -> dict:
         "signature": cp.signature,
         "points": cp.points,
         "tol": cp.tol,
+        "fingerprint_tol": cp.fingerprint_tol,
         "kind": cp.kind,
         "hints": dict(cp.hints),
         "raised_hints": [tuple(item) for item in cp.raised_hints],
@@ -265,6 +266,7 @@ def checkpoint_from(data: dict) -> Checkpoint:
         raised_hints=list(data["raised_hints"]),
         points=data["points"],
         tol=data["tol"],
+        fingerprint_tol=data.get("fingerprint_tol", 0.0),
         kind=data.get("kind", "function"),
     )
 

@@ -70,6 +70,25 @@ def _definition_lines(module_source: str, name: str) -> tuple[list[str], int | N
     raise KeyError(name)
 
 
+# Earlier chapters' code that later chapters give whole, as bundles a cell's course.render can
+# name ("@model"): the list lives here once, so a chapter cannot miss a helper the model needs.
+BUNDLES = {
+    "@layers": [f"=solutions.layers:{n}" for n in (
+        "rms_norm", "RMSNorm", "rope_cache", "rotate_half", "apply_rope", "swiglu", "SwiGLU", "causal_mask")],
+    "@attention": [f"=solutions.attention:{n}" for n in (
+        "PROJECTIONS", "attention", "repeat_kv", "project_qkv", "attend", "check_config", "KVCache", "Attention")],
+    "@moe": [f"=solutions.moe:{n}" for n in (
+        "top_k_router", "dispatch", "combine", "moe_sorted", "load_balancing_loss", "aux_free_router", "update_bias",
+        "MoEConfig", "MoE")],
+    "@model": [f"=solutions.model:{n}" for n in (
+        "LlamaConfig", "Block", "_plain", "_fused_swiglu", "Transformer")],
+}
+
+
+def expand_bundles(names: list[str]) -> list[str]:
+    return [entry for name in names for entry in BUNDLES.get(name, [name])]
+
+
 def render_cell(module: str, names: list[str]) -> str:
     """The source of a solution (or given) cell, built from the reference module.
 
@@ -77,7 +96,7 @@ def render_cell(module: str, names: list[str]) -> str:
     later chapter gives an earlier chapter's code, without a copy that could drift.
     """
     pieces = []
-    for entry in names:
+    for entry in expand_bundles(names):
         given = entry.startswith("=")
         name = entry.lstrip("=")
         source_module, _, name = name.rpartition(":")

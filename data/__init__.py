@@ -42,3 +42,35 @@ def course_tokenizer():
         mergeable_ranks=load_tiktoken_bpe(str(TOKENIZER_FILE)),
         special_tokens=meta["special_tokens"],
     )
+
+
+CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
+CHECKPOINT_NAMES = ("dense", "moe", "draft")
+
+
+def checkpoint_dir(name: str) -> Path:
+    """The folder of one of the course's pretrained checkpoints (``dense``, ``moe`` or ``draft``):
+    ``config.json`` (the model's ``LlamaConfig`` fields under "model", the training config under
+    "train"), ``model.safetensors`` and ``log.json`` (the training and validation losses)."""
+    if name not in CHECKPOINT_NAMES:
+        raise ValueError(f"no course checkpoint named {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
+    path = CHECKPOINTS_DIR / name
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; retrain it with "
+                                f"`python -m solutions.train --config solutions/configs/{name}.json`.")
+    return path
+
+
+def load_checkpoint(name: str):
+    """``(model_config, state_dict)`` of a course checkpoint: the ``LlamaConfig`` fields as a dict
+    and the weights as float32 tensors keyed by the course model's parameter names, ready for
+    ``Transformer(LlamaConfig(**model_config)).load_state_dict(state_dict)``."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = checkpoint_dir(name)
+    config = json.loads((path / "config.json").read_text())
+    state = {k: v.to(torch.float32) for k, v in load_file(str(path / "model.safetensors")).items()}
+    if config["model"].get("tie_embeddings") and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["embed_tokens.weight"]  # stored once; the model shares it
+    return config["model"], state

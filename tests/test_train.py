@@ -1,0 +1,260 @@
+"""solutions/train.py, each piece in isolation against PyTorch's own (stated tolerances), then the
+loop: resuming bit-identically, atomic and validated checkpoints, DDP under torchrun, and the
+shipped checkpoints reproducing their stated validation loss in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from solutions import train as T
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"vocab_size": 64, "dim": 16, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "hidden_dim": 32, "max_seq_len": 32,
+        "tie_embeddings": True}
+TINY_TRAIN = {"seed": 3, "batch_size": 2, "block_size": 16, "total_steps": 6, "warmup_steps": 2, "eval_every": 3,
+              "eval_windows": 4, "checkpoint_every": 2}
+
+
+def tokens(n=3000, seed=0):
+    return torch.randint(0, 64, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_config(**train):
+    return {"name": "tiny", "model": dict(TINY), "train": {**TINY_TRAIN, **train}}
+
+
+# ---------------------------------------------------------------------------- pieces
+
+def test_get_batch_windows_are_shifted_and_reproducible():
+    stream = torch.arange(1000)
+    x, y = T.get_batch(stream, 5, 8, torch.Generator().manual_seed(1))
+    assert x.shape == y.shape == (5, 8) and x.dtype == torch.long
+    assert torch.equal(y, x + 1)  # consecutive ids: the target is the next token
+    x2, _ = T.get_batch(stream, 5, 8, torch.Generator().manual_seed(1))
+    assert torch.equal(x, x2)
+    edge, _ = T.get_batch(torch.arange(9), 50, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(edge, torch.arange(8).expand(50, 8))  # the only window that fits
+    with pytest.raises(ValueError, match="block_size \\+ 1"):
+        T.get_batch(torch.arange(8), 1, 8, torch.Generator())
+
+
+def test_cross_entropy_matches_torch_including_ignore_index_and_huge_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=g) * 4
+    targets = torch.randint(0, 11, (3, 5), generator=g)
+    targets[0, :2] = -100
+    expected = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1))
+    assert torch.allclose(T.cross_entropy(logits, targets), expected, atol=1e-6)
+    huge = logits * 1000
+    assert torch.allclose(T.cross_entropy(huge, targets), F.cross_entropy(huge.reshape(-1, 11), targets.reshape(-1)),
+                          rtol=1e-6)
+
+
+def test_adamw_equals_torch_adamw_after_100_steps():
+    torch.manual_seed(0)
+    models = [T.build_model(TINY, 0) for _ in range(2)]
+    ours = T.AdamW(T.decay_groups(models[0], 0.1), lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
+    theirs = torch.optim.AdamW(T.decay_groups(models[1], 0.1), lr=3e-3, betas=(0.9, 0.95), eps=1e-8)
+    stream, g = tokens(), torch.Generator().manual_seed(0)
+    for _ in range(100):
+        x, y = T.get_batch(stream, 2, 16, g)
+        for model, opt in zip(models, (ours, theirs)):
+            T.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    worst = max((a - b).abs().max().item() for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert worst < 1e-6, worst
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"lr": -1.0}, "lr must be >= 0"), ({"betas": (0.9, 1.0)}, "betas"), ({"eps": 0.0}, "eps > 0"),
+])
+def test_adamw_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        T.AdamW([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_lr_schedule_shape():
+    lr = lambda s: T.lr_at(s, 1.0, 10, 110, 0.1)  # noqa: E731
+    assert lr(0) == pytest.approx(0.1) and lr(9) == pytest.approx(1.0) and lr(10) == pytest.approx(1.0)
+    assert lr(60) == pytest.approx(0.55) and lr(110) == lr(500) == pytest.approx(0.1)
+    assert all(lr(s) >= lr(s + 1) for s in range(10, 120))
+
+
+def test_clip_grad_norm_matches_torch():
+    g = torch.Generator().manual_seed(0)
+    for max_norm in (0.1, 1.0, 100.0):
+        grads = [torch.randn(3, 4, generator=g), torch.randn(5, generator=g)]
+        params = [torch.nn.Parameter(torch.zeros_like(t)) for t in grads]
+        for p, t in zip(params, grads):
+            p.grad = t.clone()
+        torch_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        clipped, norm = T.clip_grad_norm(grads, max_norm)
+        assert torch.allclose(norm, torch_norm, atol=1e-6)
+        for p, c in zip(params, clipped):
+            assert torch.allclose(p.grad, c, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------- the loop and checkpoints
+
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path):
+    stream, val = tokens(), tokens(500, 1)
+    straight = T.train(tiny_config(), tmp_path / "a", progress=False, train_tokens=stream, val_tokens=val)
+    T.train(tiny_config(), tmp_path / "b", stop_at=3, progress=False, train_tokens=stream, val_tokens=val)
+    resumed = T.train(tiny_config(), tmp_path / "b", resume=True, progress=False, train_tokens=stream, val_tokens=val)
+    a, b = straight["model"].state_dict(), resumed["model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["log"]["loss"] == resumed["log"]["loss"] and straight["log"]["val_loss"] == resumed["log"]["val_loss"]
+    moe = tiny_config()
+    moe["model"].update(n_experts=4, top_k=2)
+    runs = [T.train(moe, tmp_path / f"moe{i}", progress=False, train_tokens=stream, val_tokens=val) for i in range(2)]
+    assert runs[0]["log"]["loss"] == runs[1]["log"]["loss"]  # same seed, same numbers
+
+
+def test_a_crash_during_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    T.save_checkpoint(path, {"step": 1, "model_config": {}, "train_config": {}})
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(T.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        T.save_checkpoint(path, {"step": 2, "model_config": {}, "train_config": {}})
+    monkeypatch.undo()
+    assert T.load_checkpoint(path)["step"] == 1
+
+
+def test_corrupt_mismatched_and_missing_checkpoints_get_clear_errors(tmp_path):
+    stream, val = tokens(), tokens(500, 1)
+    T.train(tiny_config(total_steps=3, checkpoint_every=3), tmp_path, progress=False, train_tokens=stream, val_tokens=val)
+    other = tiny_config(total_steps=3)
+    other["model"]["n_layers"] = 3
+    with pytest.raises(T.CheckpointError, match=r"model\.n_layers: checkpoint 2, config 3.*Resume with the config"):
+        T.train(other, tmp_path, resume=True, progress=False, train_tokens=stream, val_tokens=val)
+    changed_lr = tiny_config(total_steps=3, max_lr=1.0)
+    with pytest.raises(T.CheckpointError, match=r"train\.max_lr"):
+        T.train(changed_lr, tmp_path, resume=True, progress=False, train_tokens=stream, val_tokens=val)
+    T.train(tiny_config(total_steps=3, eval_every=1), tmp_path, resume=True, progress=False,
+            train_tokens=stream, val_tokens=val)  # how often to evaluate may change
+    data = (tmp_path / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(T.CheckpointError, match="corrupt or truncated"):
+        T.load_checkpoint(tmp_path / "last.pt")
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        T.load_checkpoint(tmp_path / "nothing.pt")
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"learning_rate": 1e-3}, "unknown training setting"),
+    ({"warmup_steps": 10, "total_steps": 10}, "below total_steps"),
+    ({"batch_size": 0}, "batch_size must be a positive int"),
+    ({"min_lr": 1.0, "max_lr": 0.1}, "min_lr <= max_lr"),
+])
+def test_bad_training_configs(train, message):
+    with pytest.raises(ValueError, match=message):
+        T.check_train_config(train)
+
+
+def test_cli_reports_a_wrong_resume_without_a_traceback(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(tiny_config(total_steps=3)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "solutions.train", "--config", str(config), "--out", str(tmp_path / "run"),
+                          "--resume", "--threads", "1"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert "no checkpoint" in run.stderr and "without --resume" in run.stderr
+
+
+def _losses(path):
+    return torch.load(path, weights_only=True)["log"]["loss"]
+
+
+def test_torchrun_ddp_matches_one_process_with_gradient_accumulation(tmp_path):
+    """2 processes (gloo) x 1 micro-batch each = 1 process x 2 accumulated micro-batches, same global batch."""
+    config = tiny_config(total_steps=4, grad_accum=2, checkpoint_every=4, eval_every=4)
+    config["model"].update(vocab_size=4096, n_experts=4, top_k=2)  # the course tokenizer's ids; MoE: unused experts
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    common = ["-m", "solutions.train", "--config", str(path), "--threads", "1", "--device", "cpu"]
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                          *common[1:], "--out", str(tmp_path / "two")], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, two = _losses(tmp_path / "one" / "last.pt"), _losses(tmp_path / "two" / "last.pt")
+    assert len(one) == len(two) == 4
+    assert max(abs(a - b) for a, b in zip(one, two)) < 1e-5, (one, two)
+
+
+def test_a_rerun_gives_the_same_bits(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**tiny_config(), "export": str(tmp_path / "export")}))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    digests = []
+    for run in ("a", "b"):
+        done = subprocess.run([sys.executable, "-m", "solutions.train", "--config", str(config), "--out",
+                               str(tmp_path / run)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        state = torch.load(tmp_path / run / "last.pt", weights_only=True)["model"]
+        digests.append({k: v.numpy().tobytes() for k, v in state.items()})
+    assert digests[0] == digests[1]
+    exported = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert exported["val_loss"] > 0 and exported["params"] > 0
+
+
+# ---------------------------------------------------------------------------- the shipped checkpoints
+
+def test_shipped_checkpoints_are_in_the_manifest_and_small():
+    from data import CHECKPOINT_NAMES, checkpoint_dir
+    from data.manifest import load_manifest, verify
+
+    manifest = load_manifest()
+    total = 0
+    for name in CHECKPOINT_NAMES:
+        for file in ("model.safetensors", "config.json", "log.json"):
+            key = f"checkpoints/{name}/{file}"
+            assert key in manifest, key
+            total += manifest[key]["bytes"]
+        stated = json.loads((checkpoint_dir(name) / "config.json").read_text())["val_loss"]
+        assert manifest[f"checkpoints/{name}/model.safetensors"]["val_loss"] == stated
+    assert verify([k for k in manifest if k.startswith("checkpoints/")]) == []
+    assert total < 30 * 2**20, f"checkpoints take {total / 2**20:.1f} MiB"
+
+
+def test_shipped_checkpoints_reproduce_their_validation_loss_in_a_fresh_process():
+    script = (
+        "import json, torch\n"
+        "from data import CHECKPOINT_NAMES, checkpoint_dir, load_checkpoint\n"
+        "from solutions.model import LlamaConfig, Transformer\n"
+        "from solutions.train import corpus_tokens, evaluate\n"
+        "torch.set_num_threads(2)\n"
+        "_, val = corpus_tokens()\n"
+        "out = {}\n"
+        "for name in CHECKPOINT_NAMES:\n"
+        "    cfg, state = load_checkpoint(name)\n"
+        "    model = Transformer(LlamaConfig(**cfg)); model.load_state_dict(state)\n"
+        "    out[name] = evaluate(model, val, json.loads((checkpoint_dir(name) / 'config.json').read_text())['train']['block_size'])\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    from data import checkpoint_dir
+    for name, loss in measured.items():
+        stated = json.loads((checkpoint_dir(name) / "config.json").read_text())["val_loss"]
+        assert abs(loss - stated) < 1e-4, (name, loss, stated)
+    assert measured["moe"] < measured["dense"] < measured["draft"]  # MoE beats dense at equal active size
