@@ -557,7 +557,8 @@ def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, 
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     if config["model"].get("tie_embeddings"):
         del state["lm_head.weight"]
-    save_file(state, str(export_dir / "model.safetensors"), metadata={"format": "pt", "name": config["name"]})
+    # one metadata key: safetensors writes a map of several in random order, and the file must be the same bits
+    save_file(state, str(export_dir / "model.safetensors"), metadata={"format": "pt"})
 
     stored = build_model(config["model"], 0)
     stored.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)

@@ -1,0 +1,754 @@
+"""Chapter 07 checkpoints: temperature, top-k, top-p, sampling a next token, the decoding loop.
+
+Every checkpoint is a function of plain data. The filters map small logit tensors to logit
+tensors (removed tokens at -inf) and are compared within :data:`TOL`. Sampling takes its
+randomness as an argument, ``u``, one uniform number per row, so a sample is a
+deterministic function of its inputs: a batch of identical rows with evenly spaced ``u``
+draws every quantile of the distribution at once, and any mistake that changes the
+distribution changes some of those draws. The decoding loop is checked through
+``generate_from_weights(config, weights, prompt, options)`` (given in the notebook), which
+builds a tiny random ``Transformer`` from plain data and collects what the learner's
+``generate`` yields; the expected tokens come from the reference, whose cached and
+uncached greedy outputs agree (the weights are redrawn until every greedy step's best
+logit leads the second by a clear margin, so rounding cannot flip a choice).
+
+Known mistakes are named by fingerprints (the reference with one mistake in it) or by the
+edge case that isolates them: temperature 0, a tie at the k-th logit, the token that
+crosses p, a stop token inside the prompt, a prompt that fills the context exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+
+import torch
+
+from ..core import Case, Checkpoint, Label, register
+from ..reference import reference
+
+gen = functools.partial(reference, "solutions.generate")
+mdl = functools.partial(reference, "solutions.model")
+TOL = 1e-6  # float32, one division deep
+INF = float("-inf")
+
+
+def _gen(rng: random.Random) -> torch.Generator:
+    return torch.Generator().manual_seed(rng.randrange(2**31))
+
+
+def _shown(t: torch.Tensor, name: str = "logits"):
+    return t if t.numel() <= 12 else Label(f"<{name} {'x'.join(map(str, t.shape))}>")
+
+
+def _log(*probs: float) -> torch.Tensor:
+    """One row of logits whose softmax is ``probs``: (1, len(probs))."""
+    return torch.tensor([probs]).log()
+
+
+def _validated_temperature(fn):
+    def wrong(logits, temperature):
+        if not temperature > 0:
+            raise ValueError("temperature must be > 0")
+        return fn(logits, temperature)
+    return wrong
+
+
+def _validated_k(fn):
+    def wrong(logits, k):
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError("k must be an int >= 1")
+        return fn(logits, k)
+    return wrong
+
+
+def _validated_p(fn):
+    def wrong(logits, p):
+        if not 0 < p <= 1:
+            raise ValueError("p must be in (0, 1]")
+        return logits.clone() if p == 1 else fn(logits, p)
+    return wrong
+
+
+# --------------------------------------------------------------------- 07.temperature
+
+def temperature_cases(rng: random.Random) -> list[Case]:
+    g = _gen(rng)
+    row = torch.tensor([[2.0, 1.0, 0.5, -1.0, 0.0]])
+    cases = [
+        Case("temperature 1 leaves the logits as they are", (row, 1.0)),
+        Case("temperature 0.5 sharpens: the logits are doubled", (row, 0.5), "multiply"),
+        Case("temperature 2 flattens: the logits are halved", (row, 2.0), "multiply"),
+        Case("a batch of 3 rows of 6 logits, temperature 0.7", (torch.randn(3, 6, generator=g) * 2, 0.7)),
+        Case("removed tokens (-inf logits) stay removed", (torch.tensor([[1.0, INF, 0.5, INF]]), 1.5)),
+        Case("temperature 0: ValueError (greedy decoding takes the argmax, it does not divide by 0)",
+             (row, 0.0), "zero"),
+        Case("a negative temperature: ValueError", (row, -1.0), "negative"),
+    ]
+    for n in range(8):
+        shape = (rng.randint(2, 10),) if rng.random() < 0.3 else (rng.randint(1, 3), rng.randint(2, 10))
+        logits = torch.randn(*shape, generator=g) * 3
+        cases.append(Case(f"random logits {tuple(shape)} (case {n + 1})", (logits, round(rng.uniform(0.1, 3.0), 2))))
+    for case in cases:
+        case.show = (_shown(case.args[0]), case.args[1])
+    return cases
+
+
+TEMPERATURE_MISTAKES = {
+    "multiply": lambda logits, t: logits * t,
+    "probabilities": lambda logits, t: torch.softmax(logits / t, dim=-1),
+    "divide_probs": lambda logits, t: torch.softmax(logits, dim=-1) / t,
+    "log_probs": lambda logits, t: torch.log_softmax(logits / t, dim=-1),
+}
+
+register(Checkpoint(
+    id="07.temperature",
+    points=1,
+    title="logits divided by the temperature; T <= 0 refused",
+    signature="apply_temperature(logits, temperature)",
+    cases=temperature_cases,
+    reference=gen("apply_temperature"),
+    tol=TOL,
+    fingerprints=[(hint, _validated_temperature(fn)) for hint, fn in TEMPERATURE_MISTAKES.items()],
+    hints={
+        "default": "Return logits / temperature (a new tensor); raise ValueError when temperature <= 0.",
+        "multiply": "Divide by the temperature, do not multiply: T = 0.5 must *sharpen* the distribution, "
+        "which doubles the logits (logits / 0.5).",
+        "probabilities": "Return the scaled *logits*, logits / temperature, not their softmax: the filters "
+        "that come next (top-k, top-p) work on logits.",
+        "divide_probs": "Divide the logits, not the probabilities: softmax(logits) / T is only rescaled, and "
+        "normalising it again gives back softmax(logits), as if T were 1.",
+        "log_probs": "Return logits / temperature itself, not a log-softmax of it: the distribution is the same, "
+        "but the next steps expect the scaled logits.",
+        "zero": "Temperature 0 cannot be divided by: raise ValueError (greedy decoding, T = 0, takes the "
+        "argmax in sample_next, without calling apply_temperature).",
+        "negative": "Raise ValueError for a negative temperature too (test temperature <= 0, not == 0): "
+        "dividing by T < 0 would make the least likely tokens the most likely.",
+    },
+))
+
+
+# --------------------------------------------------------------------------- 07.top_k
+
+def top_k_cases(rng: random.Random) -> list[Case]:
+    g = _gen(rng)
+    row = torch.tensor([[1.0, 3.0, -0.5, 2.0, 0.0]])
+    cases = [
+        Case("k = 2 of 5 distinct logits", (row, 2)),
+        Case("k = 1 keeps only the largest logit", (row, 1), "off_by_one"),
+        Case("negative logits: removed tokens become -inf, not 0", (torch.tensor([[-1.0, -3.0, -2.0, -0.5]]), 2),
+             "zero_fill"),
+        Case("two tokens tied at the k-th largest logit: both are kept", (torch.tensor([[0.5, 2.0, 1.0, 1.0, -1.0]]), 2),
+             "ties"),
+        Case("a batch of 2 rows: each row keeps its own k largest",
+             (torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 10.0, 20.0, 30.0]]), 2), "per_row"),
+        Case("k larger than the vocabulary keeps every token", (row, 8), "k_large"),
+        Case("tokens already at -inf stay removed", (torch.tensor([[1.0, INF, 2.0, INF, 0.0]]), 2)),
+        Case("1-D logits (one row)", (torch.tensor([0.3, -0.2, 1.5, 0.9]), 3)),
+        Case("k = 0: ValueError", (row, 0), "validate"),
+    ]
+    for n in range(10):
+        shape = (rng.randint(1, 3), rng.randint(3, 12))
+        if rng.random() < 0.4:  # small integers: ties
+            logits = torch.randint(-2, 3, shape, generator=g).float()
+        else:
+            logits = torch.randn(*shape, generator=g) * 2
+        cases.append(Case(f"random logits {shape}, ties possible (case {n + 1})", (logits, rng.randint(1, shape[1] + 2))))
+    for case in cases:
+        case.show = (_shown(case.args[0]), case.args[1])
+    return cases
+
+
+def _topk_off_by_one(logits, k):
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits <= kth, INF)
+
+
+def _topk_exact(logits, k):
+    idx = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, idx, True)
+    return logits.masked_fill(~keep, INF)
+
+
+def _topk_zero_fill(logits, k):
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, 0.0)
+
+
+def _topk_smallest(logits, k):
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1, largest=False).values[..., -1:]
+    return logits.masked_fill(logits > kth, INF)
+
+
+def _topk_global(logits, k):
+    kth = torch.topk(logits.flatten(), min(k, logits.numel())).values[-1]
+    return logits.masked_fill(logits < kth, INF)
+
+
+def _topk_probabilities(logits, k):
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return torch.softmax(logits.masked_fill(logits < kth, INF), dim=-1)
+
+
+def _topk_unclamped(logits, k):
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # RuntimeError when k > vocab
+    return logits.masked_fill(logits < kth, INF)
+
+
+register(Checkpoint(
+    id="07.top_k",
+    points=1,
+    title="every logit below the k-th largest of its row set to -inf, ties kept",
+    signature="top_k_filter(logits, k)",
+    cases=top_k_cases,
+    reference=gen("top_k_filter"),
+    tol=TOL,
+    fingerprints=[(hint, _validated_k(fn)) for hint, fn in [
+        ("off_by_one", _topk_off_by_one), ("ties", _topk_exact), ("zero_fill", _topk_zero_fill),
+        ("smallest", _topk_smallest), ("per_row", _topk_global), ("probabilities", _topk_probabilities),
+        ("k_large", _topk_unclamped),
+    ]],
+    hints={
+        "default": "kth = torch.topk(logits, min(k, vocab), dim=-1).values[..., -1:] (keep the last dimension), then "
+        "logits.masked_fill(logits < kth, float('-inf')); raise ValueError if k < 1.",
+        "off_by_one": "Remove only the logits strictly *below* the k-th largest (logits < kth): with <= the k-th "
+        "token itself is removed and k = 1 leaves nothing.",
+        "zero_fill": "Set removed tokens to float('-inf'), not 0: a logit of 0 still has probability e^0 / Z > 0, "
+        "more than any negative logit.",
+        "ties": "Keep every token whose logit equals the k-th largest: compare with the k-th value (logits < kth) "
+        "instead of keeping exactly the k indices torch.topk returns, which breaks ties arbitrarily.",
+        "per_row": "Each row has its own k-th largest logit: take torch.topk(..., dim=-1).values[..., -1:] (shape "
+        "(batch, 1), which broadcasts against (batch, vocab)), not one threshold for the whole batch.",
+        "smallest": "Keep the k *largest* logits: torch.topk returns the largest by default (largest=True).",
+        "probabilities": "Return the filtered *logits* (removed ones at -inf), not probabilities: the softmax "
+        "comes once, after every filter.",
+        "k_large": "torch.topk fails when k exceeds the vocabulary: use min(k, logits.shape[-1]), so that a large "
+        "k keeps every token.",
+        "validate": "Raise ValueError when k is not an int >= 1: top-0 would remove every token.",
+    },
+))
+
+
+# --------------------------------------------------------------------------- 07.top_p
+
+def _boundary_safe(logits: torch.Tensor, p: float, margin: float = 2e-3) -> bool:
+    """No cumulative probability of any row is within ``margin`` of ``p``."""
+    probs = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True).values
+    cum = probs.cumsum(dim=-1)
+    return bool(((cum - p).abs() > margin).all()) and bool(((cum - probs - p).abs() > margin).all())
+
+
+def top_p_cases(rng: random.Random) -> list[Case]:
+    g = _gen(rng)
+    four = _log(0.5, 0.3, 0.15, 0.05)
+    cases = [
+        Case("p = 0.9 over probabilities 0.5, 0.3, 0.15, 0.05: the first three are kept", (four, 0.9)),
+        Case("the token that crosses p is kept: p = 0.6 keeps 0.5 and 0.3", (four, 0.6), "crossing"),
+        Case("the most likely token alone exceeds p: it is kept, alone", (_log(0.7, 0.2, 0.1), 0.5), "keep_top"),
+        Case("tokens in any order: the nucleus follows probability, not position (0.05, 0.3, 0.15, 0.5; p = 0.7)",
+             (_log(0.05, 0.3, 0.15, 0.5), 0.7), "unsort"),
+        Case("a batch of 2 rows: each row has its own nucleus",
+             (torch.cat([_log(0.6, 0.25, 0.1, 0.05), _log(0.1, 0.2, 0.3, 0.4)]), 0.8), "softmax_dim"),
+        Case("tokens already at -inf stay removed", (torch.tensor([[1.0, INF, 0.5, 2.0, INF]]), 0.8)),
+        Case("p = 1 keeps every token", (_log(0.4, 0.3, 0.2, 0.1), 1.0)),
+        Case("p = 0: ValueError", (four, 0.0), "validate"),
+        Case("p = 1.5: ValueError", (four, 1.5), "validate"),
+    ]
+    for n in range(10):
+        shape = (rng.randint(1, 3), rng.randint(3, 16))
+        while True:
+            logits = torch.randn(*shape, generator=g) * 1.5
+            p = round(rng.uniform(0.05, 0.98), 3)
+            if _boundary_safe(logits, p):
+                break
+        cases.append(Case(f"random logits {shape}, p = {p} (case {n + 1})", (logits, p)))
+    for case in cases:
+        case.show = (_shown(case.args[0]), case.args[1])
+    return cases
+
+
+def _nucleus(logits, p, *, rule="before", descending=True, scatter=True, source="probs", dim=-1, fill=INF,
+             keep_top=False, out="logits"):
+    probs = torch.softmax(logits.float(), dim=dim) if source == "probs" else logits
+    sorted_probs, order = probs.sort(dim=-1, descending=descending, stable=True)
+    cum = sorted_probs.cumsum(dim=-1)
+    remove_sorted = (cum - sorted_probs >= p) if rule == "before" else (cum > p)
+    if keep_top:
+        remove_sorted[..., 0] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted) if scatter else remove_sorted
+    filtered = logits.masked_fill(remove, fill)
+    return torch.softmax(filtered, dim=-1) if out == "probs" else filtered
+
+
+TOP_P_MISTAKES = {
+    "crossing": functools.partial(_nucleus, rule="inclusive", keep_top=True),
+    "keep_top": functools.partial(_nucleus, rule="inclusive"),
+    "sort_order": functools.partial(_nucleus, descending=False),
+    "unsort": functools.partial(_nucleus, scatter=False),
+    "logits_cumsum": functools.partial(_nucleus, source="logits"),
+    "softmax_dim": functools.partial(_nucleus, dim=0),
+    "zero_fill": functools.partial(_nucleus, fill=0.0),
+    "probabilities": functools.partial(_nucleus, out="probs"),
+}
+
+register(Checkpoint(
+    id="07.top_p",
+    points=2,
+    title="nucleus filter: the smallest set of most likely tokens reaching p, the crossing token kept",
+    signature="top_p_filter(logits, p)",
+    cases=top_p_cases,
+    reference=gen("top_p_filter"),
+    tol=TOL,
+    fingerprints=[(hint, _validated_p(fn)) for hint, fn in TOP_P_MISTAKES.items()],
+    hints={
+        "default": "probs = softmax(logits); sort descending; before = cumsum - sorted_probs (the mass of the more "
+        "likely tokens); remove where before >= p; scatter the mask back to vocabulary order; masked_fill with -inf.",
+        "crossing": "Keep the token whose cumulative probability *crosses* p: the nucleus is the smallest set whose "
+        "mass reaches p, so test the mass *before* each token (cumsum - p_sorted < p), not the cumsum including it.",
+        "keep_top": "The most likely token must always be kept, even when its probability alone exceeds p: test "
+        "the mass *before* each token (0 for the first), not the cumulative sum including it.",
+        "sort_order": "Sort the probabilities in *descending* order: the nucleus is made of the most likely tokens.",
+        "unsort": "The mask is computed in sorted order: scatter it back to vocabulary order "
+        "(mask.scatter(-1, order, mask)) before applying it to the logits.",
+        "logits_cumsum": "Accumulate *probabilities* (softmax of the logits), not the logits themselves: p is a "
+        "probability mass.",
+        "softmax_dim": "Take the softmax over the vocabulary, the last dimension (dim=-1): each row is its own "
+        "distribution.",
+        "zero_fill": "Set removed tokens to float('-inf'), not 0: a logit of 0 keeps a non-zero probability.",
+        "probabilities": "Return the filtered *logits* (removed ones at -inf), not probabilities.",
+        "validate": "Raise ValueError when p is not in (0, 1]: p = 0 would remove everything, p > 1 is no probability.",
+    },
+))
+
+
+# -------------------------------------------------------------------------- 07.sample
+
+PROBS5 = (0.2, 0.35, 0.08, 0.25, 0.12)  # sorted: 0.35, 0.25, 0.2, 0.12, 0.08
+
+
+def _rows(row: torch.Tensor, n: int) -> torch.Tensor:
+    return row.expand(n, row.shape[-1]).clone()
+
+
+def _sweep(n: int) -> torch.Tensor:
+    """Evenly spaced quantiles: n draws that trace the whole inverse CDF."""
+    return (torch.arange(n, dtype=torch.float32) + 0.5) / n
+
+
+def sample_cases(rng: random.Random) -> list[Case]:
+    g = _gen(rng)
+    five = _rows(_log(*PROBS5), 20)
+
+    def case(label, logits, temperature, top_k, top_p, u, hint="default"):
+        return Case(label, (logits, temperature, top_k, top_p, u), hint,
+                    show=(_shown(logits), temperature, top_k, top_p, _shown(u, "u")))
+
+    greedy = torch.tensor([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 1.0, 2.9], [-2.0, -1.0, -3.0, -0.5]])
+    cases = [
+        case("temperature 0 is greedy: each row's argmax, whatever u", greedy, 0.0, None, 1.0,
+             torch.tensor([0.1, 0.5, 0.9]), "greedy"),
+        case("inverse CDF: over probabilities 0.1, 0.2, 0.3, 0.4, u = 0.05, 0.15, 0.35, 0.95 draw tokens 0, 1, 2, 3",
+             _rows(_log(0.1, 0.2, 0.3, 0.4), 4), 1.0, None, 1.0, torch.tensor([0.05, 0.15, 0.35, 0.95]), "inverse_cdf"),
+        case("temperature 1, 20 evenly spaced u: every quantile of the distribution", five, 1.0, None, 1.0, _sweep(20),
+             "inverse_cdf"),
+        case("temperature 2 flattens the distribution before the draw", five, 2.0, None, 1.0, _sweep(20), "temperature"),
+        case("temperature 0.5 sharpens it", five, 0.5, None, 1.0, _sweep(20), "temperature"),
+        case("top-k 2: only the two most likely tokens are drawn", five, 1.0, 2, 1.0, _sweep(20), "top_k"),
+        case("top-p 0.7: only the nucleus is drawn, renormalised", five, 1.0, None, 0.7, _sweep(20), "renormalise"),
+        case("temperature 0.5, then top-p 0.7 on the sharpened distribution", five, 0.5, None, 0.7, _sweep(20),
+             "order_temperature"),
+        case("top-k 3, then top-p 0.65 on what top-k left", five, 1.0, 3, 0.65, _sweep(20), "order"),
+        case("top_p = 1.5: ValueError", five, 1.0, None, 1.5, _sweep(20), "validate"),
+        case("a negative temperature: ValueError", five, -0.5, None, 1.0, _sweep(20), "validate"),
+        case("top_k = 0: ValueError", five, 1.0, 0, 1.0, _sweep(20), "validate"),
+    ]
+    for n in range(8):
+        batch, vocab = rng.randint(4, 16), rng.randint(4, 12)
+        temperature = rng.choice([0.0, 0.6, 1.0, 1.0, 1.3])
+        top_k = rng.choice([None, None, rng.randint(1, vocab)])
+        top_p = rng.choice([1.0, round(rng.uniform(0.3, 0.95), 2)])
+        logits = torch.randn(batch, vocab, generator=g) * 2
+        u = torch.rand(batch, generator=g)
+        case_ = case(f"random: {batch} rows of {vocab}, T = {temperature}, top_k = {top_k}, top_p = {top_p} "
+                     f"(case {n + 1})", logits, temperature, top_k, top_p, u)
+        cases.append(case_)
+    return cases
+
+
+def _sample_variant(kind: str):
+    filters = gen("apply_temperature"), gen("top_k_filter"), gen("top_p_filter")
+
+    def wrong(logits, temperature, top_k, top_p, u):
+        apply_temperature, top_k_filter, top_p_filter = filters
+        gen("check_sampling")(temperature, top_k, top_p)
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        z = logits
+        if kind == "order_temperature":  # filters first, temperature last
+            z = top_k_filter(z, top_k) if top_k is not None else z
+            z = top_p_filter(z, top_p) if top_p < 1 else z
+            z = apply_temperature(z, temperature)
+        elif kind == "order":  # top-p before top-k
+            z = apply_temperature(z, temperature)
+            z = top_p_filter(z, top_p) if top_p < 1 else z
+            z = top_k_filter(z, top_k) if top_k is not None else z
+        else:
+            if kind != "temperature":
+                z = apply_temperature(z, temperature)
+            z = top_k_filter(z, top_k) if top_k is not None else z
+            z = top_p_filter(z, top_p) if top_p < 1 else z
+        if kind == "logits":
+            cdf = z.cumsum(dim=-1)
+        elif kind == "renormalise":  # probabilities of the unfiltered distribution, masked, not renormalised
+            probs = torch.softmax(apply_temperature(logits, temperature), dim=-1)
+            cdf = probs.masked_fill(z == INF, 0.0).cumsum(dim=-1)
+        else:
+            cdf = torch.softmax(z, dim=-1).cumsum(dim=-1)
+        index = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
+        if kind == "inverse_cdf":  # the last token at or below u, not the first above it
+            index = index - 1
+        return index.clamp(0, logits.shape[-1] - 1)
+
+    wrong.__name__ = f"sample_{kind}"
+    return wrong
+
+
+SAMPLE_MISTAKES = ("temperature", "order_temperature", "order", "logits", "renormalise", "inverse_cdf")
+
+
+def _sample_keepdim(logits, temperature, top_k, top_p, u):
+    return gen("sample_next")(logits, temperature, top_k, top_p, u).unsqueeze(-1)
+
+
+def diagnose_sample(case: Case, expected, got) -> str | None:
+    if isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor):
+        if got.shape != expected.shape:
+            return "shape"
+        if got.is_floating_point():
+            return "dtype"
+    return None
+
+
+register(Checkpoint(
+    id="07.sample",
+    points=2,
+    title="greedy at T = 0; otherwise temperature, top-k, top-p, softmax and an inverse-CDF draw",
+    signature="sample_next(logits, temperature, top_k, top_p, u)",
+    cases=sample_cases,
+    reference=gen("sample_next"),
+    fingerprints=[(kind, _sample_variant(kind)) for kind in SAMPLE_MISTAKES] + [("shape", _sample_keepdim)],
+    diagnose=diagnose_sample,
+    raised_hints=[(r"NoneType|got None", "none_filters")],
+    hints={
+        "default": "check_sampling(temperature, top_k, top_p); if temperature == 0 return logits.argmax(-1); else "
+        "apply_temperature, top_k_filter (if top_k is not None), top_p_filter (if top_p < 1), softmax, cumsum, "
+        "and return (cdf <= u[..., None]).sum(-1), the first token whose cumulative probability exceeds u.",
+        "greedy": "Temperature 0 is greedy decoding: return logits.argmax(dim=-1) before any division by the "
+        "temperature (u, top_k and top_p do not matter then).",
+        "inverse_cdf": "Draw with u: the token is the first j whose cumulative probability F_j = p_0 + ... + p_j "
+        "exceeds u, i.e. (cdf <= u[..., None]).sum(-1). torch.multinomial would draw its own random numbers.",
+        "temperature": "Apply the temperature to the logits before the softmax (apply_temperature): dividing "
+        "probabilities by T changes nothing once they are renormalised.",
+        "top_k": "With top_k set, only the top_k most likely tokens may be drawn: filter the logits with "
+        "top_k_filter before the softmax.",
+        "renormalise": "After filtering, the kept tokens' probabilities must sum to 1 again: take the softmax of "
+        "the filtered logits (removed ones at -inf) rather than zeroing probabilities of the full distribution.",
+        "order_temperature": "Apply the temperature first, then the filters: the nucleus of top-p is the nucleus "
+        "of the *tempered* distribution (as in Hugging Face's generate).",
+        "order": "Apply top-k before top-p: top-p's nucleus is taken from the distribution top-k left, renormalised.",
+        "logits": "Accumulate probabilities, softmax(filtered logits), not the logits themselves.",
+        "validate": "Call check_sampling(temperature, top_k, top_p) first: it raises ValueError for temperature < 0, "
+        "top_k < 1 or top_p outside (0, 1], even where a filter would not be called.",
+        "none_filters": "top_k=None means no top-k filter and top_p=1 no nucleus filter: call top_k_filter only if "
+        "top_k is not None, and top_p_filter only if top_p < 1.",
+        "shape": "Return one token id per row, shape logits.shape[:-1] (for (batch, vocab) logits, (batch,)): "
+        "no keepdim, no extra dimension.",
+        "dtype": "Return token ids as integers (int64, what argmax and sum of booleans give), not floats.",
+    },
+))
+
+
+# ------------------------------------------------------------------------ 07.generate
+
+def _config(vocab, dim, n_layers, n_heads, n_kv_heads, hidden, tied, max_seq_len) -> dict:
+    return {"vocab_size": vocab, "dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
+            "hidden_dim": hidden, "tie_embeddings": tied, "max_seq_len": max_seq_len}
+
+
+def _weights(g: torch.Generator, config: dict) -> dict[str, torch.Tensor]:
+    """Random weights of a tiny model, large enough that greedy choices are clear-cut."""
+    model = mdl("Transformer")(mdl("LlamaConfig")(**config))
+    weights = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm.weight"):
+            weights[name] = 1 + 0.3 * torch.randn(p.shape, generator=g)
+        elif name == "lm_head.weight" and config["tie_embeddings"]:
+            continue
+        else:
+            fan_in = p.shape[-1] if not name.startswith("embed") else 1
+            weights[name] = torch.randn(p.shape, generator=g) / math.sqrt(fan_in)
+    if config["tie_embeddings"]:
+        weights["lm_head.weight"] = weights["embed_tokens.weight"]  # one tensor, as the model shares it
+    return weights
+
+
+def _greedy_margin(config: dict, weights: dict, prompt: list[int], n: int) -> float:
+    """The smallest lead of the best logit over the second, over n greedy steps (uncached)."""
+    model = mdl("Transformer")(mdl("LlamaConfig")(**config))
+    model.load_state_dict(weights)
+    tokens, margin = torch.tensor([prompt]), math.inf
+    with torch.no_grad():
+        for _ in range(min(n, config["max_seq_len"] - len(prompt))):
+            logits = model(tokens)[0, -1]  # (vocab,)
+            top2 = logits.topk(2).values
+            margin = min(margin, float(top2[0] - top2[1]))
+            tokens = torch.cat([tokens, logits.argmax().view(1, 1)], dim=1)
+    return margin
+
+
+def _model(g: torch.Generator, config: dict, runs: list[tuple[list[int], int]]) -> dict:
+    """Weights whose greedy continuations are clear-cut for every (prompt, new tokens) in ``runs``
+    (redrawn otherwise)."""
+    while True:
+        weights = _weights(g, config)
+        if all(_greedy_margin(config, weights, prompt, n) > 1e-3 for prompt, n in runs):
+            return weights
+
+
+def _one_thread(fn):
+    """``fn`` with one intra-op thread, the setting restored after: decoding a tiny model one token
+    at a time is all overhead, and a second thread only adds synchronisation (ruinous on a busy machine)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapped
+
+
+def _stop_tokens(free: list[int], prompt: list[int], free_w: list[int], prompt_w: list[int]):
+    """A stop token, not in ``prompt``, that the greedy run ``free`` first produces at step 4 or later; and stop tokens
+    for the run ``free_w`` from ``prompt_w``: one it first produces at step 3 or later, and one of
+    the prompt's that it does not produce before. None if the runs offer none (redraw the weights)."""
+    first = [i for i in range(3, len(free)) if free[i] not in free[:i] and free[i] not in prompt]
+    later = [i for i in range(2, len(free_w)) if free_w[i] not in free_w[:i] and free_w[i] not in prompt_w]
+    if not first or not later:
+        return None
+    in_prompt = [t for t in prompt_w if t not in free_w[: later[0] + 1]]
+    if not in_prompt:
+        return None
+    return free[first[0]], [free_w[later[0]], in_prompt[0]]
+
+
+def _label(config: dict, weights: dict) -> Label:
+    tied = ", tied" if config["tie_embeddings"] else ""
+    return Label(f"<vocab {config['vocab_size']}, {config['n_layers']} layer(s), {config['n_heads']}/"
+                 f"{config['n_kv_heads']} heads, max_seq_len {config['max_seq_len']}{tied}>")
+
+
+@_one_thread
+def generate_cases(rng: random.Random) -> list[Case]:
+    g = _gen(rng)
+    run = gen("generate_from_weights")
+
+    def case(label, config, weights, prompt, hint="default", **options):
+        return Case(label, (config, weights, prompt, options), hint,
+                    show=(_label(config, weights), Label("<weights>"), prompt, options))
+
+    c1 = _config(24, 16, 2, 4, 2, 32, False, 24)
+    p1, p6, p5, pw = [3, 7, 1], [5, 11, 2, 19, 8, 4], [1, 2, 3, 4, 5], [5, 2, 13]
+    while True:
+        w1 = _model(g, c1, [(p1, 12), (p6, 5), (p5, 4), ([9] * 20, 4), (pw, 12)])
+        stops = _stop_tokens(run(c1, w1, p1, {"max_new_tokens": 12})["tokens"], p1,
+                             run(c1, w1, pw, {"max_new_tokens": 12})["tokens"], pw)
+        if stops is not None:
+            break
+    stop, stop_set = stops
+    c2 = _config(20, 16, 1, 2, 1, 24, True, 32)
+    w2 = _model(g, c2, [([4, 4, 9], 14)])
+
+    cases = [
+        case("greedy with the KV cache: a prompt of 3 tokens, 6 new tokens", c1, w1, p1, max_new_tokens=6),
+        case("greedy without the cache (use_cache=False): the whole sequence every step", c1, w1, p1, "uncached",
+             max_new_tokens=6, use_cache=False),
+        case("a prompt of 6 tokens: the first new token comes from the last position's logits", c1, w1, p6,
+             "last_position", max_new_tokens=5),
+        case("max_new_tokens counts the new tokens only (a prompt of 5, 4 new tokens)", c1, w1, [1, 2, 3, 4, 5],
+             "max_length", max_new_tokens=4),
+        case("max_new_tokens = 0 yields nothing", c1, w1, p1, "count", max_new_tokens=0),
+        case(f"stop token {stop}: generation ends there, and the stop token is not yielded", c1, w1, p1, "stop",
+             max_new_tokens=12, stop_tokens=[stop]),
+        case(f"stop tokens {stop_set}: {stop_set[1]} is in the prompt, but only new tokens stop generation", c1, w1,
+             pw, "stop_in_prompt", max_new_tokens=12, stop_tokens=stop_set),
+        case("GQA 2/1, tied embeddings: 14 new tokens through the cache", c2, w2, [4, 4, 9], "cache",
+             max_new_tokens=14),
+        case("the context exactly full: a prompt of 20 + 4 new tokens = max_seq_len 24", c1, w1, [9] * 20, "context",
+             max_new_tokens=4, use_cache=False),
+        case("past the context: a prompt of 20 + 8 new tokens > max_seq_len 24: ValueError", c1, w1, [9] * 20,
+             "context", max_new_tokens=8, use_cache=False),
+        case("an empty prompt: ValueError", c1, w1, [], "empty_prompt", max_new_tokens=3),
+        case("top_p = 0: ValueError", c1, w1, p1, "validate", max_new_tokens=3, temperature=1.0, top_p=0.0),
+        case("sampling (T = 1.3, top-k 8) with the cache, seed 3: one u = torch.rand(1, generator=generator) "
+             "per new token", c1, w1, p1, "sampling", max_new_tokens=10, temperature=1.3, top_k=8, seed=3),
+        case("the same sampling without the cache", c1, w1, p1, "sampling", max_new_tokens=10, temperature=1.3,
+             top_k=8, seed=3, use_cache=False),
+    ]
+    for n in range(3):
+        n_heads = rng.choice([2, 4])
+        config = _config(rng.randint(16, 32), 16, rng.randint(1, 2), n_heads,
+                         rng.choice([h for h in (1, 2, 4) if n_heads % h == 0]), rng.choice([16, 32]),
+                         rng.random() < 0.5, 32)
+        prompt = [rng.randrange(config["vocab_size"]) for _ in range(rng.randint(1, 8))]
+        new = rng.randint(1, 12)
+        weights = _model(g, config, [(prompt, new)])
+        options = {"max_new_tokens": new, "use_cache": rng.random() < 0.7}
+        if rng.random() < 0.4:
+            options.update(temperature=round(rng.uniform(0.7, 1.5), 2), top_p=round(rng.uniform(0.6, 1.0), 2),
+                           seed=rng.randrange(1000))
+        cases.append(case(f"a random model and prompt (case {n + 1})", config, weights, prompt,
+                          "sampling" if "seed" in options else "default", **options))
+    return cases
+
+
+def _through_adapter(generate, config, weights, prompt, options) -> dict:
+    """What the given generate_from_weights does, around any ``generate``."""
+    model = mdl("Transformer")(mdl("LlamaConfig")(**config))
+    model.load_state_dict(weights)
+    runs = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: runs.append((args[0] if args else kwargs["tokens"]).shape[-1]),
+                                    with_kwargs=True)
+    options = dict(options)
+    seed = options.pop("seed", None)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    tokens = list(generate(model, prompt, generator=generator, **options))
+    return {"tokens": tokens, "each position run once": sum(runs) <= len(prompt) + len(tokens)}
+
+
+def _generate_variant(kind: str):
+    """The reference decoding loop with one mistake in it, behind the checkpoint's adapter."""
+
+    def wrong_generate(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0, stop_tokens=(),
+                       use_cache=True, generator=None):
+        gen("check_sampling")(temperature, top_k, top_p)
+        tokens = torch.as_tensor(prompt_ids, dtype=torch.long).reshape(1, -1)
+        n_prompt, context = tokens.shape[1], model.cfg.max_seq_len
+        if n_prompt == 0:
+            raise ValueError("empty prompt")
+        if kind != "crop" and n_prompt + max_new_tokens > context:
+            raise ValueError("too long")
+        stop = set(stop_tokens)
+        use_cache = use_cache and kind != "no_cache"
+        caches = model.new_caches() if use_cache else None
+        new = tokens[:, -1:] if kind == "prefill" else tokens
+        steps = max_new_tokens - n_prompt if kind == "max_length" else max(max_new_tokens, 1 if kind == "count" else 0)
+        for _ in range(steps):
+            with torch.no_grad():
+                if use_cache:
+                    if kind == "cache_reset":
+                        caches = model.new_caches()
+                    logits = model(tokens if kind == "whole_sequence" else new, caches)
+                else:
+                    logits = model(tokens[:, -context:] if kind == "crop" else tokens)
+            u = torch.rand(1, generator=generator) if temperature > 0 else None
+            position = 0 if kind == "last_position" else -1
+            next_id = gen("sample_next")(logits[:, position], temperature, top_k, top_p, u)
+            token = int(next_id.item())
+            if kind == "stop_included":
+                yield token
+            if token in stop and kind != "stop_ignored":
+                return
+            if kind != "stop_included":
+                yield token
+            new = next_id.view(1, 1)
+            tokens = torch.cat([tokens, new], dim=1)
+            if kind == "stop_in_prompt" and any(int(t) in stop for t in tokens[0]):
+                return
+
+    def wrong(config, weights, prompt, options):
+        return _through_adapter(wrong_generate, config, weights, prompt, options)
+
+    wrong.__name__ = f"generate_{kind}"
+    return _one_thread(wrong)
+
+
+def _generate_tensors(config, weights, prompt, options):
+    out = gen("generate_from_weights")(config, weights, prompt, options)
+    return {**out, "tokens": [torch.tensor([t]) for t in out["tokens"]]}
+
+
+GENERATE_MISTAKES = ("no_cache", "whole_sequence", "prefill", "cache_reset", "last_position", "stop_included", "stop_ignored",
+                     "stop_in_prompt", "max_length", "count", "crop")
+
+
+def diagnose_generate(case: Case, expected, got) -> str | None:
+    tokens = got.get("tokens") if isinstance(got, dict) else None
+    if isinstance(tokens, list) and any(not isinstance(t, int) or isinstance(t, bool) for t in tokens):
+        return "ints"
+    if isinstance(got, dict) and isinstance(expected, dict) and got.get("tokens") == expected["tokens"]:
+        if expected["each position run once"] and not got.get("each position run once"):
+            return "no_cache"
+        if not expected["each position run once"] and got.get("each position run once"):
+            return "uncached"
+    return None
+
+
+register(Checkpoint(
+    id="07.generate",
+    points=3,
+    title="the decoding loop: prefill, one new token per step through the KV cache, stop tokens, the context",
+    signature="generate_from_weights(config, weights, prompt, options)",
+    cases=generate_cases,
+    reference=_one_thread(gen("generate_from_weights")),
+    fingerprints=[(kind, _generate_variant(kind)) for kind in GENERATE_MISTAKES]
+    + [("ints", _one_thread(_generate_tensors))],
+    diagnose=diagnose_generate,
+    # the model's own error when the cache grows faster than the tokens: fed whole sequences
+    raised_hints=[(r"positions do not fit max_seq_len", "whole_sequence")],
+    hints={
+        "default": "Validate; caches = model.new_caches() once; logits = model(prompt, caches) (prefill); then each "
+        "step: token = sample_next(logits[:, -1], ...), stop if it is a stop token, yield it, and logits = "
+        "model(token as a (1, 1) tensor, caches). Without the cache, model(all tokens so far) each step.",
+        "uncached": "With use_cache=False run the whole sequence so far, model(tokens), at every step (no caches), "
+        "and append each new token to it: it is the baseline the cache is measured against.",
+        "no_cache": "The tokens are right, but the model ran on the whole sequence again at every step: with "
+        "use_cache=True, create model.new_caches() once, run the prompt through it, then feed each new token "
+        "alone, model(token as a (1, 1) tensor, caches).",
+        "last_position": "The next token comes from the logits of the *last* position, logits[:, -1]: after a "
+        "prefill of several tokens, logits[:, 0] predicts the prompt's second token.",
+        "max_length": "max_new_tokens counts the *new* tokens: loop max_new_tokens times, whatever the prompt's "
+        "length (Hugging Face's max_length would include the prompt; max_new_tokens does not).",
+        "count": "Generate exactly max_new_tokens tokens: none at all when it is 0 (no first token before the loop).",
+        "stop": "When the new token is a stop token, end the generator (return) *before* yielding it: the caller "
+        "gets the text without the end-of-text marker.",
+        "stop_included": "Check for a stop token before yielding: the stop token itself is not part of the output.",
+        "stop_ignored": "End generation when a token in stop_tokens is produced.",
+        "stop_in_prompt": "Only a *new* token can stop generation: a prompt often contains <|endoftext|> (between "
+        "documents), so test the token you just sampled, not the whole sequence.",
+        "cache": "Feed the model only what it has not seen: the prompt once, then each new token alone, all with the "
+        "same caches (the model places new tokens after the cached positions).",
+        "whole_sequence": "With a cache, feed only the newest token, a (1, 1) tensor: feeding the whole sequence "
+        "again appends every earlier token to the cache a second time.",
+        "prefill": "Run the whole prompt through the model with the caches first (prefill): feeding only its last "
+        "token leaves the earlier prompt tokens out of the cache, so the model never sees them.",
+        "cache_reset": "Create the caches once, before the loop: new caches at every step forget the context, and "
+        "the model sees only the newest token.",
+        "context": "The model has max_seq_len positions: raise ValueError when len(prompt) + max_new_tokens > "
+        "max_seq_len (exactly max_seq_len is fine). Cropping the sequence to its last max_seq_len tokens (nanoGPT) "
+        "does not work with a KV cache, whose positions only grow.",
+        "crop": "Raise ValueError when len(prompt) + max_new_tokens exceeds max_seq_len instead of cropping the "
+        "sequence (nanoGPT's idx[:, -block_size:]): the KV cache cannot drop positions, and both paths must agree.",
+        "empty_prompt": "Raise ValueError for an empty prompt: there are no logits to predict the first token from.",
+        "validate": "Call check_sampling(temperature, top_k, top_p) before generating: a bad parameter must raise "
+        "ValueError at once, not after the prefill.",
+        "sampling": "Greedy decoding is right but sampled decoding differs: pass 07.sample first, then draw "
+        "u = torch.rand(1, generator=generator) once per new token (only when temperature > 0) and call "
+        "sample_next(logits[:, -1], temperature, top_k, top_p, u).",
+        "ints": "Yield each token as a Python int (int(next_id.item())), not as a tensor.",
+    },
+))
