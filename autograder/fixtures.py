@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .core import Case, Checkpoint, Raised
+from .core import Case, Checkpoint, Raised, as_callable
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
 FORMAT = 1
@@ -111,8 +111,9 @@ def materialise(cp: Checkpoint) -> dict:
                 "args": case.args,
                 "hint": case.hint,
                 "show": case.show,
-                "expected": outcome(cp.reference, case.args),
-                "fingerprint_outputs": {hint: outcome(variant, case.args) for hint, variant in cp.fingerprints},
+                "expected": outcome(as_callable(cp, cp.reference), case.args),
+                "fingerprint_outputs": {hint: outcome(as_callable(cp, variant), case.args)
+                                        for hint, variant in cp.fingerprints},
             }
             for case in cases
             if case.unique_answer

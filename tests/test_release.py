@@ -73,7 +73,7 @@ def test_fixtures_are_deterministic_across_processes_and_hash_seeds():
 
 def test_fixture_files_are_small():
     sizes = {p.name: p.stat().st_size for p in fixtures.FIXTURE_DIR.glob("*.pkl")}
-    assert sizes and max(sizes.values()) < 100_000, sizes
+    assert sizes and max(sizes.values()) < 150_000, sizes  # 07.generate carries small models' weights
 
 
 def test_a_missing_fixture_folder_says_how_to_regenerate(tmp_path):

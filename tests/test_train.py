@@ -209,7 +209,7 @@ def test_torchrun_ddp_matches_one_process_with_gradient_accumulation(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-                          *common[1:], "--out", str(tmp_path / "two")], env=env, cwd=ROOT, capture_output=True,
+                          *common, "--out", str(tmp_path / "two")], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, two = _losses(tmp_path / "one" / "last.pt"), _losses(tmp_path / "two" / "last.pt")
@@ -219,7 +219,9 @@ def test_torchrun_ddp_matches_one_process_with_gradient_accumulation(tmp_path):
 
 def test_a_rerun_gives_the_same_bits(tmp_path):
     config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({**tiny_config(), "export": str(tmp_path / "export")}))
+    run_config = {**tiny_config(), "export": str(tmp_path / "export")}
+    run_config["model"]["vocab_size"] = 4096  # the CLI trains on the course corpus
+    config.write_text(json.dumps(run_config))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     digests = []
     for run in ("a", "b"):
