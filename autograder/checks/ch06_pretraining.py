@@ -41,7 +41,7 @@ def batch_cases(rng: random.Random) -> list[Case]:
                     show=(tokens if n <= 12 else Label(f"<{n} tokens>"), batch, block, Label(f"Generator(seed={seed})")))
 
     cases = [
-        case("tokens 100..109, one window of 3: y is x shifted by one", 10, 1, 3, "shift"),
+        case("tokens 100..109, one window of 3: y is x shifted by one", 10, 1, 3),
         case("the stream is exactly block_size + 1 long: only one window fits", 5, 2, 4, "randint_high"),
         case("8 windows of 4 from 20 tokens", 20, 8, 4),
     ]
