@@ -48,6 +48,41 @@ def difference(expected: Any, got: Any, tol: float = 0.0) -> str | None:
     return None if got == expected else f"expected {short(expected)}, got {short(got)}"
 
 
+DIGEST_SAMPLES = 32
+
+
+def digest(value: Any) -> Any:
+    """A small stand-in for ``value``, good enough to recognise a known mistake's output.
+
+    Every floating-point tensor of more than ``2 * DIGEST_SAMPLES`` values becomes
+    ``DIGEST_SAMPLES`` evenly spaced entries followed by its mean and mean square, and a
+    dict of tensors (a state dict) is digested as one tensor, so a stored fingerprint of
+    a model's weights after a training step costs a few hundred bytes. Outputs are still compared in full against the
+    expected answer: a digest only decides *which hint* to show. Idempotent.
+    """
+    if _is_tensor(value):
+        if not value.is_floating_point() or value.numel() <= 2 * DIGEST_SAMPLES:
+            return value
+        import torch
+
+        flat = value.detach().flatten()
+        picks = flat[torch.linspace(0, flat.numel() - 1, DIGEST_SAMPLES).round().long()]
+        moments = torch.stack([flat.double().mean(), flat.double().square().mean()]).to(flat.dtype)
+        return torch.cat([picks, moments])
+    if isinstance(value, dict):
+        tensors = list(value.values())
+        if len(tensors) > 1 and all(_is_tensor(t) and t.is_floating_point() and t.dtype == tensors[0].dtype
+                                    for t in tensors):
+            # a state dict: one digest of all its values, in key order, keyed by the key list
+            import torch
+
+            return {"keys": list(value), "digest": digest(torch.cat([t.detach().flatten() for t in tensors]))}
+        return {key: digest(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(digest(item) for item in value)
+    return value
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

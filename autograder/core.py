@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .compare import difference, short
+from .compare import difference, digest, short
 from .sandbox_worker import RUNNERS
 
 HIDDEN_SEED_OFFSET = 1_000_003
@@ -286,11 +286,12 @@ def _same_outcome(a: Any, b: Any, tol: float = 0.0) -> bool:
 def _fingerprint(cp: Checkpoint, cases: list[Case], outputs: list[Any], fn: Callable) -> str | None:
     """The hint of the known mistake that reproduces the learner's output on every case."""
     outputs = outputs + [call(fn, copy.deepcopy(c.args)) for c in cases[len(outputs):]]
+    outputs = [digest(got) for got in outputs]
 
     def variant_output(hint, variant, case):
-        if case.fingerprint_outputs is not None:
+        if case.fingerprint_outputs is not None:  # stored digested (fixtures.materialise)
             return case.fingerprint_outputs[hint]
-        return call(as_callable(cp, variant), copy.deepcopy(case.args))
+        return digest(call(as_callable(cp, variant), copy.deepcopy(case.args)))
 
     for hint, variant in cp.fingerprints:
         # exact match: two mistakes that agree within tolerance are told apart by their bits

@@ -5,8 +5,9 @@ inputs from a seeded RNG and ``solutions/`` computes the expected outputs. Neith
 handed to students (the reference is the answer, and the checks contain answer-revealing
 code such as a BPE replay trainer). A release ships instead, per checkpoint, exactly what
 ``run(cp, fn, seed=0)`` would use: the visible cases, their expected outputs, and the
-output of every known-mistake fingerprint on them. ``autograder.core.registry()`` falls
-back to :func:`load_registry` when ``solutions``/``checks`` cannot be imported.
+a digest (``compare.digest``) of every known-mistake fingerprint's output on them.
+``autograder.core.registry()`` falls back to :func:`load_registry` when
+``solutions``/``checks`` cannot be imported.
 
 ``python -m autograder fixtures`` writes ``autograder/fixture_data/NN.name.pkl``;
 ``--check`` writes nothing and fails on any drift, like ``python -m autograder build``.
@@ -31,10 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from .compare import digest
 from .core import Case, Checkpoint, Raised, as_callable
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
-FORMAT = 1
+FORMAT = 2  # 2: fingerprint outputs stored as compare.digest
 PROTOCOL = 4
 SUFFIX = ".pkl"
 # A fixture file above this size almost certainly embeds a large input by value: store it
@@ -112,7 +114,7 @@ def materialise(cp: Checkpoint) -> dict:
                 "hint": case.hint,
                 "show": case.show,
                 "expected": outcome(as_callable(cp, cp.reference), case.args),
-                "fingerprint_outputs": {hint: outcome(as_callable(cp, variant), case.args)
+                "fingerprint_outputs": {hint: digest(outcome(as_callable(cp, variant), case.args))
                                         for hint, variant in cp.fingerprints},
             }
             for case in cases

@@ -80,6 +80,22 @@ def test_fixture_files_are_small():
     assert sizes and max(sizes.values()) < 150_000, sizes  # 07.generate carries small models' weights
 
 
+def test_fingerprint_digests_are_small_idempotent_and_tell_weights_apart():
+    import torch
+
+    from autograder.compare import digest, difference
+
+    weights = {"a.weight": torch.randn(40, 8), "a.bias": torch.randn(8), "b.weight": torch.randn(8, 8)}
+    once = digest((1.5, weights))
+    assert difference(digest(once), once) is None  # stored digests compare to live ones
+    assert once[1]["keys"] == list(weights) and once[1]["digest"].numel() < 40
+    nudged = {k: v.clone() for k, v in weights.items()}
+    nudged["a.bias"][3] += 0.5  # one value the evenly spaced samples may miss: the moments see it
+    assert difference(digest((1.5, nudged))[1], once[1], 1e-6) is not None
+    ints = torch.arange(100)
+    assert digest(ints) is ints  # token ids are kept whole
+
+
 def test_a_missing_fixture_folder_says_how_to_regenerate(tmp_path):
     with pytest.raises(fixtures.FixturesMissing, match="python -m autograder fixtures"):
         fixtures.load_registry(tmp_path / "fixture_data")
