@@ -4,7 +4,7 @@ In the course repository a checkpoint is *live*: ``autograder/checks/`` generate
 inputs from a seeded RNG and ``solutions/`` computes the expected outputs. Neither is
 handed to students (the reference is the answer, and the checks contain answer-revealing
 code such as a BPE replay trainer). A release ships instead, per checkpoint, exactly what
-``run(cp, fn, seed=0)`` would use: the visible cases, their expected outputs, and the
+``run(cp, fn, seed=0)`` would use: the visible cases, their expected outputs, and
 a digest (``compare.digest``) of every known-mistake fingerprint's output on them.
 ``autograder.core.registry()`` falls back to :func:`load_registry` when
 ``solutions``/``checks`` cannot be imported.
