@@ -81,7 +81,7 @@ BUNDLES = {
         "top_k_router", "dispatch", "combine", "moe_sorted", "load_balancing_loss", "aux_free_router", "update_bias",
         "MoEConfig", "MoE")],
     "@model": [f"=solutions.model:{n}" for n in (
-        "LlamaConfig", "Block", "_plain", "_fused_swiglu", "Transformer")],
+        "LlamaConfig", "Block", "_plain", "Transformer")],
 }
 
 
