@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from data import corpus
+from data import corpus, instructions
 from data.manifest import DATA_DIR, REBUILD_HINT, update_manifest, verify
 
 
@@ -63,6 +63,11 @@ def build_tokenizer(out_dir: Path) -> None:
     tokenizer.save(out_dir / "tokenizer" / "course_bpe.tiktoken")
 
 
+def build_instructions(out_dir: Path) -> None:
+    """Chapter 08's instruction conversations: instructions/{train,val,test}.jsonl."""
+    instructions.write_instructions(out_dir / "instructions")
+
+
 # Build steps, in the order they run. A step reads its inputs from the directory it is
 # given (not from DATA_DIR), so that ``--check`` rebuilds everything from scratch.
 BUILD_STEPS: list[BuildStep] = [
@@ -72,6 +77,8 @@ BUILD_STEPS: list[BuildStep] = [
         ("tokenizer/course_bpe.tiktoken", "tokenizer/course_bpe.tiktoken.json"),
         build_tokenizer,
     ),
+    BuildStep("instruction conversations (chapter 08)",
+              tuple(f"instructions/{split}.jsonl" for split in instructions.SPLITS), build_instructions),
 ]
 
 

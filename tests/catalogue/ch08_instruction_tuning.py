@@ -1,0 +1,459 @@
+"""Wrong answers to chapter 08's checkpoints, as learners write them.
+
+The template and example mistakes are written as the learner's own ``render_chat(tokenizer,
+messages, add_generation_prompt)`` and ``sft_example(tokenizer, messages, max_len)``, each run
+through the same adapter as the notebook's given ``render_chat_from_data`` and
+``sft_example_from_data``. The example mistakes call the correct ``render_chat`` (as a
+learner's notebook would, once that checkpoint passes), so one mistake is the only
+difference from the reference.
+"""
+
+from __future__ import annotations
+
+import tiktoken
+import torch
+import torch.nn.functional as F
+
+from solutions.sft import check_conversation, render_chat
+
+from . import mistake
+
+IGNORE = -100
+
+
+def via_adapter(fn):
+    """The learner's function behind the notebook's adapter: the tokenizer arrives as plain data."""
+
+    def adapter(tokenizer_data, messages, option):
+        return fn(tiktoken.Encoding(**tokenizer_data), messages, option)
+
+    adapter.__name__ = fn.__name__
+    return adapter
+
+
+# ------------------------------------------------------------------------- 08.render_chat
+
+
+def _check(messages, add_generation_prompt):
+    check_conversation(messages)
+    if add_generation_prompt and messages[-1]["role"] == "assistant":
+        raise ValueError("the assistant has already answered")
+
+
+@mistake("08.render_chat", "no_newline")
+@via_adapter
+def render_without_newline_after_role(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(m["role"]) + tokenizer.encode_ordinary(m["content"]) + [end]
+        ids += tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
+@mistake("08.render_chat", "no_separator")
+@via_adapter
+def render_without_newline_between_messages(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n{m['content']}") + [end]
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
+@mistake("08.render_chat", "hard_coded")
+@via_adapter
+def render_with_hard_coded_ids(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    ids = []
+    for m in messages:
+        ids += [4093] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m["content"])
+        ids += [4094] + tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [4093] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
+@mistake("08.render_chat", "special_as_text")
+@via_adapter
+def render_specials_as_text(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    ids = []
+    for m in messages:
+        ids += tokenizer.encode_ordinary(f"<|im_start|>{m['role']}\n")
+        ids += tokenizer.encode_ordinary(m["content"]) + tokenizer.encode_ordinary("<|im_end|>\n")
+    if add_generation_prompt:
+        ids += tokenizer.encode_ordinary("<|im_start|>assistant\n")
+    return ids
+
+
+@mistake("08.render_chat", "injection")
+@via_adapter
+def render_text_then_encode_all_specials(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    if add_generation_prompt:
+        text += "<|im_start|>assistant\n"
+    return tokenizer.encode(text, allowed_special="all")  # HF's apply_chat_template, then encode
+
+
+@mistake("08.render_chat", "generation_prompt")
+@via_adapter
+def render_ignoring_generation_prompt(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m["content"])
+        ids += [end] + tokenizer.encode_ordinary("\n")
+    return ids
+
+
+@mistake("08.render_chat", "generation_newline")
+@via_adapter
+def render_generation_prompt_without_newline(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m["content"])
+        ids += [end] + tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant")
+    return ids
+
+
+@mistake("08.render_chat", "generation_after_assistant")
+@via_adapter
+def render_generation_prompt_after_reply(tokenizer, messages, add_generation_prompt=False):
+    check_conversation(messages)
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m["content"])
+        ids += [end] + tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
+@mistake("08.render_chat", "validate")
+@via_adapter
+def render_without_validation(tokenizer, messages, add_generation_prompt=False):
+    if add_generation_prompt and messages and messages[-1]["role"] == "assistant":
+        raise ValueError("the assistant has already answered")
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m["content"])
+        ids += [end] + tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
+# ------------------------------------------------------------------------- 08.sft_example
+
+
+def _spans(tokenizer, messages):
+    """Where each assistant reply (content and <|im_end|>) lies in render_chat(messages)."""
+    newline = len(tokenizer.encode_ordinary("\n"))
+    return [(len(render_chat(tokenizer, messages[:i], add_generation_prompt=True)),
+             len(render_chat(tokenizer, messages[: i + 1])) - newline)
+            for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def _start(messages, max_len, tokens):
+    check_conversation(messages)
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the conversation must end with the assistant")
+    if len(tokens) - 1 > max_len:
+        raise ValueError("longer than the context")
+
+
+@mistake("08.sft_example", "no_mask")
+@via_adapter
+def example_trains_on_the_prompt(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    return tokens[:-1], tokens[1:]
+
+
+@mistake("08.sft_example", "im_end_masked")
+@via_adapter
+def example_masks_im_end(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [False] * len(tokens)
+    end = tokenizer.encode_single_token("<|im_end|>")
+    for first, last in _spans(tokenizer, messages):
+        for t in range(first, last):
+            trained[t] = tokens[t] != end  # "special tokens are not text"
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+@mistake("08.sft_example", "header_trained")
+@via_adapter
+def example_trains_the_assistant_header(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [False] * len(tokens)
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            first = len(render_chat(tokenizer, messages[:i]))  # where the assistant's message starts
+            last = len(render_chat(tokenizer, messages[: i + 1])) - 1
+            trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+@mistake("08.sft_example", "newline_trained")
+@via_adapter
+def example_trains_the_whole_message(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [False] * len(tokens)
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            first = len(render_chat(tokenizer, messages[:i], add_generation_prompt=True))
+            last = len(render_chat(tokenizer, messages[: i + 1]))  # the whole message, its last newline too
+            trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+@mistake("08.sft_example", "last_turn_only")
+@via_adapter
+def example_trains_only_the_final_reply(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    prompt = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)
+    labels = [IGNORE] * (len(prompt) - 1) + tokens[len(prompt):-1] + [IGNORE]
+    return tokens[:-1], labels
+
+
+@mistake("08.sft_example", "no_shift")
+@via_adapter
+def example_labels_equal_inputs(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    inputs = tokens[:-1]
+    return inputs, [t if k else IGNORE for t, k in zip(inputs, trained)]  # the model shifts, surely?
+
+
+@mistake("08.sft_example", "mask_not_shifted")
+@via_adapter
+def example_shifts_tokens_but_not_the_mask(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    labels = [t if k else IGNORE for t, k in zip(tokens, trained)]
+    return tokens[:-1], [t if k != IGNORE else IGNORE for t, k in zip(tokens[1:], labels[:-1])]
+
+
+@mistake("08.sft_example", "zero_masked")
+@via_adapter
+def example_masks_with_zero(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [0] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [1] * (last - first)
+    return tokens[:-1], [t * k for t, k in zip(tokens[1:], trained[1:])]
+
+
+@mistake("08.sft_example", "full_length")
+@via_adapter
+def example_keeps_every_token_as_input(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len, tokens)
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    labels = [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+    return tokens, labels + [IGNORE]
+
+
+@mistake("08.sft_example", "context")
+@via_adapter
+def example_counts_tokens_not_positions(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, max_len + 1, tokens)
+    if len(tokens) > max_len:
+        raise ValueError("too long for the context")
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+@mistake("08.sft_example", "no_context_check")
+@via_adapter
+def example_without_context_check(tokenizer, messages, max_len):
+    tokens = render_chat(tokenizer, messages)
+    _start(messages, 10**9, tokens)
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+@mistake("08.sft_example", "ends_with_user")
+@via_adapter
+def example_accepts_a_final_question(tokenizer, messages, max_len):
+    check_conversation(messages)
+    tokens = render_chat(tokenizer, messages)
+    if len(tokens) - 1 > max_len:
+        raise ValueError("longer than the context")
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+# ------------------------------------------------------------------------------ 08.collate
+
+
+def _check_examples(examples):
+    if not examples:
+        raise ValueError("no examples")
+    for x, y in examples:
+        if len(x) != len(y):
+            raise ValueError("inputs and labels differ in length")
+
+
+@mistake("08.collate", "left_pad")
+def collate_pads_on_the_left(examples, pad_id):
+    _check_examples(examples)
+    longest = max(len(x) for x, _ in examples)
+    xs = [[pad_id] * (longest - len(x)) + list(x) for x, _ in examples]
+    ys = [[IGNORE] * (longest - len(y)) + list(y) for _, y in examples]
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+@mistake("08.collate", "pad_label")
+def collate_pads_labels_with_pad_id(examples, pad_id):
+    _check_examples(examples)
+    longest = max(len(x) for x, _ in examples)
+    xs = [list(x) + [pad_id] * (longest - len(x)) for x, _ in examples]
+    ys = [list(y) + [pad_id] * (longest - len(y)) for _, y in examples]
+    return torch.tensor(xs), torch.tensor(ys)
+
+
+@mistake("08.collate", "swapped")
+def collate_swaps_the_pads(examples, pad_id):
+    _check_examples(examples)
+    longest = max(len(x) for x, _ in examples)
+    input_ids = torch.full((len(examples), longest), IGNORE)
+    labels = torch.full((len(examples), longest), pad_id)
+    for b, (x, y) in enumerate(examples):
+        input_ids[b, :len(x)] = torch.tensor(x)
+        labels[b, :len(y)] = torch.tensor(y)
+    return input_ids, labels
+
+
+@mistake("08.collate", "shortest")
+def collate_truncates_to_the_shortest(examples, pad_id):
+    _check_examples(examples)
+    n = min(len(x) for x, _ in examples)
+    return torch.tensor([list(x[:n]) for x, _ in examples]), torch.tensor([list(y[:n]) for _, y in examples])
+
+
+@mistake("08.collate", "int32")
+def collate_int32(examples, pad_id):
+    _check_examples(examples)
+    longest = max(len(x) for x, _ in examples)
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.int32)
+    labels = torch.full((len(examples), longest), IGNORE, dtype=torch.int32)
+    for b, (x, y) in enumerate(examples):
+        input_ids[b, :len(x)] = torch.tensor(x)
+        labels[b, :len(y)] = torch.tensor(y)
+    return input_ids, labels
+
+
+@mistake("08.collate", "mutated_input")
+def collate_pads_the_examples_in_place(examples, pad_id):
+    _check_examples(examples)
+    longest = max(len(x) for x, _ in examples)
+    for x, y in examples:
+        y += [IGNORE] * (longest - len(y))
+        x += [pad_id] * (longest - len(x))
+    return torch.tensor([x for x, _ in examples]), torch.tensor([y for _, y in examples])
+
+
+@mistake("08.collate", "empty")
+def collate_without_checks(examples, pad_id):
+    longest = max((len(x) for x, _ in examples), default=0)
+    xs = [list(x) + [pad_id] * (longest - len(x)) for x, _ in examples]
+    ys = [list(y) + [IGNORE] * (longest - len(y)) for _, y in examples]
+    return torch.tensor(xs, dtype=torch.long).reshape(len(examples), longest), \
+        torch.tensor(ys, dtype=torch.long).reshape(len(examples), longest)
+
+
+# ----------------------------------------------------------------------------- 08.sft_loss
+
+
+def _check_loss(logits, labels):
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError("logits and labels do not match")
+    if not (labels != IGNORE).any():
+        raise ValueError("no trained label")
+
+
+@mistake("08.sft_loss", "per_sequence")
+def loss_mean_of_row_means(logits, labels):
+    _check_loss(logits, labels)
+    losses = []
+    for row_logits, row_labels in zip(logits, labels):
+        losses.append(F.cross_entropy(row_logits, row_labels, ignore_index=IGNORE))
+    return torch.stack(losses).mean()
+
+
+@mistake("08.sft_loss", "all_positions")
+def loss_divided_by_every_position(logits, labels):
+    _check_loss(logits, labels)
+    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total / labels.numel()
+
+
+@mistake("08.sft_loss", "no_ignore")
+def loss_clamps_the_mask_away(logits, labels):
+    _check_loss(logits, labels)
+    return F.cross_entropy(logits.flatten(0, 1), labels.clamp(min=0).flatten())
+
+
+@mistake("08.sft_loss", "shift_again")
+def loss_shifts_again(logits, labels):
+    _check_loss(logits, labels)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+@mistake("08.sft_loss", "sum")
+def loss_sum(logits, labels):
+    _check_loss(logits, labels)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+@mistake("08.sft_loss", "softmax_dim")
+def loss_softmax_over_positions(logits, labels):
+    _check_loss(logits, labels)
+    logp = torch.log_softmax(logits, dim=1)
+    keep = labels != IGNORE
+    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (nll * keep).sum() / keep.sum()
+
+
+@mistake("08.sft_loss", "empty_nan")
+def loss_without_empty_check(logits, labels):
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError("logits and labels do not match")
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
