@@ -5,7 +5,8 @@ For the result to be measurable, every answer must be checkable by exact string 
 each conversation shows a short story from the world of ``data/corpus.py`` (the same cast,
 towns, pets and sentence templates, made by that module's own functions) and asks about a
 fact the story states: who the story is about, the town, the pet's name or kind, the best
-friend. The answer is one word (or a hyphenated name), copied from the story.
+friend. The answer is one sentence in a fixed form per question ("Robin's best friend is
+Hugo."), whose fact is copied from the story.
 
 A conversation is a list of messages ``{"role": ..., "content": ...}`` in the roles of chat
 models: an optional ``system`` message, then ``user`` and ``assistant`` turns alternating.
@@ -74,7 +75,7 @@ ANSWERS = {
 PROMPTS = [
     "{story}\n\n{question}",
     "Read the story and answer the question.\n\n{story}\n\nQuestion: {question}",
-    "{story}\n\nQuestion: {question} Answer with one word.",
+    "{story}\n\nQuestion: {question} Answer in one sentence.",
     "Here is a story:\n{story}\n\n{question}",
 ]
 SYSTEM_PROMPTS = [
