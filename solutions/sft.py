@@ -280,13 +280,13 @@ def answer_accuracy(model, tokenizer, conversations: list[dict], max_new_tokens:
     stops = {tokenizer.encode_single_token(IM_END), tokenizer.encode_single_token("<|endoftext|>")}
     was_training = model.training
     model.eval()
+    dialogues = [c["messages"] if isinstance(c, dict) else c for c in conversations]
     predictions = []
-    for conversation in conversations:
-        messages = conversation["messages"] if isinstance(conversation, dict) else conversation
+    for messages in dialogues:
         prompt = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)
         reply = list(generate(model, prompt, max_new_tokens, stop_tokens=stops))
         predictions.append(tokenizer.decode(reply).strip())
     model.train(was_training)
-    answers = [(c["messages"] if isinstance(c, dict) else c)[-1]["content"] for c in conversations]
+    answers = [messages[-1]["content"] for messages in dialogues]
     correct = sum(p == a for p, a in zip(predictions, answers))
     return correct / max(len(conversations), 1), predictions
