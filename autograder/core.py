@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .compare import difference, digest, short
-from .sandbox_worker import RUNNERS
+from .runners import RUNNERS
 
 HIDDEN_SEED_OFFSET = 1_000_003
 
@@ -103,7 +103,7 @@ class Checkpoint:
     # learner ordered the arithmetic (chapter 06's optimiser and schedule).
     fingerprint_tol: float = 0.0
     # "function": the learner's object is called as fn(*args). Otherwise a runner from
-    # sandbox_worker.RUNNERS calls it: "module" (an nn.Module class; args are (init_args,
+    # runners.RUNNERS calls it: "module" (an nn.Module class; args are (init_args,
     # state_dict, forward_args): build, load the reference's state_dict, forward),
     # "train_steps" and "resume" (chapter 06: a training step or a save/restore pair driven
     # on the notebook's own Transformer; see the runners' docstrings).
@@ -325,7 +325,8 @@ def _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn) -> s
     return case.hint
 
 
-def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | None = None) -> Result:
+def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | None = None,
+        probe: Callable | None = None) -> Result:
     """Check ``fn`` against the checkpoint's reference on every case; stop at the first failure."""
     validate_callable(cp, fn)
     fn = as_callable(cp, fn)

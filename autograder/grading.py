@@ -255,7 +255,9 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
                     cp, kind="function", reference=core.as_callable(cp, cp.reference),
                     fingerprints=[(hint, core.as_callable(cp, v)) for hint, v in cp.fingerprints],
                 )
-                result = core.run(as_function, proxy, seed=seed)
+                # the gradient probe runs in the worker too, and returns gradients as data
+                probe = _proxy(worker, function, f"grad_{cp.kind}", violations, sandbox_errors)
+                result = core.run(as_function, proxy, seed=seed, probe=probe)
                 grade.output_dropped = worker.output_dropped
                 grade.verdict = "pass" if result.passed else "fail"
                 grade.message = result.report()

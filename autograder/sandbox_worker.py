@@ -32,6 +32,9 @@ import traceback
 ROOT = os.path.realpath(sys.argv[1]) if len(sys.argv) > 1 else None
 WORK_DIR = os.path.realpath(os.getcwd())
 THIS_FILE = os.path.realpath(__file__)
+# The runners (how a module class, a training step, a gradient probe is driven) are the
+# course's own code in autograder/runners.py, loaded by path before any learner code runs.
+RUNNERS_FILE = os.path.join(os.path.dirname(THIS_FILE), "runners.py")
 FORBIDDEN_MODULES = ("solutions", "autograder", "tests", "_posixsubprocess")
 FORBIDDEN_EVENTS = {
     "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
@@ -90,7 +93,7 @@ def audit(event, args):
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
             )
-            if _inside(real, ROOT) and not _inside(real, os.path.join(ROOT, ".venv")) and real != THIS_FILE:
+            if _inside(real, ROOT) and not _inside(real, os.path.join(ROOT, ".venv")) and real not in (THIS_FILE, RUNNERS_FILE):
                 _refuse(f"open {real}")
             if writing and not _inside(real, WORK_DIR) and real != os.devnull:
                 _refuse(f"write {real}")
@@ -217,105 +220,6 @@ def patched_checks():
     return found
 
 
-# ---- runners: how a checkpoint whose answer is not a plain function is called. The grader
-# (autograder.core) uses these same functions in-process, so both paths run identical code.
-
-
-def run_module(cls, init_args, state_dict, forward_args):
-    """An nn.Module class: build ``cls(*init_args)``, load the reference's ``state_dict``, run forward."""
-    module = cls(*init_args)
-    expected, got = sorted(state_dict), sorted(module.state_dict())
-    if expected != got:
-        raise ValueError(
-            f"the module's parameters are named {got}, but the checkpoint loads {expected}: "
-            "keep the names (and shapes) that the notebook's __init__ gives"
-        )
-    module.load_state_dict(state_dict)
-    with torch_module().no_grad():
-        return module(*forward_args)
-
-
-def _namespace(fn):
-    """Where a runner finds the notebook's classes: the learner's globals (the notebook), or
-    the ``course_namespace`` a checks module gives a known-mistake variant."""
-    return getattr(fn, "course_namespace", None) or fn.__globals__
-
-
-def _course_model(namespace, model_config, state_dict):
-    """The notebook's own Transformer (a given cell), built from a config and loaded."""
-    model = namespace["Transformer"](namespace["LlamaConfig"](**model_config))
-    model.load_state_dict(state_dict)
-    return model
-
-
-def _weights(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def run_train_steps(train_step, model_config, state_dict, batches, lrs, max_norm):
-    """``train_step(model, optimizer, x, y, lr, max_norm)`` called once per ``(x, y)`` batch on a
-    fresh course model and a plain SGD optimiser (so that the update shows the gradient exactly).
-    Returns ``(losses, weights_after)``."""
-    torch = torch_module()
-    model = _course_model(_namespace(train_step), model_config, state_dict)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)  # a stale rate, which the step must replace
-    losses = []
-    for (x, y), lr in zip(batches, lrs):
-        losses.append(train_step(model, optimizer, x, y, lr, max_norm))
-    return losses, _weights(model)
-
-
-def _adamw_steps(model, optimizer, tokens, generator, n_steps, batch_size, block_size):
-    torch = torch_module()
-    for _ in range(n_steps):
-        starts = torch.randint(0, len(tokens) - block_size, (batch_size,), generator=generator)
-        windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
-        logits = model(windows[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten())
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-
-def run_resume(save_training_state, model_config, state_dict, tokens, seed, steps_before, steps_after):
-    """Interrupt and resume a run through the learner's ``save_training_state(model, optimizer,
-    generator, step)`` and ``load_training_state(state, model, optimizer, generator)``: train
-    ``steps_before`` steps (AdamW, batches drawn from ``generator``), save, round-trip the state
-    through ``torch.save``/``torch.load`` (as a file would), restore into a *fresh* model,
-    optimiser and generator, train ``steps_after`` more. Returns ``(step, weights_after)``; an
-    uninterrupted run gives the reference's ``(steps_before, weights)``."""
-    import io
-    torch = torch_module()
-    namespace = _namespace(save_training_state)
-    load_training_state = namespace["load_training_state"]
-
-    def fresh():
-        model = _course_model(namespace, model_config, state_dict)
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-2), torch.Generator().manual_seed(seed)
-
-    model, optimizer, generator = fresh()
-    _adamw_steps(model, optimizer, tokens, generator, steps_before, 2, 8)
-    buffer = io.BytesIO()
-    torch.save(save_training_state(model, optimizer, generator, steps_before), buffer)
-    del model, optimizer, generator  # the "crash": only the saved state survives
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=False)
-    model, optimizer, generator = fresh()
-    generator.manual_seed(seed + 1)  # a fresh process would not have the old generator's position
-    step = load_training_state(state, model, optimizer, generator)
-    _adamw_steps(model, optimizer, tokens, generator, steps_after, 2, 8)
-    return step, _weights(model)
-
-
-def run_seeded(fn, seed, *args):
-    """``fn(*args, generator)`` with a ``torch.Generator`` seeded by ``seed``: a generator is not
-    plain data, so the case carries its seed. Returns ``fn``'s output."""
-    return fn(*args, torch_module().Generator().manual_seed(seed))
-
-
-RUNNERS = {"module": run_module, "seeded": run_seeded, "train_steps": run_train_steps, "resume": run_resume}
-
-
 def main():
     channel_in = os.fdopen(int(os.environ["COURSE_SANDBOX_IN"]), "rb")
     channel_out = os.fdopen(int(os.environ["COURSE_SANDBOX_OUT"]), "wb")
@@ -336,6 +240,10 @@ def main():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     except (ImportError, AttributeError, ValueError):
         pass
+    runners = {"__name__": "course_runners"}
+    with open(RUNNERS_FILE, encoding="utf-8") as file:
+        exec(compile(file.read(), RUNNERS_FILE, "exec"), runners)
+    RUNNERS = runners["RUNNERS"]
     sys.addaudithook(audit)
 
     namespace = {"__name__": "__main__"}

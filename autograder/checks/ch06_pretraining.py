@@ -4,7 +4,7 @@ step, and resuming a run.
 The first five are plain functions of tensors and numbers, compared with ``solutions.train``
 within :data:`TOL` (exactly for batches and counts). The last two take a model and an
 optimiser, which cannot travel to a sandboxed learner as data: their cases carry a small
-model's config and weights, and a *runner* (``autograder.sandbox_worker.run_train_steps`` /
+model's config and weights, and a *runner* (``autograder.runners.run_train_steps`` /
 ``run_resume``) builds the notebook's own ``Transformer`` from them, drives the learner's
 function, and returns plain data (losses, weights) to compare.
 
