@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import builtins
 import csv
-import dataclasses
 import json
 import os
 import re
@@ -249,15 +248,12 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
             elif state != "ok":
                 grade.message = f"{function} has the {state}; {cp.id} calls it as {cp.signature}"
             else:
+                # the proxy runs the learner's object the checkpoint's way (a module class
+                # through its runner) in the worker; so does the gradient probe, which
+                # returns gradients as data
                 proxy = _proxy(worker, function, cp.kind, violations, sandbox_errors)
-                # the proxy already runs a module class the checkpoint's way: call it as a function
-                as_function = dataclasses.replace(
-                    cp, kind="function", reference=core.as_callable(cp, cp.reference),
-                    fingerprints=[(hint, core.as_callable(cp, v)) for hint, v in cp.fingerprints],
-                )
-                # the gradient probe runs in the worker too, and returns gradients as data
                 probe = _proxy(worker, function, f"grad_{cp.kind}", violations, sandbox_errors)
-                result = core.run(as_function, proxy, seed=seed, probe=probe)
+                result = core.run(cp, proxy, seed=seed, probe=probe, wrapped=True)
                 grade.output_dropped = worker.output_dropped
                 grade.verdict = "pass" if result.passed else "fail"
                 grade.message = result.report()
