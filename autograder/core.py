@@ -30,6 +30,12 @@ from .compare import difference, digest, short
 from .runners import RUNNERS
 
 HIDDEN_SEED_OFFSET = 1_000_003
+# Default tolerances (see Checkpoint.fingerprint_tol and grad_tol): far above the rounding
+# differences between CPU kernel families (about 1e-7 relative in float32), far below the
+# differences between distinct mistakes on the cases.
+FINGERPRINT_TOL = 1e-5
+GRAD_TOL = 1e-4
+PROBED_CASES = 2
 
 
 class CheckpointFailed(AssertionError):
@@ -77,6 +83,10 @@ class Case:
     # False when several answers are right (a checkpoint whose compare accepts any valid
     # tie-break): a fixture, which can only compare with the reference's answer, skips it.
     unique_answer: bool = True
+    # Run the gradient probe on this case (checkpoints with ``grad_probe``); when no case of
+    # a checkpoint says so, the last PROBED_CASES cases with a value to differentiate are.
+    probe: bool = False
+    expected_probe: Any = None  # filled in by fixtures: the reference's gradients
 
 
 @dataclass
@@ -98,16 +108,32 @@ class Checkpoint:
     raised_hints: list[tuple[str, str]] = field(default_factory=list)
     points: int = 1
     tol: float = 0.0
-    # How close a known mistake's output must be to the learner's to name it: 0 (bits) tells
-    # apart mistakes that agree within tol; a small tolerance recognises a mistake however the
-    # learner ordered the arithmetic (chapter 06's optimiser and schedule).
-    fingerprint_tol: float = 0.0
+    # How close a known mistake's output must be to the learner's to name it. Never 0 for
+    # float outputs: another CPU computes other low-order bits. The cases are chosen so that
+    # distinct mistakes differ by far more than this (tests/test_hints.py proves it), so it
+    # recognises a mistake however the learner ordered the arithmetic. None: FINGERPRINT_TOL
+    # or ``tol``, whichever is larger.
+    fingerprint_tol: float | None = None
+    # Trained through: after every case passes, the gradient probe (runners.run_grad_*)
+    # backpropagates through the learner's answer and compares the gradients that reach each
+    # floating-point argument (or each parameter of a module) with the reference's, within
+    # ``grad_tol`` (None: GRAD_TOL or 10 * tol, whichever is larger).
+    grad_probe: bool = False
+    grad_tol: float | None = None
     # "function": the learner's object is called as fn(*args). Otherwise a runner from
     # runners.RUNNERS calls it: "module" (an nn.Module class; args are (init_args,
     # state_dict, forward_args): build, load the reference's state_dict, forward),
     # "train_steps" and "resume" (chapter 06: a training step or a save/restore pair driven
     # on the notebook's own Transformer; see the runners' docstrings).
     kind: str = "function"
+
+    @property
+    def match_tol(self) -> float:
+        return self.fingerprint_tol if self.fingerprint_tol is not None else max(FINGERPRINT_TOL, self.tol)
+
+    @property
+    def probe_tol(self) -> float:
+        return self.grad_tol if self.grad_tol is not None else max(GRAD_TOL, 10 * self.tol)
 
     @property
     def params(self) -> list[str]:
@@ -127,6 +153,8 @@ class Result:
     hint_id: str | None = None
     cases_run: int = 0
     details: list[str] = field(default_factory=list)
+    # what the hint rests on: "property", "raised", "fingerprint", "diagnosis", "none"
+    evidence: str | None = None
 
     def report(self) -> str:
         mark = "✓" if self.passed else "✗"
@@ -145,7 +173,21 @@ COMMON_HINTS = {
     "cell above that was not run); the line above shows where.",
     "raised": "Your function raised an exception on this input; the line above shows where. "
     "Try the same call in a cell of its own and print the intermediate values.",
+    "grad_detached": "The values are right, but no gradient flows back to this input: part of the "
+    "computation is cut from autograd (.detach(), .data, torch.no_grad(), .item(), .tolist(), numpy, "
+    "or a new tensor built from Python numbers). Training would never update what sits behind it.",
+    "grad_leak": "The values are right, but a gradient reaches an input that the reference keeps out of "
+    "autograd (it is used under torch.no_grad() or detached there): training would change what must "
+    "stay fixed.",
+    "grad_differs": "The values are right, but the gradient with respect to this input differs from "
+    "the reference's: a part of the computation is detached or replaced by a constant, so training "
+    "would follow another direction. Build every step from torch operations on the inputs.",
+    "grad_raised": "The values are right, but backpropagating through your function failed (the line "
+    "above says why): typically an in-place operation (x += ..., x[...] = ..., .add_()) on a tensor "
+    "autograd still needs. Write y = x + ... instead.",
 }
+# Hints that describe what the output shows, whatever the mistake behind it: never a wrong name.
+GENERIC_HINTS = frozenset({"default", *COMMON_HINTS})
 
 REGISTRY: dict[str, Checkpoint] = {}
 
@@ -283,58 +325,145 @@ def _same_outcome(a: Any, b: Any, tol: float = 0.0) -> bool:
         return False
 
 
-def _fingerprint(cp: Checkpoint, cases: list[Case], outputs: list[Any], fn: Callable) -> str | None:
-    """The hint of the known mistake that reproduces the learner's output on every case."""
+def _variant_output(cp: Checkpoint, hint: str, variant: Callable | None, case: Case) -> Any:
+    """A known mistake's output on ``case``, digested (stored so by fixtures)."""
+    if case.fingerprint_outputs is not None:
+        return case.fingerprint_outputs.get(hint)
+    return digest(call(as_callable(cp, variant), copy.deepcopy(case.args)))
+
+
+def _is_wrong_on(cp: Checkpoint, case: Case, expected: Any, variant_out: Any) -> bool:
+    """Is the known mistake's output on this case one the checkpoint rejects? A variant that
+    happens to be right on a case is no evidence for its mistake there."""
+    if isinstance(expected, Raised) or isinstance(variant_out, Raised):
+        return not _same_outcome(expected, variant_out)
+    return not _same_outcome(digest(expected), variant_out, cp.tol)
+
+
+def _known_mistake(cp: Checkpoint, cases: list[Case], failing: int, outputs: list[Any],
+                   expecteds: list[Any], fn: Callable, reference: Callable) -> str | None:
+    """The hint of a known mistake the learner's output shows: one whose output is wrong on
+    the failing case and that the learner's output matches (within ``match_tol``) on EVERY
+    case where that mistake shows, the case's own mistake first. A learner with this mistake
+    and another one elsewhere is still told about this one; an output that only coincides
+    with a mistake on one case is not."""
     outputs = outputs + [call(fn, copy.deepcopy(c.args)) for c in cases[len(outputs):]]
     outputs = [digest(got) for got in outputs]
-
-    def variant_output(hint, variant, case):
-        if case.fingerprint_outputs is not None:  # stored digested (fixtures.materialise)
-            return case.fingerprint_outputs[hint]
-        return digest(call(as_callable(cp, variant), copy.deepcopy(case.args)))
-
-    for hint, variant in cp.fingerprints:
-        # exact match: two mistakes that agree within tolerance are told apart by their bits
-        if all(_same_outcome(variant_output(hint, variant, c), got, cp.fingerprint_tol) for c, got in zip(cases, outputs)):
-            return hint
+    expecteds = expecteds + [c.expected if c.has_expected else call(reference, copy.deepcopy(c.args))
+                             for c in cases[len(expecteds):]]
+    ordered = sorted(cp.fingerprints, key=lambda item: item[0] != cases[failing].hint)
+    for hint, variant in ordered:
+        shows = []
+        for n, case in enumerate(cases):
+            out = _variant_output(cp, hint, variant, case)
+            if _is_wrong_on(cp, case, expecteds[n], out):
+                shows.append((out, outputs[n]))
+            elif n == failing:
+                break  # right on the failing case: it does not explain this failure
+        else:
+            if all(_same_outcome(out, got, cp.match_tol) for out, got in shows):
+                return hint
     return None
 
 
-def _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn) -> str:
-    """Name the most likely mistake, from the most specific evidence to the least."""
+def _choose_hint(cp, n, expected, got, compare_hint, cases, outputs, expecteds, fn, reference) -> tuple[str, str]:
+    """Name a mistake only on evidence in the learner's output; otherwise a generic hint.
+
+    Returns ``(hint id, evidence)``. Evidence, from the strongest: a property of the output
+    that the checkpoint's ``compare`` recognised ("property"); the exception raised
+    ("raised"); the wrong return type ("property"); a known mistake that reproduces the
+    output on every case, or on this case, the case's own mistake first ("fingerprint");
+    ``diagnose`` ("diagnosis"); for a case that expects an exception, the fact that none or
+    another was raised ("property"). Without evidence the hint is ``default`` ("none"): the
+    report says what differed and gives the checkpoint's recipe.
+    """
+    case = cases[n]
     if compare_hint:
-        return compare_hint
+        return compare_hint, "property"
     if isinstance(got, Raised):
         for pattern, hint in cp.raised_hints:
             if re.search(pattern, f"{got.type.__name__}: {got.message}"):
-                return hint
+                return hint, "raised"
         if issubclass(got.type, (NameError, ImportError, AttributeError)):
-            return "code_error"
-        return case.hint if case.hint != "default" else "raised"
+            return "code_error", "raised"
+        if isinstance(expected, Raised) and case.hint != "default":
+            return case.hint, "property"  # the case is about which error to raise: it raised another
+        return "raised", "raised"
     if not isinstance(expected, Raised) and cp.compare is None and type(got) is not type(expected):
         if not (isinstance(expected, int) and isinstance(got, int)):
-            return "return_type"
+            return "return_type", "property"
     if cp.fingerprints:
-        hint = _fingerprint(cp, cases, outputs, fn)
+        hint = _known_mistake(cp, cases, n, outputs, expecteds, fn, reference)
         if hint:
-            return hint
+            return hint, "fingerprint"
     if cp.diagnose is not None:
         hint = cp.diagnose(case, expected, got)
         if hint:
-            return hint
-    return case.hint
+            return hint, "diagnosis"
+    if isinstance(expected, Raised):
+        return case.hint, "property"  # it returned a value where the case's error was due
+    return "default", "none"
+
+
+def _probe_cases(cp: Checkpoint, cases: list[Case], expected: list[Any]) -> list[tuple[Case, Any]]:
+    marked = [(c, e) for c, e in zip(cases, expected) if c.probe and not isinstance(e, Raised)]
+    if marked:
+        return marked
+    valued = [(c, e) for c, e in zip(cases, expected) if not isinstance(e, Raised)]
+    return valued[-PROBED_CASES:]
+
+
+def _zero_or_none(g: Any) -> bool:
+    if g is None:
+        return True
+    if not hasattr(g, "abs"):
+        return False
+    return g.numel() == 0 or float(g.detach().double().abs().max()) == 0.0
+
+
+def gradient_difference(cp: Checkpoint, expected: Any, got: Any) -> tuple[str, str] | None:
+    """``None`` if the gradients agree; else ``(problem, hint id)``. ``expected``/``got``: what
+    a gradient probe returns, a list (per argument) or a dict (per parameter) of tensors or
+    ``None``."""
+    if isinstance(got, Raised):
+        return f"backpropagating through it raised {got.type.__name__}: {got.message}", "grad_raised"
+    if isinstance(expected, list):
+        names = [*cp.params, *(f"argument {i}" for i in range(len(cp.params), len(expected)))]
+        pairs = [(names[i], e, got[i] if isinstance(got, list) and i < len(got) else None) for i, e in enumerate(expected)]
+    else:
+        got = got if isinstance(got, dict) else {}
+        pairs = [(name, e, got.get(name)) for name, e in expected.items()]
+    for name, e, g in pairs:
+        if _zero_or_none(e) and _zero_or_none(g):
+            continue
+        if _zero_or_none(g):
+            return f"no gradient reaches {name}", "grad_detached"
+        if _zero_or_none(e):
+            return f"a gradient reaches {name}, which the reference keeps out of autograd", "grad_leak"
+        problem = difference(e, g, cp.probe_tol)
+        if problem is not None:
+            return f"the gradient with respect to {name} differs: {problem}", "grad_differs"
+    return None
 
 
 def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | None = None,
-        probe: Callable | None = None) -> Result:
-    """Check ``fn`` against the checkpoint's reference on every case; stop at the first failure."""
+        probe: Callable | None = None, wrapped: bool = False) -> Result:
+    """Check ``fn`` against the checkpoint's reference on every case; stop at the first failure.
+
+    ``wrapped=True``: ``fn`` already runs the learner's object the checkpoint's way (the
+    grader's proxy to a sandboxed worker), and ``probe`` runs its gradient probe.
+    """
     validate_callable(cp, fn)
-    fn = as_callable(cp, fn)
-    reference = as_callable(cp, reference or cp.reference)
+    learner = fn
+    fn = fn if wrapped else as_callable(cp, fn)
+    reference_fn = reference or cp.reference
+    reference = as_callable(cp, reference_fn)
     cases = cp.cases(random.Random(f"{cp.id}/{seed}"))
     outputs: list[Any] = []
+    expecteds: list[Any] = []
     for n, case in enumerate(cases, 1):
         expected = case.expected if case.has_expected else call(reference, copy.deepcopy(case.args))
+        expecteds.append(expected)
         learner_args = copy.deepcopy(case.args)
         got = call(fn, learner_args)
         outputs.append(got)
@@ -350,7 +479,7 @@ def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | No
             problem, compare_hint = "it changed its input arguments in place", "mutated_input"
         if problem is None:
             continue
-        hint = _choose_hint(cp, case, expected, got, compare_hint, cases, outputs, fn)
+        hint, evidence = _choose_hint(cp, n - 1, expected, got, compare_hint, cases, outputs, expecteds, fn, reference)
         shown_args = case.show if case.show is not None else case.args
         details = [
             f"  called:   {cp.function_name}({', '.join(short(a, 70) for a in shown_args)})",
@@ -359,8 +488,33 @@ def run(cp: Checkpoint, fn: Callable, *, seed: int = 0, reference: Callable | No
         if not isinstance(expected, Raised) and not isinstance(got, Raised) and cp.compare is None:
             details.insert(1, f"  expected: {short(expected)}\n  got:      {short(got)}")
         details.append(f"  hint:     {hint_text(cp, hint)}")
-        return Result(cp.id, False, f"{case.label}.", hint, n, details)
+        return Result(cp.id, False, f"{case.label}.", hint, n, details, evidence)
+    if cp.grad_probe and (probe is not None or not wrapped):
+        probe = probe or probe_callable(cp, learner)
+        for case, _ in _probe_cases(cp, cases, expecteds):
+            want = case.expected_probe if case.has_expected else call(probe_callable(cp, reference_fn), copy.deepcopy(case.args))
+            found = gradient_difference(cp, want, call(probe, copy.deepcopy(case.args)))
+            if found is None:
+                continue
+            problem, hint = found
+            shown_args = case.show if case.show is not None else case.args
+            details = [
+                f"  called:   {cp.function_name}({', '.join(short(a, 70) for a in shown_args)}), then backpropagated",
+                f"  problem:  {problem}",
+                f"  hint:     {hint_text(cp, hint)}",
+            ]
+            return Result(cp.id, False, f"{case.label}: right values, wrong gradients.", hint, len(cases), details, "property")
     return Result(cp.id, True, f"{cp.title} ({len(cases)} cases)", None, len(cases))
+
+
+def probe_callable(cp: Checkpoint, fn: Callable) -> Callable:
+    """``fn`` under its checkpoint's gradient probe: the gradients as plain data."""
+    runner = RUNNERS[f"grad_{cp.kind}"]
+
+    def run_probe(*args):
+        return runner(fn, *args)
+
+    return run_probe
 
 
 # -------------------------------------------------------------------------- command

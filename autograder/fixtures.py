@@ -32,11 +32,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from .compare import digest
-from .core import Case, Checkpoint, Raised, as_callable
+from .compare import difference, digest
+from .core import Case, Checkpoint, Raised, _probe_cases, as_callable, probe_callable
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
-FORMAT = 2  # 2: fingerprint outputs stored as compare.digest
+FORMAT = 3  # 2: fingerprint outputs stored as compare.digest; 3: gradient probes, tolerances
 PROTOCOL = 4
 SUFFIX = ".pkl"
 # A fixture file above this size almost certainly embeds a large input by value: store it
@@ -94,7 +94,10 @@ def outcome(fn: Callable, args: tuple) -> Any:
 
 def materialise(cp: Checkpoint) -> dict:
     """Everything ``run(cp, fn, seed=0)`` needs, as plain data."""
-    cases = cp.cases(random.Random(f"{cp.id}/0"))
+    cases = [case for case in cp.cases(random.Random(f"{cp.id}/0")) if case.unique_answer]
+    reference = as_callable(cp, cp.reference)
+    expected = [outcome(reference, case.args) for case in cases]
+    probed = {id(case) for case, _ in _probe_cases(cp, cases, expected)} if cp.grad_probe else set()
     return {
         "format": FORMAT,
         "id": cp.id,
@@ -103,6 +106,8 @@ def materialise(cp: Checkpoint) -> dict:
         "points": cp.points,
         "tol": cp.tol,
         "fingerprint_tol": cp.fingerprint_tol,
+        "grad_probe": cp.grad_probe,
+        "grad_tol": cp.grad_tol,
         "kind": cp.kind,
         "hints": dict(cp.hints),
         "raised_hints": [tuple(item) for item in cp.raised_hints],
@@ -113,12 +118,13 @@ def materialise(cp: Checkpoint) -> dict:
                 "args": case.args,
                 "hint": case.hint,
                 "show": case.show,
-                "expected": outcome(as_callable(cp, cp.reference), case.args),
+                "expected": want,
                 "fingerprint_outputs": {hint: digest(outcome(as_callable(cp, variant), case.args))
                                         for hint, variant in cp.fingerprints},
+                "probe": id(case) in probed,
+                "expected_probe": outcome(probe_callable(cp, cp.reference), case.args) if id(case) in probed else None,
             }
-            for case in cases
-            if case.unique_answer
+            for case, want in zip(cases, expected)
         ],
     }
 
@@ -178,7 +184,7 @@ def dumps(data: dict) -> bytes:
 def fixture_files(checkpoints: dict[str, Checkpoint] | None = None) -> dict[str, bytes]:
     """File name -> bytes, for every live checkpoint, checked to load back in a release."""
     files = {}
-    for checkpoint_id, cp in sorted((checkpoints or live_registry()).items()):
+    for checkpoint_id, cp in sorted((live_registry() if checkpoints is None else checkpoints).items()):
         blob = dumps(materialise(cp))
         name = f"{checkpoint_id}{SUFFIX}"
         if len(blob) > MAX_FILE_BYTES:
@@ -191,21 +197,27 @@ def fixture_files(checkpoints: dict[str, Checkpoint] | None = None) -> dict[str,
     return files
 
 
-def write_fixtures(out_dir: Path = FIXTURE_DIR, check: bool = False) -> list[str]:
+def write_fixtures(out_dir: Path = FIXTURE_DIR, check: bool = False, only: tuple[str, ...] = ()) -> list[str]:
     """Materialise every live checkpoint's visible cases into ``out_dir``; return the drift
-    (files that differ, are missing or are extra). With ``check=True`` nothing is written."""
+    (files that differ, are missing or are extra). With ``check=True`` nothing is written.
+    ``only``: checkpoint id prefixes ("02", "06.resume"): just those."""
     out_dir = Path(out_dir)
-    wanted = fixture_files()
+    chosen = {k: cp for k, cp in live_registry().items() if not only or k.startswith(tuple(only))}
+    wanted = fixture_files(chosen)
     present = {p.name for p in out_dir.glob(f"*{SUFFIX}")} if out_dir.is_dir() else set()
+    if only:
+        present = {name for name in present if name.startswith(tuple(only))}
     drift = []
     for name, blob in wanted.items():
         path = out_dir / name
         if name not in present:
             drift.append(f"{_shown(path)}: missing")
-        elif path.read_bytes() != blob:
-            drift.append(f"{_shown(path)}: differs from the live checkpoint")
         else:
-            continue
+            stored = path.read_bytes()
+            problem = None if stored == blob else fixture_difference(_load_or_none(stored, name), loads(blob, name))
+            if problem is None:
+                continue  # the same, or the same within the checkpoint's tolerances (another CPU)
+            drift.append(f"{_shown(path)}: differs from the live checkpoint ({problem})")
         if not check:
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
@@ -216,6 +228,65 @@ def write_fixtures(out_dir: Path = FIXTURE_DIR, check: bool = False) -> list[str
         if not check:
             (out_dir / name).unlink()
     return drift
+
+
+# Inputs are drawn by torch's generators, whose vectorised transforms may round differently
+# on another CPU; they are compared within this relative tolerance.
+ARGS_TOL = 1e-6
+
+
+def _load_or_none(blob: bytes, name: str) -> dict | None:
+    try:
+        return loads(blob, name)
+    except Exception:  # noqa: BLE001 - an old format or a damaged file is simply stale
+        return None
+
+
+def fixture_difference(stored: dict | None, fresh: dict) -> str | None:
+    """``None`` if two materialised checkpoints agree: exactly for everything but numbers,
+    within the checkpoint's own tolerances for floats (inputs within :data:`ARGS_TOL`, expected
+    outputs within ``tol``, known mistakes' digests within the fingerprint tolerance, gradients
+    within the probe tolerance), so that fixtures built on one CPU are up to date on another."""
+    if stored is None:
+        return "written by another version of the autograder"
+    plain = [key for key in fresh if key != "cases"]
+    for key in plain:
+        if stored.get(key) != fresh[key]:
+            return f"its {key} changed"
+    if len(stored["cases"]) != len(fresh["cases"]):
+        return f"{len(fresh['cases'])} cases, {len(stored['cases'])} stored"
+    cp = checkpoint_from(fresh)
+    tolerances = {"args": ARGS_TOL, "show": 0.0, "expected": cp.tol, "fingerprint_outputs": cp.match_tol,
+                  "expected_probe": cp.probe_tol}
+    for n, (old, new) in enumerate(zip(stored["cases"], fresh["cases"])):
+        for key in new:
+            tol = tolerances.get(key, 0.0)
+            problem = _outcome_difference(old.get(key), new[key], tol)
+            if problem is not None:
+                return f"case {n} ({new['label'][:60]}), {key}: {problem}"
+    return None
+
+
+def _outcome_difference(old: Any, new: Any, tol: float) -> str | None:
+    if isinstance(old, Raised) or isinstance(new, Raised):
+        same = isinstance(old, Raised) and isinstance(new, Raised) and old.type is new.type
+        return None if same else f"{old!r} became {new!r}"
+    if isinstance(new, dict) and isinstance(old, dict) and old.keys() == new.keys():
+        for key in new:
+            problem = _outcome_difference(old[key], new[key], tol)
+            if problem is not None:
+                return f"at {key!r}: {problem}"
+        return None
+    if type(new) in (list, tuple) and type(old) is type(new) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            problem = _outcome_difference(a, b, tol)
+            if problem is not None:
+                return f"at {i}: {problem}"
+        return None
+    try:
+        return difference(new, old, tol)
+    except Exception as exc:  # noqa: BLE001 - incomparable means changed
+        return f"not comparable ({type(exc).__name__})"
 
 
 def _shown(path: Path) -> str:
@@ -269,8 +340,10 @@ def checkpoint_from(data: dict) -> Checkpoint:
         raised_hints=list(data["raised_hints"]),
         points=data["points"],
         tol=data["tol"],
-        fingerprint_tol=data.get("fingerprint_tol", 0.0),
-        kind=data.get("kind", "function"),
+        fingerprint_tol=data["fingerprint_tol"],
+        grad_probe=data["grad_probe"],
+        grad_tol=data["grad_tol"],
+        kind=data["kind"],
     )
 
 
@@ -312,13 +385,15 @@ def _load_cached(fixture_dir: str, stamp: tuple) -> dict[str, Checkpoint]:
 # ---------------------------------------------------------------------------- command
 
 def add_arguments(parser) -> None:
+    parser.add_argument("only", nargs="*", help="checkpoint id prefixes such as 02 or 06.resume (default: all)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the fixtures are stale")
 
 
 def main(args) -> int:
     from .notebooks import report_drift
 
-    code = report_drift(write_fixtures(check=args.check), args.check, "python -m autograder fixtures", "fixtures are up to date")
+    drift = write_fixtures(check=args.check, only=tuple(args.only))
+    code = report_drift(drift, args.check, "python -m autograder fixtures", "fixtures are up to date")
     if code:
         return code
     for path in sorted(FIXTURE_DIR.glob(f"*{SUFFIX}")):

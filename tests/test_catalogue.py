@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from autograder import checkpoints
+from autograder import _hidden_seed, checkpoints
 from autograder.core import hint_text, lookup, run
 from tests.catalogue import load_all
 
@@ -21,6 +21,11 @@ def test_mistake_is_rejected_with_its_hint(mistake):
     assert not result.passed, f"{mistake.name} was accepted"
     assert result.hint_id == mistake.hint, f"{mistake.name}: got hint {result.hint_id!r}\n{result.report()}"
     assert hint_text(cp, mistake.hint) in result.report()
+    # The visible check must catch what the hidden one catches: a mistake caught only by the
+    # hidden seed would show the learner a ✓ and then score 0.
+    hidden = run(cp, mistake.fn, seed=_hidden_seed())
+    assert not hidden.passed, f"{mistake.name} passes the hidden seed"
+    assert hidden.hint_id == mistake.hint, f"{mistake.name}: hidden seed gives hint {hidden.hint_id!r}\n{hidden.report()}"
 
 
 @pytest.mark.parametrize("checkpoint_id", checkpoints())

@@ -1,0 +1,67 @@
+"""Test inputs every chapter's checks draw: seeded tensors and how a case prints them.
+
+One place for what chapters 02-08 used to define each for itself. A case's tensors come
+from a ``torch.Generator`` seeded by the case list's ``random.Random``, so the same seed
+gives the same inputs, and the visible and hidden seeds draw from the same distribution.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from ..core import Case, Label
+
+
+def generator(rng: random.Random) -> torch.Generator:
+    """A torch generator seeded from ``rng``: same seed, same tensors."""
+    return torch.Generator().manual_seed(rng.randrange(2**31))
+
+
+def randn(source: random.Random | torch.Generator, *shape: int, scale: float = 1.0,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A normal tensor times ``scale``, drawn from ``source`` (a generator, or a
+    ``random.Random`` that seeds a fresh one), cast to ``dtype``."""
+    g = source if isinstance(source, torch.Generator) else generator(source)
+    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+
+def rand(source: random.Random | torch.Generator, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """A uniform tensor on ``[low, high)``."""
+    g = source if isinstance(source, torch.Generator) else generator(source)
+    return low + (high - low) * torch.rand(*shape, generator=g)
+
+
+def randint(source: random.Random | torch.Generator, low: int, high: int, *shape: int) -> torch.Tensor:
+    """Integers on ``[low, high)`` (token ids: draw them from a realistic vocabulary, so that
+    ids have several digits and an off-by-one in an index shows)."""
+    g = source if isinstance(source, torch.Generator) else generator(source)
+    return torch.randint(low, high, shape, generator=g)
+
+
+def rounded(values) -> str:
+    """A nested list of numbers with four significant digits: ``[0.5, -1.25, 3.0]``."""
+    if isinstance(values, list):
+        return "[" + ", ".join(rounded(v) for v in values) + "]"
+    if not isinstance(values, float):
+        return repr(values)
+    text = f"{values:.4g}"
+    return text + ".0" if text.lstrip("-").isdigit() else text
+
+
+def tensor_label(value, name: str | None = None, small: int = 8):
+    """How a tensor argument is printed in a report: by value when it has at most ``small``
+    entries, otherwise by name, shape and dtype. Anything else is returned unchanged."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    dtype = "" if value.dtype == torch.float32 else f", dtype={str(value.dtype).replace('torch.', '')}"
+    if value.numel() <= small:
+        return Label(f"tensor({rounded(value.tolist())}{dtype})")
+    prefix = f"{name}: " if name else ""
+    return Label(f"<{prefix}tensor of shape {tuple(value.shape)}{dtype}>")
+
+
+def case(label: str, args: tuple, hint: str = "default", **fields) -> Case:
+    """A case whose tensor arguments are shown by :func:`tensor_label`."""
+    return Case(label, args, hint, show=tuple(tensor_label(a) for a in args), **fields)
