@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .compare import difference, digest
-from .core import Case, Checkpoint, Raised, _probe_cases, as_callable, probe_callable
+from .declarations import Case, Checkpoint, Raised, _probe_cases, as_callable, probe_callable
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
 FORMAT = 3  # 2: fingerprint outputs stored as compare.digest; 3: gradient probes, tolerances
@@ -390,12 +390,22 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from .notebooks import report_drift
-
     drift = write_fixtures(check=args.check, only=tuple(args.only))
     code = report_drift(drift, args.check, "python -m autograder fixtures", "fixtures are up to date")
     if code:
         return code
     for path in sorted(FIXTURE_DIR.glob(f"*{SUFFIX}")):
         print(f"  {_shown(path)}  {path.stat().st_size:,} bytes")
+    return 0
+
+
+def report_drift(drift: list[str], check: bool, command: str, up_to_date: str) -> int:
+    """Print what changed (or would change, with ``check``); exit code 1 for drift under ``check``."""
+    for line in drift:
+        print(("drift: " if check else "updated: ") + line)
+    if check and drift:
+        print(f"Run `{command}` and commit the result.", file=sys.stderr)
+        return 1
+    if not drift:
+        print(up_to_date)
     return 0

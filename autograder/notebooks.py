@@ -1,6 +1,8 @@
 """One source of truth for notebooks: ``solutions/`` → source notebooks → learner notebooks.
 
-1. **Render.** A code cell of a source notebook whose metadata has
+1. **Render.** A graded cell whose metadata says ``{"course": {"checkpoint": "02.rmsnorm"}}``
+   is written from the checkpoint's declaration (its function and points): a checkpoint is
+   declared once, in ``autograder/checks/``. A code cell of a source notebook whose metadata has
    ``{"course": {"render": ["count_pairs", "train_bpe"]}}`` is rewritten from the
    reference module named in the notebook's metadata (``{"course": {"module": ...}}``).
    Each function keeps its signature and docstring; its body goes between
@@ -27,6 +29,8 @@ import tempfile
 from pathlib import Path
 
 import nbformat
+
+from .fixtures import report_drift, write_fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIR = ROOT / "solutions" / "notebooks"
@@ -118,11 +122,49 @@ def render_cell(module: str, names: list[str]) -> str:
     return "\n\n\n".join(pieces)
 
 
+def checkpoint_cell_source(checkpoint_id: str) -> str:
+    """The graded cell of a checkpoint, written from its declaration in autograder/checks/:
+    the visible check, and the same check on the grader's seed as an nbgrader hidden test."""
+    from .core import lookup
+
+    cp = lookup(checkpoint_id)
+    fn = cp.function_name
+    points = f"{cp.points} point{'s' if cp.points != 1 else ''}"
+    return "\n".join([
+        f"# Checkpoint {cp.id} ({points})",
+        f'autograder.check("{cp.id}", {fn})',
+        "### BEGIN HIDDEN TESTS",
+        f'autograder.check("{cp.id}", {fn}, hidden=True, quiet=True)',
+        "### END HIDDEN TESTS",
+    ])
+
+
+def render_checkpoint_cell(cell) -> bool:
+    """A cell whose metadata says ``{"course": {"checkpoint": ID}}`` is the graded cell of
+    checkpoint ID: its source and nbgrader points come from the declaration. True if changed."""
+    from .core import lookup
+
+    checkpoint_id = cell.get("metadata", {}).get("course", {}).get("checkpoint")
+    if not checkpoint_id:
+        return False
+    text, points = checkpoint_cell_source(checkpoint_id), lookup(checkpoint_id).points
+    grade = cell.metadata.setdefault("nbgrader", {})
+    wanted = {"grade": True, "grade_id": grade.get("grade_id") or f"check_{checkpoint_id.split('.', 1)[1]}",
+              "locked": True, "points": points, "schema_version": 3, "solution": False, "task": False}
+    changed = cell.source != text or any(grade.get(k) != v for k, v in wanted.items())
+    cell.source = text
+    grade.update(wanted)
+    return changed
+
+
 def render_notebook(nb) -> bool:
     """Rewrite every rendered cell of ``nb`` in place; True if anything changed."""
     module = nb.metadata.get("course", {}).get("module")
     changed = False
     for cell in nb.cells:
+        if render_checkpoint_cell(cell):
+            changed = True
+            continue
         names = cell.get("metadata", {}).get("course", {}).get("render")
         if not names:
             continue
@@ -256,20 +298,6 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     drift = build(check=args.check, chapters_=args.chapters or None, force=args.force)
     if not args.chapters:  # the visible checks stored as data, for releases without solutions/
-        from . import fixtures
-
-        drift += fixtures.write_fixtures(check=args.check)
+        drift += write_fixtures(check=args.check)
     up_to_date = "notebooks are up to date" if args.chapters else "notebooks and fixtures are up to date"
     return report_drift(drift, args.check, "python -m autograder build", up_to_date)
-
-
-def report_drift(drift: list[str], check: bool, command: str, up_to_date: str) -> int:
-    """Print what changed (or would change, with ``check``); exit code 1 for drift under ``check``."""
-    for line in drift:
-        print(("drift: " if check else "updated: ") + line)
-    if check and drift:
-        print(f"Run `{command}` and commit the result.", file=sys.stderr)
-        return 1
-    if not drift:
-        print(up_to_date)
-    return 0

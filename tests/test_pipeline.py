@@ -67,13 +67,32 @@ def test_regenerating_never_overwrites_a_learners_work(tmp_path):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
-def test_notebook_points_are_the_checkpoints_points(chapter):
-    import re
-
+def test_graded_cells_are_written_from_the_declarations(chapter):
+    """Every graded cell names its checkpoint in its metadata, and its source and nbgrader points
+    are what the checkpoint's declaration renders (build --check fails otherwise)."""
     from autograder.core import lookup
+    from autograder.notebooks import checkpoint_cell_source
 
     nb = nbformat.read(source_path(chapter), as_version=4)
     cells = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
+    assert cells
     for cell in cells:
-        checkpoint_id = re.search(r'autograder\.check\("([^"]+)"', cell.source).group(1)
+        checkpoint_id = cell.metadata["course"]["checkpoint"]
+        assert cell.source == checkpoint_cell_source(checkpoint_id), checkpoint_id
         assert cell.metadata["nbgrader"]["points"] == lookup(checkpoint_id).points, checkpoint_id
+
+
+def test_a_declaration_change_rewrites_its_graded_cell(monkeypatch):
+    import dataclasses
+
+    from autograder import core
+    from autograder.notebooks import render_notebook
+
+    nb = nbformat.read(source_path(CHAPTERS[0]), as_version=4)
+    assert not render_notebook(nb)  # up to date
+    cell = next(c for c in nb.cells if c.metadata.get("course", {}).get("checkpoint"))
+    checkpoint_id = cell.metadata["course"]["checkpoint"]
+    changed = dataclasses.replace(core.lookup(checkpoint_id), points=7)
+    monkeypatch.setitem(core.registry(), checkpoint_id, changed)
+    assert render_notebook(nb)
+    assert cell.metadata["nbgrader"]["points"] == 7 and "(7 points)" in cell.source

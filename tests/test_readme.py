@@ -26,3 +26,15 @@ def test_readme_speaks_to_all_three_users():
     text = (ROOT / "README.md").read_text()
     for heading in ("## For learners", "## For instructors", "## For workshop organisers"):
         assert heading in text
+
+
+def test_the_chapter_table_gives_the_declared_points():
+    import re
+
+    from autograder.core import registry
+
+    rows = re.findall(r"^\| (\d\d) \|.*\(([0-9]+) points\) \|$", (ROOT / "README.md").read_text(), re.M)
+    assert rows
+    for chapter, points in rows:
+        declared = sum(cp.points for cid, cp in registry().items() if cid.startswith(chapter + "."))
+        assert int(points) == declared, f"README says chapter {chapter} is worth {points} points; declared: {declared}"
