@@ -32,7 +32,7 @@ def router_top_k_of_logits_then_full_softmax(logits, top_k):
     return probs.gather(-1, indices), indices, probs  # ...but the weights are over all experts
 
 
-@mistake("04.router", "renormalise_all")
+@mistake("04.router", "renormalise")  # the same numbers as no renormalisation: one shared hint
 def router_renormalising_over_all_experts(logits, top_k):
     _check_top_k(logits, top_k)
     probs = F.softmax(logits.float(), dim=-1)
@@ -81,6 +81,23 @@ def router_returns_chosen_weights_as_probs(logits, top_k):
     top, indices = probs.topk(top_k, dim=-1)
     weights = top / top.sum(dim=-1, keepdim=True)
     return weights, indices, torch.zeros_like(probs).scatter(-1, indices, weights)
+
+
+@mistake("04.router", "float32")
+def router_softmax_in_the_logits_dtype(logits, top_k):
+    _check_top_k(logits, top_k)
+    probs = logits.softmax(dim=-1)  # bfloat16 logits: bfloat16 probabilities
+    top, indices = probs.topk(top_k, dim=-1)
+    return (top / top.sum(dim=-1, keepdim=True)).float(), indices, probs.float()
+
+
+@mistake("04.router", "grad_detached")
+def router_routes_under_no_grad(logits, top_k):
+    _check_top_k(logits, top_k)
+    with torch.no_grad():  # "choosing experts is not differentiable anyway"
+        probs = F.softmax(logits.float(), dim=-1)
+        top, indices = probs.topk(top_k, dim=-1)
+    return top / top.sum(dim=-1, keepdim=True), indices, probs
 
 
 @mistake("04.router", "validate")
@@ -163,6 +180,24 @@ def dispatch_bincount_without_minlength(x, indices, n_experts):
 
 
 @mistake("04.dispatch", "range")
+def dispatch_checks_only_large_ids(x, indices, n_experts):
+    if int(indices.max()) >= n_experts:
+        raise ValueError("expert id out of range")
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    return x[order // indices.shape[1]], order, torch.bincount(flat, minlength=n_experts)
+
+
+@mistake("04.dispatch", "grad_detached")
+def dispatch_gathers_from_x_data(x, indices, n_experts):
+    _check_ids(indices, n_experts)
+    flat = indices.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    x_sorted = x.data[order // indices.shape[1]]  # .data: the experts' inputs are cut from autograd
+    return x_sorted, order, torch.bincount(flat, minlength=n_experts)
+
+
+@mistake("04.dispatch", "range")
 def dispatch_without_validation(x, indices, n_experts):
     flat = indices.reshape(-1)
     order = torch.argsort(flat, stable=True)
@@ -227,6 +262,17 @@ def combine_token_by_modulo(y_sorted, weights, order):
     return out.index_add_(0, order % n_tokens, y_sorted * w[:, None])
 
 
+@mistake("04.combine", "grad_detached")
+def combine_loop_with_python_weights(y_sorted, weights, order):
+    n_tokens, top_k = weights.shape
+    flat_weights = weights.reshape(-1)
+    out = torch.zeros(n_tokens, y_sorted.shape[-1], dtype=y_sorted.dtype)
+    for r in range(order.numel()):
+        i = int(order[r])
+        out[i // top_k] += flat_weights[i].item() * y_sorted[r]  # .item(): the router gets no gradient
+    return out
+
+
 @mistake("04.combine", "axis")
 def combine_index_add_on_the_feature_axis(y_sorted, weights, order):
     n_tokens, top_k = weights.shape
@@ -238,15 +284,22 @@ def combine_index_add_on_the_feature_axis(y_sorted, weights, order):
 # --------------------------------------------------------------- 04.load_balancing_loss
 
 
+def _check_batch(indices):
+    if indices.shape[0] == 0:
+        raise ValueError("empty batch")
+
+
 @mistake("04.load_balancing_loss", "scale")
 def loss_without_n_factor(probs, indices, n_experts):
+    _check_batch(indices)
     n_tokens, top_k = indices.shape
     f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)
     return (f * probs.float().mean(dim=0)).sum()
 
 
-@mistake("04.load_balancing_loss", "scale")
+@mistake("04.load_balancing_loss", "scale_mean")
 def loss_mean_over_experts(probs, indices, n_experts):
+    _check_batch(indices)
     n_tokens, top_k = indices.shape
     f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)
     return (f * probs.float().mean(dim=0)).mean()  # balanced routing gives 1 / n_experts
@@ -254,6 +307,7 @@ def loss_mean_over_experts(probs, indices, n_experts):
 
 @mistake("04.load_balancing_loss", "f_counts")
 def loss_f_from_probabilities(probs, indices, n_experts):
+    _check_batch(indices)
     P = probs.float().mean(dim=0)
     f = probs.float().mean(dim=0)  # "fraction routed" as a soft count
     return n_experts * (f * P).sum()
@@ -261,18 +315,21 @@ def loss_f_from_probabilities(probs, indices, n_experts):
 
 @mistake("04.load_balancing_loss", "f_topk")
 def loss_counts_first_choice_only(probs, indices, n_experts):
+    _check_batch(indices)
     f = torch.bincount(indices[:, 0], minlength=n_experts).float() / indices.shape[0]
     return n_experts * (f * probs.float().mean(dim=0)).sum()
 
 
 @mistake("04.load_balancing_loss", "f_norm")
 def loss_f_over_tokens_not_assignments(probs, indices, n_experts):
+    _check_batch(indices)
     f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / indices.shape[0]
     return n_experts * (f * probs.float().mean(dim=0)).sum()
 
 
 @mistake("04.load_balancing_loss", "P_full")
 def loss_p_of_chosen_experts_only(probs, indices, n_experts):
+    _check_batch(indices)
     n_tokens, top_k = indices.shape
     f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)
     mask = torch.zeros_like(probs).scatter(-1, indices, 1.0)
@@ -281,6 +338,7 @@ def loss_p_of_chosen_experts_only(probs, indices, n_experts):
 
 @mistake("04.load_balancing_loss", "shapes")
 def loss_p_averaged_over_experts(probs, indices, n_experts):
+    _check_batch(indices)
     n_tokens, top_k = indices.shape
     f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)
     return n_experts * (f * probs.float().mean(dim=1)).sum()
@@ -288,21 +346,48 @@ def loss_p_averaged_over_experts(probs, indices, n_experts):
 
 @mistake("04.load_balancing_loss", "minlength")
 def loss_bincount_without_minlength(probs, indices, n_experts):
+    _check_batch(indices)
     f = torch.bincount(indices.reshape(-1)).float() / indices.numel()
     return n_experts * (f * probs.float().mean(dim=0)).sum()
 
 
 @mistake("04.load_balancing_loss", "return_type")
 def loss_returns_a_python_float(probs, indices, n_experts):
+    _check_batch(indices)
     n_tokens, top_k = indices.shape
     f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)
     return (n_experts * (f * probs.float().mean(dim=0)).sum()).item()  # no gradient left
 
 
+@mistake("04.load_balancing_loss", "grad_detached")
+def loss_under_no_grad(probs, indices, n_experts):
+    _check_batch(indices)
+    n_tokens, top_k = indices.shape
+    with torch.no_grad():  # "counting tokens needs no gradient"
+        f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)
+        P = probs.float().mean(dim=0)
+        return n_experts * (f * P).sum()
+
+
+@mistake("04.load_balancing_loss", "empty")
+def loss_without_empty_check(probs, indices, n_experts):
+    n_tokens, top_k = indices.shape
+    f = torch.bincount(indices.reshape(-1), minlength=n_experts).float() / (n_tokens * top_k)  # 0 / 0 = nan
+    return n_experts * (f * probs.float().mean(dim=0)).sum()
+
+
 # ------------------------------------------------------------------- 04.shared_experts
 
 
-def _validate_layout(hidden_dim, granularity, top_k, n_shared):
+def _check_arguments(n_experts, top_k, hidden_dim, granularity, n_shared):
+    if min(n_experts, top_k, hidden_dim, granularity) < 1 or n_shared < 0:
+        raise ValueError("n_experts, top_k, hidden_dim, granularity must be >= 1, n_shared >= 0")
+    if top_k > n_experts:
+        raise ValueError("top_k must be at most n_experts")
+
+
+def _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared):
+    _check_arguments(n_experts, top_k, hidden_dim, granularity, n_shared)
     if hidden_dim % granularity:
         raise ValueError("hidden_dim must be divisible by granularity")
     if n_shared >= granularity * top_k:
@@ -311,42 +396,43 @@ def _validate_layout(hidden_dim, granularity, top_k, n_shared):
 
 @mistake("04.shared_experts", "segment")
 def layout_keeps_hidden_dim(n_experts, top_k, hidden_dim, granularity, n_shared):
-    _validate_layout(hidden_dim, granularity, top_k, n_shared)
+    _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared)
     return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim
 
 
 @mistake("04.shared_experts", "shared_total")
 def layout_shared_on_top(n_experts, top_k, hidden_dim, granularity, n_shared):
-    _validate_layout(hidden_dim, granularity, top_k, n_shared)
+    _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared)
     return granularity * n_experts, granularity * top_k - n_shared, hidden_dim // granularity
 
 
 @mistake("04.shared_experts", "shared_active")
 def layout_router_still_picks_all(n_experts, top_k, hidden_dim, granularity, n_shared):
-    _validate_layout(hidden_dim, granularity, top_k, n_shared)
+    _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared)
     return granularity * n_experts - n_shared, granularity * top_k, hidden_dim // granularity
 
 
 @mistake("04.shared_experts", "active_scale")
 def layout_active_not_scaled(n_experts, top_k, hidden_dim, granularity, n_shared):
-    _validate_layout(hidden_dim, granularity, top_k, n_shared)
+    _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared)
     return granularity * n_experts - n_shared, top_k - n_shared, hidden_dim // granularity
 
 
 @mistake("04.shared_experts", "total_scale")
 def layout_total_not_scaled(n_experts, top_k, hidden_dim, granularity, n_shared):
-    _validate_layout(hidden_dim, granularity, top_k, n_shared)
+    _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared)
     return n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
 
 
 @mistake("04.shared_experts", "shared_units")
 def layout_shared_in_coarse_units(n_experts, top_k, hidden_dim, granularity, n_shared):
-    _validate_layout(hidden_dim, granularity, top_k, n_shared)
+    _validate_layout(n_experts, top_k, hidden_dim, granularity, n_shared)
     return granularity * (n_experts - n_shared), granularity * (top_k - n_shared), hidden_dim // granularity
 
 
 @mistake("04.shared_experts", "divisible")
 def layout_rounds_hidden_down(n_experts, top_k, hidden_dim, granularity, n_shared):
+    _check_arguments(n_experts, top_k, hidden_dim, granularity, n_shared)
     if n_shared >= granularity * top_k:
         raise ValueError("too many shared experts")
     return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
@@ -354,8 +440,33 @@ def layout_rounds_hidden_down(n_experts, top_k, hidden_dim, granularity, n_share
 
 @mistake("04.shared_experts", "shared_limit")
 def layout_without_shared_limit(n_experts, top_k, hidden_dim, granularity, n_shared):
+    _check_arguments(n_experts, top_k, hidden_dim, granularity, n_shared)
     if hidden_dim % granularity:
         raise ValueError("hidden_dim must be divisible by granularity")
+    return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
+
+
+@mistake("04.shared_experts", "top_k")
+def layout_accepts_top_k_above_n_experts(n_experts, top_k, hidden_dim, granularity, n_shared):
+    if min(n_experts, top_k, hidden_dim, granularity) < 1 or n_shared < 0:
+        raise ValueError("arguments must be positive")
+    if hidden_dim % granularity:
+        raise ValueError("hidden_dim must be divisible by granularity")
+    if n_shared >= granularity * top_k:
+        raise ValueError("too many shared experts")
+    return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
+
+
+@mistake("04.shared_experts", "arguments")
+def layout_accepts_negative_shared(n_experts, top_k, hidden_dim, granularity, n_shared):
+    if min(n_experts, top_k, hidden_dim, granularity) < 1:  # n_shared < 0 slips through
+        raise ValueError("arguments must be positive")
+    if top_k > n_experts:
+        raise ValueError("top_k must be at most n_experts")
+    if hidden_dim % granularity:
+        raise ValueError("hidden_dim must be divisible by granularity")
+    if n_shared >= granularity * top_k:
+        raise ValueError("too many shared experts")
     return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
 
 
@@ -415,6 +526,26 @@ def aux_free_subtracts_bias(logits, bias, top_k):
     return w / w.sum(dim=-1, keepdim=True), indices
 
 
+@mistake("04.aux_free_bias", "grad_detached")
+def aux_free_scores_under_no_grad(logits, bias, top_k):
+    _check_top_k(logits, top_k)
+    with torch.no_grad():  # "the routing decision has no gradient"
+        scores = torch.sigmoid(logits.float())
+        indices = (scores + bias).topk(top_k, dim=-1).indices
+        w = scores.gather(-1, indices)
+    return w / w.sum(dim=-1, keepdim=True), indices
+
+
+@mistake("04.aux_free_bias", "validate")
+def aux_free_checks_only_large_top_k(logits, bias, top_k):
+    if top_k > logits.shape[-1]:  # top_k = 0 slips through
+        raise ValueError("top_k larger than the number of experts")
+    scores = torch.sigmoid(logits.float())
+    indices = (scores + bias).topk(top_k, dim=-1).indices
+    w = scores.gather(-1, indices)
+    return w / w.sum(dim=-1, keepdim=True), indices
+
+
 @mistake("04.aux_free_bias", "validate")
 def aux_free_without_validation(logits, bias, top_k):
     scores = torch.sigmoid(logits.float())
@@ -461,3 +592,10 @@ def bias_update_in_place(bias, indices, n_experts, gamma):
     load = torch.bincount(indices.reshape(-1), minlength=n_experts).float()
     bias += gamma * torch.sign(load.mean() - load)  # changes the caller's tensor
     return bias
+
+
+@mistake("04.bias_update", "mean_load")
+def bias_update_mean_over_tokens(bias, indices, n_experts, gamma):
+    load = torch.bincount(indices.reshape(-1), minlength=n_experts).float()
+    mean = indices.shape[0] / n_experts  # forgets that each token makes top_k assignments
+    return bias + gamma * torch.sign(mean - load)
