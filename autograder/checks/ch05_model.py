@@ -2,13 +2,25 @@
 
 Every checkpoint is a plain function of small tensors, dicts, strings or ints, so cases,
 expected outputs and the fingerprints of known mistakes are stored as data. Weights are
-drawn from a ``torch.Generator`` seeded by the case RNG (tiny shapes: ``dim`` 8, two or
-four heads); expected outputs come from ``solutions.model``. Floats are compared within
-:data:`TOL`, counts and names exactly.
+drawn from a ``torch.Generator`` seeded by the case RNG (``dim`` 8, two or four heads);
+expected outputs come from ``solutions.model``. Floats are compared within :data:`TOL`,
+counts and names exactly.
+
+How the cases expose mistakes: norm gains far from 1 and different in the two norms (a
+swapped or missing norm shows); o_proj = down_proj = 0 (the block must be the identity, so
+a missing residual shows); eps = 1 on small activations (an eps that is not passed on
+shows); batches of 2 and 3, odd sequence lengths, GQA; a model of twelve layers whose
+token ids have three digits (a layer loop that stops early, or selects ``layers.1`` with
+``layers.10`` and ``layers.11``, shows); tied and untied output projections; rope_theta
+500000; real configs (LLaMA-2 7B, Mixtral 8x7B, Llama 3.2 1B) for the counts; names with
+two-digit layer and expert numbers, and names of no Llama tensor, which must raise
+``ValueError``. The block's gradient with respect to its input is probed: a block that
+computes a sub-layer under ``torch.no_grad()`` or on detached tensors has the right values
+and the wrong gradient.
 
 Known mistakes are named by *fingerprints*: the reference with one mistake in it (a
 post-norm block, a missing residual, tied embeddings counted twice, ``w2`` taken for the up
-projection...) that reproduces the learner's output on every case.
+projection...) that reproduces the learner's output on every case where it shows.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import torch.nn.functional as F
 
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
+from .inputs import generator, tensor_label
 
 model = functools.partial(reference, "solutions.model")
 layers = functools.partial(reference, "solutions.layers")
@@ -29,10 +42,6 @@ attention = functools.partial(reference, "solutions.attention")
 TOL = 1e-5  # float32
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def _gen(rng: random.Random) -> torch.Generator:
-    return torch.Generator().manual_seed(rng.randrange(2**31))
 
 
 def _layer_weights(g: torch.Generator, dim: int, n_heads: int, n_kv_heads: int, hidden: int,
@@ -57,26 +66,22 @@ def _weights_label(weights: dict) -> Label:
     return Label(f"<{len(weights)} tensors: {', '.join(list(weights)[:3])}, ...>")
 
 
-def _tensor_label(t: torch.Tensor, name: str) -> Label | torch.Tensor:
-    return t if t.numel() <= 8 else Label(f"<{name} {'x'.join(map(str, t.shape))}>")
-
-
 # ----------------------------------------------------------------------------- 05.block
 
 def block_cases(rng: random.Random) -> list[Case]:
-    g = _gen(rng)
+    g = generator(rng)
 
     def case(label, batch, seq, dim, n_heads, n_kv_heads, hidden, eps=1e-5, hint="default", gains=True,
-             zero_sublayers=False, theta=10000.0):
-        x = torch.randn(batch, seq, dim, generator=g) * 2 + 0.5
+             zero_sublayers=False, theta=10000.0, scale=2.0, probe=False):
+        x = torch.randn(batch, seq, dim, generator=g) * scale + 0.25 * scale
         w = _layer_weights(g, dim, n_heads, n_kv_heads, hidden, gains)
         if zero_sublayers:
             w["self_attn.o_proj.weight"].zero_()
             w["mlp.down_proj.weight"].zero_()
         cos, sin = layers("rope_cache")(dim // n_heads, seq, theta)
         args = (x, w, cos, sin, n_heads, n_kv_heads, eps)
-        show = (_tensor_label(x, "x"), _weights_label(w), Label("cos"), Label("sin"), n_heads, n_kv_heads, eps)
-        return Case(label, args, hint, show=show)
+        show = (tensor_label(x, "x"), _weights_label(w), Label("cos"), Label("sin"), n_heads, n_kv_heads, eps)
+        return Case(label, args, hint, show=show, probe=probe)
 
     cases = [
         case("attention and feed-forward outputs zeroed (o_proj = down_proj = 0): the block is the identity",
@@ -84,8 +89,10 @@ def block_cases(rng: random.Random) -> list[Case]:
         case("one token, unit norm gains", 1, 1, 8, 2, 2, 12, gains=False),
         case("different gains in input_layernorm and post_attention_layernorm", 1, 3, 8, 2, 2, 12, hint="norms_swapped"),
         case("four tokens: each sees only itself and earlier tokens", 1, 4, 8, 2, 1, 12, hint="mask"),
-        case("GQA: 4 query heads, 2 key/value heads, batch 2", 2, 3, 8, 4, 2, 16),
-        case("a larger eps (1e-2)", 1, 3, 8, 2, 2, 12, eps=1e-2, hint="eps"),
+        case("GQA: 4 query heads, 2 key/value heads, batch 2", 2, 3, 8, 4, 2, 16, probe=True),
+        case("eps = 1.0 on small activations (x about 0.05): eps decides the norm", 1, 3, 8, 2, 2, 12, eps=1.0,
+             hint="eps", scale=0.05),
+        case("batch 3, 7 tokens, 4 query heads sharing 1 key/value head, hidden 20", 3, 7, 8, 4, 1, 20, probe=True),
     ]
     for n in range(6):
         n_heads = rng.choice([2, 4])
@@ -149,6 +156,7 @@ register(Checkpoint(
     cases=block_cases,
     reference=model("block_forward"),
     tol=TOL,
+    grad_probe=True,  # the gradient reaching x (and cos, sin) through both sub-layers and residuals
     fingerprints=[(kind, _block_variant(kind)) for kind in BLOCK_MISTAKES],
     raised_hints=[(r"KeyError: '(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|input_layernorm|"
                    r"post_attention_layernorm)", "keys")],
@@ -199,13 +207,13 @@ def _config(vocab, dim, n_layers, n_heads, n_kv_heads, hidden, tied, eps=1e-5, t
 
 
 def logits_cases(rng: random.Random) -> list[Case]:
-    g = _gen(rng)
+    g = generator(rng)
 
     def case(label, batch, seq, vocab, n_layers, n_heads, n_kv_heads, tied, hint="default", eps=1e-5, theta=10000.0):
         cfg = _config(vocab, 8, n_layers, n_heads, n_kv_heads, 12, tied, eps, theta)
         w = _model_weights(g, vocab, 8, n_layers, n_heads, n_kv_heads, 12, tied)
         tokens = torch.randint(0, vocab, (batch, seq), generator=g)
-        return Case(label, (tokens, w, cfg), hint, show=(tokens, _weights_label(w), cfg))
+        return Case(label, (tokens, w, cfg), hint, show=(tensor_label(tokens, "tokens"), _weights_label(w), cfg))
 
     cases = [
         case("one token, one layer, untied lm_head", 1, 1, 11, 1, 2, 2, False, hint="lm_head"),
@@ -214,12 +222,16 @@ def logits_cases(rng: random.Random) -> list[Case]:
         case("two layers, four tokens", 1, 4, 11, 2, 2, 1, False, hint="layers"),
         case("rope_theta = 500000 (LLaMA 3)", 1, 5, 13, 1, 2, 2, False, hint="theta", theta=500000.0),
         case("a batch of 2, GQA 4/2, tied", 2, 3, 13, 2, 4, 2, True),
+        case("twelve layers (layers.10 and layers.11 are not layers.1), 150 ids, a batch of 2", 2, 5, 150, 12, 2, 1,
+             True, hint="layer_prefix"),
     ]
     for n in range(4):
         n_heads = rng.choice([2, 4])
-        cases.append(case(f"random model (case {n + 1})", rng.randint(1, 2), rng.randint(1, 5), rng.choice([9, 16]),
-                          rng.randint(1, 2), n_heads, rng.choice([h for h in (1, 2) if n_heads % h == 0]),
-                          rng.random() < 0.5, eps=rng.choice([1e-5, 1e-6]), theta=rng.choice([10000.0, 500000.0])))
+        # rope_theta 10000 here: with a few positions, 500000 changes the logits by about the
+        # tolerance, too little to tell a wrong theta from rounding (the case above shows it)
+        cases.append(case(f"random model (case {n + 1})", rng.randint(1, 3), rng.randint(2, 6), rng.choice([9, 16, 40]),
+                          rng.randint(1, 3), n_heads, rng.choice([h for h in (1, 2) if n_heads % h == 0]),
+                          rng.random() < 0.5, eps=rng.choice([1e-5, 1e-6])))
     return cases
 
 
@@ -235,7 +247,10 @@ def _logits_variant(kind: str):
             x = x * math.sqrt(embed.shape[1])
         for i in range(1 if kind == "layers" else config["n_layers"]):
             prefix = f"layers.{i}."
-            layer = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+            if kind == "layer_prefix":  # "layers.1" also selects layers.10, layers.11, ... (later ones win)
+                layer = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"layers.{i}")}
+            else:
+                layer = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
             x = block(x, layer, cos, sin, config["n_heads"], config["n_kv_heads"], config["norm_eps"])
         if kind != "final_norm":
             x = norm(x, weights["norm.weight"], config["norm_eps"])
@@ -250,7 +265,7 @@ def _logits_variant(kind: str):
     return wrong
 
 
-LOGITS_MISTAKES = ("final_norm", "lm_head", "scaled", "theta", "softmax", "last", "layers")
+LOGITS_MISTAKES = ("final_norm", "lm_head", "scaled", "theta", "softmax", "last", "layers", "layer_prefix")
 
 register(Checkpoint(
     id="05.logits",
@@ -282,6 +297,8 @@ register(Checkpoint(
         "not only the last one.",
         "layers": "Run every layer, i = 0 .. config['n_layers'] - 1, each with its own weights "
         "('layers.{i}.' prefix removed).",
+        "layer_prefix": "Select layer i's tensors by the prefix f'layers.{i}.' with its final dot: 'layers.1' is also "
+        "the start of 'layers.10', 'layers.11', ..., so with ten layers or more layer 1 picks up their weights.",
     },
 ))
 
@@ -391,6 +408,9 @@ def hf_key_cases(rng: random.Random) -> list[Case]:
         Case("Mixtral's w2: the down projection", ("model.layers.2.block_sparse_moe.experts.0.w2.weight",), "w2"),
         Case("Mixtral's w3: the up projection", ("model.layers.0.block_sparse_moe.experts.5.w3.weight",), "w1_w3"),
         Case("a name of no Llama tensor: ValueError", ("model.layers.0.self_attn.q_norm.weight",), "unknown"),
+        Case("a bias (the course model has none): ValueError", ("model.layers.3.self_attn.q_proj.bias",), "unknown"),
+        Case("an expert matrix of no Mixtral name (w4): ValueError",
+             ("model.layers.5.block_sparse_moe.experts.2.w4.weight",), "unknown"),
         Case("layer 12's w1", ("model.layers.12.block_sparse_moe.experts.11.w1.weight",)),
     ]
     fixed = ["model.norm.weight", "model.layers.10.input_layernorm.weight"]
@@ -410,6 +430,8 @@ def _key_variant(kind: str):
     def wrong(name):
         if name.endswith("rotary_emb.inv_freq"):
             return None
+        if kind != "unknown":
+            model("hf_key")(name)  # the others refuse the names the reference refuses
         if kind == "prefix":
             key = name
         elif kind == "lm_head":
@@ -427,8 +449,6 @@ def _key_variant(kind: str):
         if "experts" in parts and parts[-2] in mapping:
             parts[-2] = mapping[parts[-2]]
             key = ".".join(parts)
-        if kind != "unknown" and key.endswith("q_norm.weight"):
-            raise ValueError(name)  # the others check names like the reference
         return key
     wrong.__name__ = f"key_{kind}"
     return wrong
@@ -444,6 +464,9 @@ register(Checkpoint(
     cases=hf_key_cases,
     reference=model("hf_key"),
     fingerprints=[(kind, _key_variant(kind)) for kind in KEY_MISTAKES],
+    # a ValueError naming lm_head.weight (and no list of valid names): the prefix was cut
+    # from a name that has none, and the validation refused what was left
+    raised_hints=[(r"^ValueError: (?!.*embed_tokens)(?!.*q_proj).*\blm_head\.weight", "lm_head")],
     hints={
         "default": "Strip the 'model.' prefix; rename block_sparse_moe to mlp and an expert's w1, w3, w2 to "
         "gate_proj, up_proj, down_proj; return None for rotary_emb.inv_freq; raise ValueError for any other name.",

@@ -88,6 +88,14 @@ def block_default_eps(x, weights, cos, sin, n_heads, n_kv_heads, eps):
     return h + _ffn(rms_norm(h, weights["post_attention_layernorm.weight"]), weights)
 
 
+@mistake("05.block", "grad_differs")
+def block_attention_under_no_grad(x, weights, cos, sin, n_heads, n_kv_heads, eps):
+    with torch.no_grad():  # "attention is the expensive part"
+        attn_out = _attn(rms_norm(x, weights["input_layernorm.weight"], eps), weights, cos, sin, n_heads, n_kv_heads)
+    h = x + attn_out
+    return h + _ffn(rms_norm(h, weights["post_attention_layernorm.weight"], eps), weights)
+
+
 @mistake("05.block", "keys")
 def block_short_keys(x, weights, cos, sin, n_heads, n_kv_heads, eps):
     a = rms_norm(x, weights["input_layernorm.weight"], eps)
@@ -180,6 +188,19 @@ def logits_first_layer_only(tokens, weights, config):
     return F.linear(x, weights["embed_tokens.weight"] if config["tie_embeddings"] else weights["lm_head.weight"])
 
 
+@mistake("05.logits", "layer_prefix")
+def logits_layer_prefix_without_dot(tokens, weights, config):
+    from solutions.model import block_forward
+
+    cos, sin = _tables(tokens, weights, config)
+    x = weights["embed_tokens.weight"][tokens]
+    for i in range(config["n_layers"]):
+        layer = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"layers.{i}")}
+        x = block_forward(x, layer, cos, sin, config["n_heads"], config["n_kv_heads"], config["norm_eps"])
+    x = rms_norm(x, weights["norm.weight"], config["norm_eps"])
+    return F.linear(x, weights["embed_tokens.weight"] if config["tie_embeddings"] else weights["lm_head.weight"])
+
+
 @mistake("05.logits", "prefix")
 def logits_hf_names(tokens, weights, config):
     embed = weights["model.embed_tokens.weight"]
@@ -251,7 +272,7 @@ KNOWN = ("embed_tokens", "norm", "lm_head", "input_layernorm", "post_attention_l
 
 
 def _checked(name, key):
-    if key.split(".")[-2] not in KNOWN:
+    if not key.endswith(".weight") or key.split(".")[-2] not in KNOWN:
         raise ValueError(f"unknown tensor {name}")
     return key
 

@@ -8,6 +8,7 @@ notebook's ``Transformer``; here the notebook is this module, so it imports the 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -70,6 +71,23 @@ def batch_returns_whole_windows(tokens, batch_size, block_size, generator):
     return w, w[:, 1:]
 
 
+@mistake("06.get_batch", "validate")
+def batch_without_validation(tokens, batch_size, block_size, generator):
+    starts = torch.randint(0, len(tokens) - block_size, (batch_size,), generator=generator)
+    x = torch.stack([tokens[s:s + block_size] for s in starts])
+    y = torch.stack([tokens[s + 1:s + block_size + 1] for s in starts])
+    return x, y
+
+
+@mistake("06.get_batch", "validate")
+def batch_checks_length_only(tokens, batch_size, block_size, generator):
+    if len(tokens) <= block_size:
+        raise ValueError("the stream is too short")
+    starts = torch.randint(0, len(tokens) - block_size, (batch_size,), generator=generator)
+    windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
+    return windows[:, :-1], windows[:, 1:]
+
+
 # ------------------------------------------------------------------------------ 06.cross_entropy
 
 
@@ -119,6 +137,34 @@ def ce_double_softmax(logits, targets, ignore_index=-100):
     keep = t != ignore_index
     losses = torch.logsumexp(p, -1) - p.gather(-1, torch.where(keep, t, 0)[:, None]).squeeze(-1)
     return (losses * keep).sum() / keep.sum()
+
+
+@mistake("06.cross_entropy", "overflow")
+def ce_log_of_summed_exp(logits, targets, ignore_index=-100):
+    z, t = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    keep = t != ignore_index
+    losses = torch.log(torch.exp(z).sum(-1)) - z.gather(-1, torch.where(keep, t, 0)[:, None]).squeeze(-1)
+    return (losses * keep).sum() / keep.sum()
+
+
+@mistake("06.cross_entropy", "grad_detached")
+def ce_on_detached_logits(logits, targets, ignore_index=-100):
+    z = logits.detach().reshape(-1, logits.shape[-1]).float()  # "no need to track this"
+    t = targets.reshape(-1)
+    keep = t != ignore_index
+    losses = torch.logsumexp(z, -1) - z.gather(-1, torch.where(keep, t, 0)[:, None]).squeeze(-1)
+    return (losses * keep).sum() / keep.sum()
+
+
+@mistake("06.cross_entropy", "grad_detached")
+def ce_from_python_numbers(logits, targets, ignore_index=-100):
+    z, t = logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1)
+    total, count = 0.0, 0
+    for row, target in zip(z, t.tolist()):
+        if target != ignore_index:
+            total += (torch.logsumexp(row, -1) - row[target]).item()
+            count += 1
+    return torch.tensor(total / count)
 
 
 # ------------------------------------------------------------------------------ 06.adamw_step
@@ -182,6 +228,16 @@ def adam_v_of_grad(param, grad, m, v, step, lr, b1, b2, eps, wd):
 @mistake("06.adamw_step", "betas")
 def adam_betas_swapped(param, grad, m, v, step, lr, b1, b2, eps, wd):
     return _adam(param, grad, m, v, step, lr, b2, b1, eps, wd)
+
+
+@mistake("06.adamw_step", "mutated_input")
+def adam_in_place(param, grad, m, v, step, lr, b1, b2, eps, wd):
+    param.mul_(1 - lr * wd)
+    m.mul_(b1).add_(grad, alpha=1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    denom = (v / (1 - b2 ** step)).sqrt().add_(eps)
+    param.addcdiv_(m / (1 - b1 ** step), denom, value=-lr)
+    return param, m, v
 
 
 # ------------------------------------------------------------------------------ 06.lr_at
@@ -374,6 +430,17 @@ def step_returns_tensor(model, optimizer, x, y, lr, max_norm):
     return loss
 
 
+@mistake("06.train_step", "lr_groups")
+def step_sets_first_group_only(model, optimizer, x, y, lr, max_norm):
+    optimizer.param_groups[0]["lr"] = lr
+    loss = _ce(model, x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.item()
+
+
 # ------------------------------------------------------------------------------ 06.resume
 
 
@@ -390,8 +457,12 @@ def _load_all(state, model, optimizer, generator):
     return state["step"]
 
 
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
 def save_weights_only(model, optimizer, generator, step):
-    return {"model": model.state_dict(), "generator": generator.get_state(), "step": step}
+    return {"model": _weights(model), "generator": generator.get_state(), "step": step}
 
 
 def _load_weights_only(state, model, optimizer, generator):
@@ -404,7 +475,7 @@ mistake("06.resume", "optimizer")(_pair(save_weights_only, _load_weights_only))
 
 
 def save_without_generator(model, optimizer, generator, step):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    return {"model": _weights(model), "optimizer": copy.deepcopy(optimizer.state_dict()), "step": step}
 
 
 def _load_without_generator(state, model, optimizer, generator):
@@ -417,8 +488,8 @@ mistake("06.resume", "generator")(_pair(save_without_generator, _load_without_ge
 
 
 def save_generator_seed(model, optimizer, generator, step):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "seed": generator.initial_seed(),
-            "step": step}
+    return {"model": _weights(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "seed": generator.initial_seed(), "step": step}
 
 
 def _load_generator_seed(state, model, optimizer, generator):
@@ -432,16 +503,16 @@ mistake("06.resume", "reseed")(_pair(save_generator_seed, _load_generator_seed))
 
 
 def save_next_step(model, optimizer, generator, step):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-            "step": step + 1}
+    return {"model": _weights(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(), "step": step + 1}
 
 
 mistake("06.resume", "step")(_pair(save_next_step, _load_all))
 
 
 def save_all(model, optimizer, generator, step):
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-            "step": step}
+    return {"model": _weights(model), "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(), "step": step}
 
 
 def _load_forgets_model(state, model, optimizer, generator):
@@ -451,3 +522,20 @@ def _load_forgets_model(state, model, optimizer, generator):
 
 
 mistake("06.resume", "model")(_pair(save_all, _load_forgets_model))
+
+
+def save_references(model, optimizer, generator, step):
+    # state_dict() already returns new dicts, so this looks like a snapshot; its tensors are the live ones
+    return {"model": model.state_dict(), "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "generator": generator.get_state(), "step": step}
+
+
+mistake("06.resume", "copies")(_pair(save_references, _load_all))
+
+
+def save_optimizer_by_reference(model, optimizer, generator, step):
+    return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "step": step}
+
+
+mistake("06.resume", "copies_optimizer")(_pair(save_optimizer_by_reference, _load_all))
