@@ -58,22 +58,42 @@ def _weights(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _decay_groups(model, weight_decay):
+    """The course's two parameter groups (solutions.train.decay_groups): matrices decay,
+    vectors (norm gains) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+STALE_LR = 0.03  # the rate an optimiser is built with: each training step must replace it
+
+
 def run_train_steps(train_step, model_config, state_dict, batches, lrs, max_norm):
     """``train_step(model, optimizer, x, y, lr, max_norm)`` called once per ``(x, y)`` batch on a
-    fresh course model and a plain SGD optimiser (so that the update shows the gradient exactly).
-    Returns ``(losses, weights_after)``."""
+    fresh course model, with the course's two parameter groups (decay / no decay, as
+    ``decay_groups``) in a plain SGD optimiser, so that the update shows the (clipped)
+    gradient exactly, where Adam would normalise its scale away. The optimiser is built with a
+    stale rate in every group, which each step must replace by its ``lr``. Returns
+    ``(losses, weights_after)``."""
     torch = torch_module()
     model = _course_model(_namespace(train_step), model_config, state_dict)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)  # a stale rate, which the step must replace
+    optimizer = torch.optim.SGD(_decay_groups(model, 0.1), lr=STALE_LR)
     losses = []
     for (x, y), lr in zip(batches, lrs):
         losses.append(train_step(model, optimizer, x, y, lr, max_norm))
     return losses, _weights(model)
 
 
-def _adamw_steps(model, optimizer, tokens, generator, n_steps, batch_size, block_size):
+def _resume_lr(step):
+    return 1e-2 * 0.7 ** step  # the schedule: where a run resumes decides its learning rates
+
+
+def _adamw_steps(model, optimizer, tokens, generator, first_step, n_steps, batch_size, block_size):
     torch = torch_module()
-    for _ in range(n_steps):
+    for step in range(first_step, first_step + n_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _resume_lr(step)
         starts = torch.randint(0, len(tokens) - block_size, (batch_size,), generator=generator)
         windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
         logits = model(windows[:, :-1])
@@ -85,11 +105,18 @@ def _adamw_steps(model, optimizer, tokens, generator, n_steps, batch_size, block
 
 def run_resume(save_training_state, model_config, state_dict, tokens, seed, steps_before, steps_after):
     """Interrupt and resume a run through the learner's ``save_training_state(model, optimizer,
-    generator, step)`` and ``load_training_state(state, model, optimizer, generator)``: train
-    ``steps_before`` steps (AdamW, batches drawn from ``generator``), save, round-trip the state
-    through ``torch.save``/``torch.load`` (as a file would), restore into a *fresh* model,
-    optimiser and generator, train ``steps_after`` more. Returns ``(step, weights_after)``; an
-    uninterrupted run gives the reference's ``(steps_before, weights)``."""
+    generator, step)`` and ``load_training_state(state, model, optimizer, generator)``.
+
+    Run A trains ``steps_before`` steps (AdamW with the course's two parameter groups, the
+    learning rate set from the step, batches drawn from ``generator``), saves, and trains on
+    ``steps_after`` more steps *before* the saved state is serialised (``torch.save`` /
+    ``torch.load``, as a file would be): a save that keeps references to the live tensors
+    instead of copies is then caught. Run B restores that state into a *fresh* model,
+    optimiser and generator and trains ``steps_after`` steps from the step it returns.
+
+    Returns ``(step, identical, weights_B)``: ``identical`` is whether B ends bit for bit
+    where A does (both runs happen here, in one process, so this holds on every CPU).
+    ``steps_after`` must be at least 1."""
     import io
     torch = torch_module()
     namespace = _namespace(save_training_state)
@@ -97,20 +124,27 @@ def run_resume(save_training_state, model_config, state_dict, tokens, seed, step
 
     def fresh():
         model = _course_model(namespace, model_config, state_dict)
-        return model, torch.optim.AdamW(model.parameters(), lr=1e-2), torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.AdamW(_decay_groups(model, 0.1), lr=1e-2)
+        return model, optimizer, torch.Generator().manual_seed(seed)
 
     model, optimizer, generator = fresh()
-    _adamw_steps(model, optimizer, tokens, generator, steps_before, 2, 8)
+    _adamw_steps(model, optimizer, tokens, generator, 0, steps_before, 2, 8)
+    state = save_training_state(model, optimizer, generator, steps_before)
+    _adamw_steps(model, optimizer, tokens, generator, steps_before, steps_after, 2, 8)  # run A goes on
     buffer = io.BytesIO()
-    torch.save(save_training_state(model, optimizer, generator, steps_before), buffer)
-    del model, optimizer, generator  # the "crash": only the saved state survives
+    torch.save(state, buffer)  # only now written out: copies are unchanged, references are not
+    uninterrupted = _weights(model)
+    del model, optimizer, generator, state  # the "crash": only the saved state survives
     buffer.seek(0)
     state = torch.load(buffer, weights_only=False)
     model, optimizer, generator = fresh()
     generator.manual_seed(seed + 1)  # a fresh process would not have the old generator's position
     step = load_training_state(state, model, optimizer, generator)
-    _adamw_steps(model, optimizer, tokens, generator, steps_after, 2, 8)
-    return step, _weights(model)
+    _adamw_steps(model, optimizer, tokens, generator, int(step), steps_after, 2, 8)
+    resumed = _weights(model)
+    identical = sorted(resumed) == sorted(uninterrupted) and all(
+        torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+    return step, identical, resumed
 
 
 def run_seeded(fn, seed, *args):
