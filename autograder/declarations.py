@@ -13,6 +13,8 @@ Imports go one way: ``compare``, ``runners`` <- ``declarations`` <- ``fixtures``
 
 from __future__ import annotations
 
+import re
+import textwrap
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -136,6 +138,9 @@ class Checkpoint:
         return self.signature[: self.signature.index("(")]
 
 
+REPORT_WIDTH = 100  # characters per line of a report before it wraps
+
+
 @dataclass
 class Result:
     checkpoint: str
@@ -147,10 +152,47 @@ class Result:
     # what the hint rests on: "property", "raised", "fingerprint", "diagnosis", "none"
     evidence: str | None = None
 
-    def report(self) -> str:
+    def report(self, width: int = REPORT_WIDTH) -> str:
+        """The verdict as text: a ✓ line, or a ✗ line and the details, each ``label: value``
+        line wrapped at ``width`` with its continuation lines (and the rows of a multi-row
+        tensor) indented under the value."""
         mark = "✓" if self.passed else "✗"
-        lines = [f"{mark} {self.checkpoint}: {self.summary}", *self.details]
+        lines = [f"{mark} {self.checkpoint}: {self.summary}"]
+        for detail in self.details:
+            lines.extend(_aligned(line, width) for line in _labelled_lines(detail))
         return "\n".join(lines)
+
+
+_LABEL = re.compile(r"\s*[a-z][a-z ]*:\s+")
+
+
+def _labelled_lines(detail: str) -> list[str]:
+    """Split a detail into its ``label: value`` lines, each with its continuation rows."""
+    items: list[str] = []
+    for row in detail.split("\n"):
+        if not items or _LABEL.match(row):
+            items.append(row)
+        else:
+            items[-1] += "\n" + row
+    return items
+
+
+def _aligned(detail: str, width: int) -> str:
+    """One ``"  label:   value"`` line wrapped at ``width``: its continuation lines, and the
+    further rows of a multi-row value (a tensor's repr, whose rows are indented relative to
+    the value), start under the value."""
+    found = _LABEL.match(detail)
+    indent = " " * (len(found.group(0)) if found else 4)
+    out = []
+    for k, row in enumerate(detail.split("\n")):
+        if k:
+            row = indent + row
+        if len(row) <= width:
+            out.append(row)
+        else:
+            out.extend(textwrap.wrap(row, width=width, subsequent_indent=indent, break_long_words=False,
+                                     break_on_hyphens=False))
+    return "\n".join(out)
 
 
 # Mistakes any checkpoint can catch, whatever the chapter.

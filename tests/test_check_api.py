@@ -12,10 +12,47 @@ from autograder.core import lookup, run
 from solutions import tokenizer
 
 
-def test_pass_prints_one_line(capsys):
-    result = autograder.check("01.merge", tokenizer.merge)
+@pytest.fixture(autouse=True)
+def grade_mode(monkeypatch):
+    """These tests look at failures as errors, as nbgrader sees them."""
+    monkeypatch.setenv("COURSE_CHECK_MODE", "grade")
+
+
+def test_pass_prints_one_line_and_returns_nothing(capsys):
+    assert autograder.check("01.merge", tokenizer.merge) is None
     out = capsys.readouterr().out
-    assert result.passed and out.startswith("✓ 01.merge") and out.count("\n") == 1
+    assert out.startswith("✓ 01.merge") and out.count("\n") == 1
+
+
+def test_in_study_mode_a_failure_is_shown_and_the_notebook_goes_on(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_CHECK_MODE", "study")
+
+    def merge(ids, pair, new_id):
+        return list(ids)
+
+    assert autograder.check("01.merge", merge) is None  # no exception: Run All goes on
+    out = capsys.readouterr().out
+    assert out.startswith("✗ 01.merge") and "hint:" in out
+    with pytest.raises(CheckpointFailed):  # the hidden check (graded copies only) always raises
+        autograder.check("01.merge", merge, hidden=True)
+
+
+def test_the_mode_is_never_guessed(monkeypatch):
+    monkeypatch.setenv("COURSE_CHECK_MODE", "exam")
+    with pytest.raises(CheckUsageError, match="'study'.*'grade'"):
+        autograder.check("01.merge", tokenizer.merge)
+
+
+def test_a_failure_shows_aligned_wrapped_lines(monkeypatch):
+    def merge(ids, pair, new_id):
+        return list(ids)
+
+    with pytest.raises(CheckpointFailed) as info:
+        autograder.check("01.merge", merge)
+    lines = str(info.value).splitlines()
+    assert all(len(line) <= 100 for line in lines)
+    hint = next(i for i, line in enumerate(lines) if line.startswith("  hint:"))
+    assert all(line.startswith(" " * 12) for line in lines[hint + 1:])
 
 
 def test_failure_is_an_assertion_error_with_call_difference_and_hint():

@@ -29,8 +29,7 @@ def progress_output(path):
 
 def test_checks_record_passes_and_failures(progress_file):
     autograder.check("01.merge", tokenizer.merge, quiet=True)
-    with pytest.raises(AssertionError):
-        autograder.check("01.decode", lambda ids, vocab: "")
+    autograder.check("01.decode", lambda ids, vocab: "")  # study mode: shown, not raised
     data = json.loads(progress_file.read_text())
     assert data["01.merge"]["passed"] is True and data["01.decode"]["passed"] is False
     out = progress_output(progress_file)
