@@ -1,19 +1,28 @@
 """Chapter 03 checkpoints: attention, grouped-query attention, the KV cache, latent attention.
 
-Inputs are small float32 tensors drawn from a ``torch.Generator`` seeded by the case RNG;
-expected outputs come from ``solutions.attention``, compared within ``tol``. Known mistakes
-are recognised by fingerprints: wrong variants of the reference, built here from a few
-switches, whose outputs a learner's function reproduces exactly on every case (stored in the
-fixtures, so a release names them too). Live, a mistake computed in another order of
-operations, which misses a fingerprint by a rounding error, is still named from the failing
-case (:func:`near_fingerprint`). Edge cases come first, each with the hint of the mistake it
-isolates: a single key, no mask, a causal mask, the last queries of a longer sequence, a
-padding mask; empty and non-empty caches; MHA, GQA and MQA.
+Inputs are float32 tensors drawn from a ``torch.Generator`` seeded by the case RNG;
+expected outputs come from ``solutions.attention``, compared within ``tol``.
+
+How the cases expose mistakes:
+
+* edge cases first, each built around one mistake: a single key, no mask, a causal mask,
+  the last queries of a longer sequence, a padding mask; empty and non-empty caches; MHA,
+  GQA and MQA;
+* realistic cases: a batch of 2 with 8 query heads, several KV groups (8 query heads on 2
+  KV heads, 32 on 8), odd and non-square lengths (5 queries on 7 keys), head_dim up to 16,
+  caches of 9 positions, MLA with head_dim != rope_dim; then seeded random shapes;
+* a known mistake is named only on evidence: a variant of the reference with that one
+  mistake in it (``fingerprints``, stored in the fixtures, so a release names it too) that
+  the learner's output matches within the fingerprint tolerance on every case where the
+  variant is wrong, or the exception the learner raised;
+* attention, repeat_kv, the GQA forward and MLA are trained through: once the values pass, a
+  gradient probe checks that the gradients reaching q, k, v, x and the caches are the
+  reference's (a computation under no_grad, through .detach(), .item() or numpy is
+  rejected). Decoding with a KV cache is inference only: no probe.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import math
 import random
@@ -21,9 +30,9 @@ import random
 import torch
 import torch.nn.functional as F
 
-from ..compare import difference
-from ..core import Case, Checkpoint, Label, call, register
+from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
+from .inputs import generator, tensor_label
 
 att = functools.partial(reference, "solutions.attention")
 layers = functools.partial(reference, "solutions.layers")
@@ -31,17 +40,16 @@ layers = functools.partial(reference, "solutions.layers")
 TOL = 1e-5  # float32, a few operations deep
 
 
-def generator(rng: random.Random) -> torch.Generator:
-    return torch.Generator().manual_seed(rng.randrange(2**31))
-
-
 def randn(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=g) * scale
+    """``inputs.randn``, drawn in float64 and then cast: torch's float32 normal sampler takes a
+    vectorised path for 16 values or more whose low bits differ between CPU kernel families,
+    its float64 sampler does not, so the inputs are the same on every computer."""
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).float()
 
 
 def shown(name: str, t: torch.Tensor | None) -> Label:
-    """``q(1, 2, 3, 4)``: a tensor argument in a report, by name and shape."""
-    return Label("None" if t is None else f"{name}{tuple(t.shape)}")
+    """A tensor argument in a report: by value when tiny, else by name, shape and dtype."""
+    return Label("None") if t is None else tensor_label(t, name, small=0)
 
 
 def causal(q_len: int, kv_len: int | None = None) -> torch.Tensor:
@@ -55,7 +63,7 @@ def random_mask(g: torch.Generator, q_len: int, kv_len: int) -> torch.Tensor:
     return mask
 
 
-def rope_table(head_dim: int, max_len: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_table(head_dim: int, max_len: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     return layers("rope_cache")(head_dim, max_len)
 
 
@@ -63,27 +71,8 @@ def mask_label(mask: torch.Tensor | None, how: str) -> Label:
     return Label("None") if mask is None else Label(how)
 
 
-def near_fingerprint(fingerprints: list[tuple[str, object]]):
-    """A ``diagnose`` that names the known mistake whose output on the failing case is within
-    ``TOL`` of the learner's. Fingerprints must match exactly on every case, which a learner's
-    mistake computed in another order of operations misses by a rounding error."""
-
-    def diagnose(case: Case, expected, got):
-        for hint, variant in fingerprints:
-            try:
-                if difference(call(variant, copy.deepcopy(case.args)), got, TOL) is None:
-                    return hint
-            except Exception:  # noqa: BLE001 - incomparable outputs are simply different
-                continue
-        return None
-
-    return diagnose
-
-
 def checkpoint(**fields) -> Checkpoint:
-    """Register a checkpoint whose known mistakes are named exactly (fingerprints, shipped in
-    fixtures) or, live, within ``TOL`` on the failing case (:func:`near_fingerprint`)."""
-    return register(Checkpoint(diagnose=near_fingerprint(fields["fingerprints"]), **fields))
+    return register(Checkpoint(**fields))
 
 
 # ------------------------------------------------------------------------ 03.attention
@@ -91,11 +80,11 @@ def checkpoint(**fields) -> Checkpoint:
 def attention_cases(rng: random.Random) -> list[Case]:
     g = generator(rng)
 
-    def case(label, shape, mask, how="", hint="default"):
+    def case(label, shape, mask, how="", hint="default", **fields):
         b, h, q_len, kv_len, d = shape
         q, k, v = randn(g, b, h, q_len, d), randn(g, b, h, kv_len, d), randn(g, b, h, kv_len, d)
         return Case(label, (q, k, v, mask), hint,
-                    show=(shown("q", q), shown("k", k), shown("v", v), mask_label(mask, how)))
+                    show=(shown("q", q), shown("k", k), shown("v", v), mask_label(mask, how)), **fields)
 
     padding = torch.tensor([[True, False, True, True]] * 3)
     cases = [
@@ -105,11 +94,13 @@ def attention_cases(rng: random.Random) -> list[Case]:
         case("the last 2 of 5 positions attend (as with a KV cache)", (1, 2, 2, 5, 4), causal(2, 5),
              "causal_mask(2, 5)", "given_mask"),
         case("a padding mask: key 1 is hidden from every query", (1, 1, 3, 4, 6), padding,
-             "mask(3, 4) hiding key 1", "given_mask"),
+             "mask(3, 4) hiding key 1", "given_mask", probe=True),
+        case("batch 2, 8 heads of 16: the last 5 of 7 positions attend", (2, 8, 5, 7, 16), causal(5, 7),
+             "causal_mask(5, 7)", "given_mask", probe=True),
     ]
     for n in range(4):
-        b, h, q_len, d = rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 4), rng.choice([2, 4, 8])
-        kv_len = rng.randint(q_len, 5)
+        b, h, q_len, d = rng.randint(1, 3), rng.randint(1, 4), rng.randint(1, 5), rng.choice([2, 4, 8])
+        kv_len = rng.randint(q_len, 6)
         kind = rng.choice(["none", "causal", "random"])
         mask = {"none": None, "causal": causal(q_len, kv_len), "random": random_mask(g, q_len, kv_len)}[kind]
         cases.append(case(f"random shapes and mask (case {n + 1})", (b, h, q_len, kv_len, d), mask,
@@ -156,6 +147,7 @@ checkpoint(
         ("own_mask", attention_variant(mask_mode="own")),
     ],
     raised_hints=[(r"unary ~: 'NoneType'|NoneType", "no_mask")],
+    grad_probe=True,
     hints={
         "default": "scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim); set masked scores to "
         "-inf with scores.masked_fill(~mask, float('-inf')); softmax over the last axis (the keys); "
@@ -186,19 +178,20 @@ checkpoint(
 def repeat_kv_cases(rng: random.Random) -> list[Case]:
     g = generator(rng)
 
-    def case(label, shape, n_rep, hint="default"):
+    def case(label, shape, n_rep, hint="default", **fields):
         x = randn(g, *shape)
-        return Case(label, (x, n_rep), hint, show=(shown("x", x), n_rep))
+        return Case(label, (x, n_rep), hint, show=(shown("x", x), n_rep), **fields)
 
     cases = [
         case("n_rep = 1 (MHA): nothing to repeat", (1, 2, 3, 2), 1),
         case("one KV head for four query heads (MQA)", (1, 1, 3, 2), 4),
-        case("two KV heads, three query heads each (GQA)", (1, 2, 3, 2), 3, "grouping"),
+        case("two KV heads, three query heads each (GQA)", (1, 2, 3, 2), 3, "grouping", probe=True),
         case("a batch of two, four KV heads shared by pairs", (2, 4, 2, 2), 2, "grouping"),
+        case("a batch of two, 8 KV heads for 32 query heads, 5 positions", (2, 8, 5, 4), 4, probe=True),
     ]
     for n in range(3):
-        shape = (rng.randint(1, 2), rng.randint(1, 3), rng.randint(1, 3), 2)
-        cases.append(case(f"random shapes (case {n + 1})", shape, rng.randint(1, 3)))
+        shape = (rng.randint(1, 2), rng.randint(1, 4), rng.randint(1, 4), 2)
+        cases.append(case(f"random shapes (case {n + 1})", shape, rng.randint(1, 4)))
     return cases
 
 
@@ -232,6 +225,7 @@ checkpoint(
         ("n_rep", _repeat_to_n_rep_heads),
         ("reshape", _expand_without_reshape),
     ],
+    grad_probe=True,
     hints={
         "default": "(batch, n_kv_heads, seq, head_dim) -> (batch, n_kv_heads * n_rep, seq, head_dim), "
         "query head h using KV head h // n_rep: x.repeat_interleave(n_rep, dim=1), or x[:, :, None] "
@@ -265,32 +259,33 @@ WEIGHTS_SHOWN = Label("{q_proj, k_proj, v_proj, o_proj}")
 
 def gqa_cases(rng: random.Random) -> list[Case]:
     g = generator(rng)
-    dim, n_heads, head_dim = 8, 4, 2
-    cos_all, sin_all = rope_table(head_dim)
 
-    def case(label, batch, seq, n_kv_heads, masked, hint="default"):
+    def case(label, batch, seq, n_kv_heads, masked, hint="default", dim=8, n_heads=4, **fields):
+        head_dim = dim // n_heads
+        cos_all, sin_all = rope_table(head_dim)
         x = randn(g, batch, seq, dim)
         weights = gqa_weights(g, dim, n_heads, n_kv_heads, head_dim)
         cos, sin = cos_all[:seq].clone(), sin_all[:seq].clone()
         mask = causal(seq) if masked else None
         show = (shown("x", x), WEIGHTS_SHOWN, shown("cos", cos), shown("sin", sin),
                 mask_label(mask, f"causal_mask({seq})"), n_heads, n_kv_heads)
-        return Case(label, (x, weights, cos, sin, mask, n_heads, n_kv_heads), hint, show=show)
+        return Case(label, (x, weights, cos, sin, mask, n_heads, n_kv_heads), hint, show=show, **fields)
 
     cases = [
         case("MHA, one token (RoPE does nothing at position 0)", 1, 1, 4, False),
         case("MHA, 4 tokens, causal", 1, 4, 4, True),
         case("GQA: 4 query heads share 2 KV heads", 1, 3, 2, True, "grouping"),
         case("MQA: 4 query heads share 1 KV head", 1, 3, 1, True),
-        case("GQA without a mask", 1, 3, 2, False, "mask"),
+        case("GQA without a mask", 1, 3, 2, False, "mask", probe=True),
+        case("batch 2, 7 tokens, 8 query heads of 4 on 2 KV heads, causal", 2, 7, 2, True, dim=32, n_heads=8, probe=True),
     ]
     for n in range(2):
-        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(2, 4), rng.choice([1, 2, 4]), rng.random() < 0.7))
+        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(2, 5), rng.choice([1, 2, 4]), rng.random() < 0.7))
     return cases
 
 
 def gqa_variant(rope_q=True, rope_k=True, rope_v=False, grouping="interleave", heads_first="transpose",
-                merge="transpose", linear="linear", use_mask=True):
+                merge="transpose", linear="linear", use_mask=True, own_mask=False):
     """A wrong ``gqa_forward``: one of its choices bent."""
     apply_rope = layers("apply_rope")
 
@@ -316,6 +311,8 @@ def gqa_variant(rope_q=True, rope_k=True, rope_v=False, grouping="interleave", h
             k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
         else:
             k, v = k.repeat(1, n_rep, 1, 1), v.repeat(1, n_rep, 1, 1)
+        if own_mask:
+            mask = causal(seq)
         out = att("attention")(q, k, v, mask if use_mask else None)
         if merge == "transpose":
             out = out.transpose(1, 2)
@@ -343,7 +340,9 @@ checkpoint(
         ("merge_heads", gqa_variant(merge="reshape")),
         ("linear_layout", gqa_variant(linear="no_transpose")),
         ("mask", gqa_variant(use_mask=False)),
+        ("own_mask", gqa_variant(own_mask=True)),
     ],
+    grad_probe=True,
     hints={
         "default": "project with F.linear(x, w) and view as (batch, seq, heads, head_dim); apply_rope to "
         "q and k; transpose(1, 2) to heads-first; repeat_kv k and v by n_heads // n_kv_heads; attention; "
@@ -363,6 +362,8 @@ checkpoint(
         "linear_layout": "nn.Linear stores weights as (out_features, in_features): project with "
         "F.linear(x, w) = x @ w.T, not x @ w.",
         "mask": "Pass the mask to attention: without it every token sees the future.",
+        "own_mask": "Pass on the mask you are given, whatever it is: mask=None means every token sees every "
+        "other (an encoder, or a single new token), so do not build a causal mask yourself.",
     },
 )
 
@@ -371,11 +372,11 @@ checkpoint(
 
 def kv_cases(rng: random.Random) -> list[Case]:
     g = generator(rng)
-    dim, n_heads, head_dim = 8, 4, 2
-    cos, sin = rope_table(head_dim)
     decode = att("gqa_decode")
 
-    def case(label, batch, past, seq, n_kv_heads, hint="default"):
+    def case(label, batch, past, seq, n_kv_heads, hint="default", dim=8, n_heads=4):
+        head_dim = dim // n_heads
+        cos, sin = rope_table(head_dim)
         weights = gqa_weights(g, dim, n_heads, n_kv_heads, head_dim)
         empty = torch.zeros(batch, n_kv_heads, 0, head_dim)
         _, k_cache, v_cache = decode(randn(g, batch, past, dim), weights, cos, sin, empty, empty, n_heads, n_kv_heads)
@@ -390,19 +391,20 @@ def kv_cases(rng: random.Random) -> list[Case]:
         case("one new token after 3 cached (position 3)", 1, 3, 1, 4, "positions"),
         case("two new tokens after 3 cached", 1, 3, 2, 2, "mask_offset"),
         case("MQA: one new token after 4 cached", 1, 4, 1, 1, "positions"),
+        case("batch 2, 3 new tokens after 9 cached, 8 query heads of 4 on 2 KV heads", 2, 9, 3, 2, dim=32, n_heads=8),
     ]
     for n in range(2):
-        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(1, 4), rng.randint(1, 2), rng.choice([1, 2, 4])))
+        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(1, 6), rng.randint(1, 3), rng.choice([1, 2, 4])))
     return cases
 
 
-def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False):
+def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False, return_new=False):
     """A wrong ``gqa_decode``: one of its choices bent."""
 
     def wrong(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
         past, seq = k_cache.shape[2], x.shape[1]
         total = past + seq
-        rows = slice(0, seq) if positions == "restart" else slice(past, total)
+        rows = {"restart": slice(0, seq), "shift": slice(past + 1, total + 1), "offset": slice(past, total)}[positions]
         if rotate_cache:  # cache keys before RoPE; rotate every cached key at each step
             no_rope = torch.ones_like(cos), torch.zeros_like(sin)
             q, _, _ = att("project_qkv")(x, weights, cos[rows], sin[rows], n_heads, n_kv_heads)
@@ -415,7 +417,8 @@ def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False):
             keys = layers("apply_rope")(k_cache.transpose(1, 2), cos[:total], sin[:total]).transpose(1, 2)
         mask = {"offset": causal(seq, total), "none": None,
                 "tril": torch.ones(seq, total, dtype=torch.bool).tril()}[mask_mode]
-        return att("attend")(q, keys, v_cache, mask, weights["o_proj"]), k_cache, v_cache
+        out = att("attend")(q, keys, v_cache, mask, weights["o_proj"])
+        return (out, k, v) if return_new else (out, k_cache, v_cache)
 
     return wrong
 
@@ -433,6 +436,8 @@ checkpoint(
         ("mask_offset", kv_variant(mask_mode="tril")),
         ("mask", kv_variant(mask_mode="none")),
         ("cache_rotated", kv_variant(rotate_cache=True)),
+        ("positions_shift", kv_variant(positions="shift")),
+        ("cache_return", kv_variant(return_new=True)),
     ],
     raised_hints=[(r"Sizes of tensors must match except in dimension [013]\b", "cache_axis")],
     hints={
@@ -441,6 +446,10 @@ checkpoint(
         "past + seq); return (out, k_cache, v_cache).",
         "positions": "The new tokens sit at positions past .. past + seq - 1: rotate them with "
         "cos[past:past + seq] and sin[past:past + seq], not the rows of positions 0 .. seq - 1.",
+        "positions_shift": "The cache holds positions 0 .. past - 1, so the first new token is at position past "
+        "itself: rotate with cos[past:past + seq], not cos[past + 1:past + seq + 1].",
+        "cache_return": "Return the caches extended by the new tokens, torch.cat([k_cache, k], dim=2) (and the same "
+        "for v), not only the new keys and values: the next step needs every position so far.",
         "mask_offset": "The new queries are the last seq of past + seq positions: query i may see keys "
         "0 .. past + i. Use causal_mask(seq, past + seq), not a lower triangle starting at key 0.",
         "mask": "Several new tokens (a prompt) must not see each other's future: attend with "
@@ -468,27 +477,28 @@ def mla_weights(g: torch.Generator, dim: int, n_heads: int, head_dim: int, rope_
 
 def mla_cases(rng: random.Random) -> list[Case]:
     g = generator(rng)
-    dim, head_dim, rope_dim, rank = 8, 2, 2, 3
-    cos, sin = rope_table(rope_dim)
     forward = att("mla_forward")
     names = Label("{q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj}")
 
-    def case(label, batch, past, seq, n_heads, hint="default"):
+    def case(label, batch, past, seq, n_heads, hint="default", dim=8, head_dim=2, rope_dim=2, rank=3, **fields):
+        cos, sin = rope_table(rope_dim)
         weights = mla_weights(g, dim, n_heads, head_dim, rope_dim, rank)
         empty = torch.zeros(batch, 0, rank + rope_dim)
         _, cache = forward(randn(g, batch, past, dim), weights, cos, sin, empty, n_heads, rope_dim)
         x = randn(g, batch, seq, dim)
         show = (shown("x", x), names, shown("cos", cos), shown("sin", sin), shown("latent_cache", cache), n_heads, rope_dim)
-        return Case(label, (x, weights, cos, sin, cache, n_heads, rope_dim), hint, show=show)
+        return Case(label, (x, weights, cos, sin, cache, n_heads, rope_dim), hint, show=show, **fields)
 
     cases = [
         case("an empty cache, one token", 1, 0, 1, 2),
-        case("an empty cache, 3 tokens", 1, 0, 3, 2),
+        case("an empty cache, 3 tokens", 1, 0, 3, 2, probe=True),
         case("one new token after 3 cached (position 3)", 1, 3, 1, 2, "positions"),
         case("two new tokens after 2 cached", 1, 2, 2, 2, "mask_offset"),
+        case("batch 2, 3 new tokens after 6 cached, 4 heads, head_dim 6, rope_dim 4, rank 5", 2, 6, 3, 4,
+             dim=16, head_dim=6, rope_dim=4, rank=5, probe=True),
     ]
     for n in range(2):
-        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(0, 3), rng.randint(1, 2), rng.randint(1, 3)))
+        cases.append(case(f"random batch (case {n + 1})", 2, rng.randint(0, 5), rng.randint(1, 3), rng.randint(1, 4)))
     return cases
 
 
@@ -555,6 +565,7 @@ checkpoint(
         ("scale", mla_variant(scale="nope")),
         ("mask_offset", mla_variant(mask_mode="tril")),
     ],
+    grad_probe=True,
     hints={
         "default": "Queries: q_proj, view (batch, seq, n_heads, head_dim + rope_dim), split [head_dim, "
         "rope_dim], rotate the rope part. Latent: kv_a_proj_with_mqa, split [rank, rope_dim], rotate "

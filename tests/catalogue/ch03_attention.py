@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -91,6 +92,24 @@ def attention_returns_weights_too(q, k, v, mask):
     return weights @ v, weights
 
 
+@mistake("03.attention", "mutated_input")
+def attention_scales_q_in_place(q, k, v, mask):
+    q /= math.sqrt(q.shape[-1])  # the caller's queries are scaled too
+    scores = q @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@mistake("03.attention", "grad_detached")
+def attention_detaches_the_weights(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = torch.softmax(scores, dim=-1).detach()  # "the weights are only a distribution to read"
+    return weights @ v
+
+
 # -------------------------------------------------------------------------- 03.repeat_kv
 
 
@@ -104,6 +123,11 @@ def repeat_kv_expands_before_the_heads(x, n_rep):
     batch, n_kv_heads, seq, head_dim = x.shape
     x = x[:, None].expand(batch, n_rep, n_kv_heads, seq, head_dim)
     return x.reshape(batch, n_rep * n_kv_heads, seq, head_dim)
+
+
+@mistake("03.repeat_kv", "grad_detached")
+def repeat_kv_through_numpy(x, n_rep):
+    return torch.from_numpy(np.repeat(x.detach().numpy(), n_rep, axis=1))  # right values, no gradient
 
 
 @mistake("03.repeat_kv", "axis")
@@ -215,6 +239,22 @@ def gqa_forgets_the_mask(x, weights, cos, sin, mask, n_heads, n_kv_heads):
     return _finish(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, weights, n_heads, n_kv_heads)
 
 
+@mistake("03.gqa_forward", "own_mask")
+def gqa_builds_its_own_causal_mask(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+    q, k, v = _projections(x, weights, n_heads, n_kv_heads)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    causal = causal_mask(x.shape[1])  # "attention in a decoder is always causal"
+    return _finish(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal, weights, n_heads, n_kv_heads)
+
+
+@mistake("03.gqa_forward", "grad_detached")
+def gqa_projects_under_no_grad(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+    with torch.no_grad():  # "the projections are fixed weights"
+        q, k, v = _projections(x, weights, n_heads, n_kv_heads)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return _finish(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, weights, n_heads, n_kv_heads)
+
+
 # --------------------------------------------------------------------------- 03.kv_cache
 
 
@@ -256,6 +296,23 @@ def decode_caches_keys_before_rope(x, weights, cos, sin, k_cache, v_cache, n_hea
     return attend(q, keys, v_cache, causal_mask(seq, total), weights["o_proj"]), k_cache, v_cache
 
 
+@mistake("03.kv_cache", "positions_shift")
+def decode_positions_one_too_far(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
+    past, seq = k_cache.shape[2], x.shape[1]
+    start = past + 1  # "the next position after the cache"
+    q, k, v = project_qkv(x, weights, cos[start : start + seq], sin[start : start + seq], n_heads, n_kv_heads)
+    k_cache, v_cache = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
+    return attend(q, k_cache, v_cache, causal_mask(seq, past + seq), weights["o_proj"]), k_cache, v_cache
+
+
+@mistake("03.kv_cache", "cache_return")
+def decode_returns_only_the_new_keys(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
+    past, seq = k_cache.shape[2], x.shape[1]
+    q, k, v = project_qkv(x, weights, cos[past : past + seq], sin[past : past + seq], n_heads, n_kv_heads)
+    keys, values = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
+    return attend(q, keys, values, causal_mask(seq, past + seq), weights["o_proj"]), k, v
+
+
 @mistake("03.kv_cache", "cache_axis")
 def decode_appends_heads(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
     past, seq = k_cache.shape[2], x.shape[1]
@@ -276,7 +333,7 @@ def decode_returns_only_the_output(x, weights, cos, sin, k_cache, v_cache, n_hea
 
 
 def _mla(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim, *, restart=False, rotate_key=True,
-         rope_first=False, kv_halves=False, rotate_cache=False, scale_nope=False, tril=False):
+         rope_first=False, kv_halves=False, rotate_cache=False, scale_nope=False, tril=False, detach_cache=False):
     """A learner's MLA with one switch flipped (each entry below flips exactly one)."""
     batch, seq, _ = x.shape
     past = latent_cache.shape[1]
@@ -294,7 +351,8 @@ def _mla(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim, *, resta
     c_kv, k_rope = latent.split([rank, rope_dim], dim=-1)
     if rotate_key and not rotate_cache:
         k_rope = apply_rope(k_rope[:, :, None, :], cos, sin)[:, :, 0]
-    latent_cache = torch.cat([latent_cache, torch.cat([c_kv, k_rope], dim=-1)], dim=1)
+    new = torch.cat([c_kv, k_rope], dim=-1)
+    latent_cache = torch.cat([latent_cache, new.detach() if detach_cache else new], dim=1)
     c_kv, k_rope = latent_cache.split([rank, rope_dim], dim=-1)
     if rotate_cache:
         k_rope = apply_rope(k_rope[:, :, None, :], cos_all[:total], sin_all[:total])[:, :, 0]
@@ -348,3 +406,8 @@ def mla_scales_by_head_dim_only(*args):
 @mistake("03.mla", "mask_offset")
 def mla_mask_not_offset(*args):
     return _mla(*args, tril=True)
+
+
+@mistake("03.mla", "grad_differs")
+def mla_detaches_the_cache_entry(*args):
+    return _mla(*args, detach_cache=True)  # "the cache is storage": keys and values lose their gradient
