@@ -1,8 +1,11 @@
 """The process that runs a learner's code for the grader. Standard library only.
 
-Started as ``python -I sandbox_worker.py ROOT`` (isolated: no PYTHONPATH, no current
-folder on the path), it never imports the course. It installs an audit hook first —
-Python cannot remove one once added — that refuses, and records:
+Started by :mod:`autograder.sandbox` inside a bubblewrap sandbox (its own user, PID,
+network, IPC, UTS and mount namespaces; a read-only view of the Python installation and of
+this file and ``runners.py`` only; a private ``/tmp``; a seccomp filter), as
+``python -I -B sandbox_worker.py ROOT``. The sandbox is the security boundary. This process
+adds a second, weaker layer that only adds flags to the report: an audit hook, installed
+before any learner code runs, that refuses and records
 
 * importing ``solutions``, ``autograder`` or ``tests`` (the reference and the grader);
 * opening or changing files of the course (``ROOT``), or writing outside its temp folder;
@@ -10,17 +13,22 @@ Python cannot remove one once added — that refuses, and records:
   opening network connections, loading native libraries from outside the Python
   installation (``ctypes.CDLL("libc.so.6")``).
 
+The learner's code runs in this interpreter and can reach the hook's state, so nothing
+relies on it: it tells the instructor what was tried. (Started with ``--unsafe-no-sandbox``
+it is the only barrier, and a weak one.)
+
 Protocol, over the pipe the parent passes as file descriptors (stdin/stdout are not
-used, so the learner's prints cannot corrupt it): length-prefixed pickles.
+used, so the learner's prints cannot corrupt it): length-prefixed messages. The grader's
+messages are pickles (the grader is trusted); the replies use the restricted wire format
+that :func:`autograder.sandbox.decode` reads (plain data and tensors, no references), and
+the grader decodes them as hostile input.
 
     parent -> ("setup", cells, {name: n_params})     worker -> ("ready", report)
-    parent -> ("call", name, args, kind)   worker -> ("return", value, args_after)
-                                                  or ("raise", exception_info)
-
-The parent unpickles replies with an allow-list (only plain data), compares outputs with
-the reference itself, and enforces the time limit by killing the process group.
+    parent -> ("call", name, args, kind)   worker -> ("return", value, args_after, violations, dropped)
+                                                  or ("raise", exception_info, violations, dropped)
 """
 
+import array
 import io
 import linecache
 import os
@@ -122,9 +130,23 @@ class BoundedText(io.TextIOBase):
         return "".join(self.kept) + tail
 
 
+MAX_REPLY_BYTES = int(os.environ.get("COURSE_SANDBOX_MAX_REPLY", 64 * 2**20))
+MAX_DEPTH = 50
+TENSOR_DTYPES = {"float64", "float32", "float16", "bfloat16", "complex128", "complex64",
+                 "int64", "int32", "int16", "int8", "uint8", "bool"}
+
+
+class TooLarge(Exception):
+    pass
+
+
 def send(channel, message):
-    data = pickle.dumps(message, protocol=4)
-    channel.write(struct.pack(">Q", len(data)) + data)
+    """One reply in the wire format (see ``autograder.sandbox``): the sender expands shared
+    references, so a reply that would exceed the limit stops here, not in the grader."""
+    out = bytearray(8)
+    encode(message, out, 0)
+    out[:8] = struct.pack(">Q", len(out) - 8)
+    channel.write(out)
     channel.flush()
 
 
@@ -136,6 +158,99 @@ def receive(channel):
     return pickle.loads(channel.read(size))
 
 
+def _tensor(value, out):
+    torch = torch_module()
+    t = value.detach()
+    name = str(t.dtype).replace("torch.", "")
+    if name not in TENSOR_DTYPES or t.layout != torch.strided:
+        return False
+    if len(out) + t.numel() * t.element_size() > MAX_REPLY_BYTES:
+        raise TooLarge
+    t = t.cpu().resolve_conj().resolve_neg().contiguous()
+    raw = (t.view(torch.int16) if name == "bfloat16" else t).numpy().tobytes()
+    encoded = name.encode()
+    out += b"X" + struct.pack("<B", len(encoded)) + encoded + struct.pack(f"<B{t.dim()}Q", t.dim(), *t.shape)
+    out += struct.pack("<Q", len(raw)) + raw
+    return True
+
+
+def _packed(items, out):
+    """A list of ints (or of floats) as one array: fast for long token lists."""
+    kinds = set(map(type, items))
+    if len(items) < 8 or len(kinds) != 1 or not kinds <= {int, float}:
+        return False
+    try:
+        packed = array.array("q" if kinds == {int} else "d", items)
+    except OverflowError:
+        return False
+    if sys.byteorder == "big":
+        packed.byteswap()
+    out += (b"q" if kinds == {int} else b"D") + struct.pack("<I", len(items)) + packed.tobytes()
+    return True
+
+
+def encode(value, out, depth):
+    """Append ``value`` to ``out``: plain data and tensors; anything else as its type name and
+    a short repr, which the grader reports ("returned a Thing, which is not plain data")."""
+    if len(out) > MAX_REPLY_BYTES:
+        raise TooLarge
+    if depth > MAX_DEPTH:
+        raise ValueError(f"output nested more than {MAX_DEPTH} levels deep")
+    torch = torch_module()
+    if value is None:
+        out += b"N"
+    elif isinstance(value, bool):
+        out += b"T" if value else b"F"
+    elif isinstance(value, int):
+        number = int.__index__(value)
+        if -(2**63) <= number < 2**63:
+            out += b"i" + struct.pack("<q", number)
+        else:
+            n = (number.bit_length() + 8) // 8
+            if n > 4096:
+                return encode_unsupported("int", f"an integer of {number.bit_length():,} bits", out)
+            out += b"I" + struct.pack("<I", n) + number.to_bytes(n, "little", signed=True)
+    elif isinstance(value, float):
+        out += b"f" + struct.pack("<d", float.__float__(value))
+    elif isinstance(value, complex):
+        out += b"c" + struct.pack("<dd", complex.__complex__(value).real, complex.__complex__(value).imag)
+    elif isinstance(value, str):
+        data = str.__str__(value).encode("utf-8", "surrogatepass")
+        out += b"s" + struct.pack("<I", len(data)) + data
+    elif isinstance(value, bytes):
+        data = bytes(value)
+        out += b"b" + struct.pack("<I", len(data)) + data
+    elif torch is not None and isinstance(value, torch.Tensor):
+        if not _tensor(value, out):
+            encode_unsupported(type(value).__name__, f"a tensor of dtype {value.dtype} ({value.layout})", out)
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+        if isinstance(value, list) and _packed(items, out):
+            return
+        tag = b"l" if isinstance(value, list) else b"t" if isinstance(value, tuple) else b"Z" if isinstance(value, frozenset) else b"S"
+        out += tag + struct.pack("<I", len(items))
+        for item in items:
+            encode(item, out, depth + 1)
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+        out += b"d" + struct.pack("<I", len(pairs))
+        for key, item in pairs:
+            encode(key, out, depth + 1)
+            encode(item, out, depth + 1)
+    else:
+        try:
+            text = repr(value)[:200]
+        except BaseException:  # noqa: BLE001 - a learner's __repr__ may fail
+            text = "<unprintable>"
+        encode_unsupported(type(value).__name__, text, out)
+
+
+def encode_unsupported(type_name, text, out):
+    out += b"U"
+    encode(str(type_name)[:100], out, 0)
+    encode(str(text)[:200], out, 0)
+
+
 def learner_frame(exc):
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith("<cell")]
     if not frames:
@@ -144,47 +259,45 @@ def learner_frame(exc):
     return f" (in {f.name}, line {f.lineno}: {(f.line or '').strip()})"
 
 
+def safe_text(make, limit):
+    """``str(make())`` cut to ``limit`` characters; a learner's ``__str__`` may fail or lie."""
+    try:
+        text = make()
+        return (text if type(text) is str else str.__str__(str(text)))[:limit]
+    except BaseException:  # noqa: BLE001
+        return "<unprintable>"
+
+
 def exception_info(exc):
     return {
-        "mro": [cls.__name__ for cls in type(exc).__mro__],
-        "message": f"{exc}{learner_frame(exc)}",
+        "mro": [str.__str__(cls.__name__)[:100] for cls in type(exc).__mro__][:64],
+        "message": safe_text(lambda: f"{exc}{learner_frame(exc)}", 10_000),
     }
 
 
-def tensor_data(value):
-    """A tensor as plain data: ("__tensor__", dtype name, shape, raw bytes)."""
-    t = value.detach().cpu().contiguous()
-    name = str(t.dtype).replace("torch.", "")
-    raw = t.view(torch_module().int16) if name == "bfloat16" else t
-    return ("__tensor__", name, tuple(t.shape), raw.numpy().tobytes())
+TOO_LARGE = {
+    "mro": ["ValueError", "Exception", "BaseException", "object"],
+    "message": "the output is larger than the grader accepts once encoded "
+               f"({MAX_REPLY_BYTES // 2**20} MB; a value shared n times is sent n times): return less data",
+}
+
+
+def close_other_fds(keep):
+    """Descriptors inherited from bubblewrap (its info pipe) are closed before learner code runs."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except (OSError, ValueError):
+        fds = range(3, 1024)
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def torch_module():
     return sys.modules.get("torch")
-
-
-def plain(value, depth=0):
-    """Only plain data goes back to the grader: anything else becomes its repr."""
-    if depth > 50:
-        raise ValueError("output nested more than 50 levels deep")
-    torch = torch_module()
-    if torch is not None and isinstance(value, torch.Tensor):
-        return tensor_data(value)
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
-        return value if type(value) in (bool, int, float, complex, str, bytes, type(None)) else _base(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        items = [plain(v, depth + 1) for v in value]
-        return {list: list, tuple: tuple, set: set, frozenset: frozenset}.get(type(value), list)(items)
-    if isinstance(value, dict):
-        return {plain(k, depth + 1): plain(v, depth + 1) for k, v in value.items()}
-    return ("__unsupported__", type(value).__name__, repr(value)[:200])
-
-
-def _base(value):
-    for kind in (bool, int, float, complex, str, bytes):
-        if isinstance(value, kind):
-            return kind(value)
-    return value
 
 
 def describe(fn, n_params):
@@ -221,13 +334,15 @@ def patched_checks():
 
 
 def main():
-    channel_in = os.fdopen(int(os.environ["COURSE_SANDBOX_IN"]), "rb")
-    channel_out = os.fdopen(int(os.environ["COURSE_SANDBOX_OUT"]), "wb")
-    for key in ("COURSE_SANDBOX_IN", "COURSE_SANDBOX_OUT"):
-        os.environ.pop(key)
+    fd_in, fd_out = int(os.environ.pop("COURSE_SANDBOX_IN")), int(os.environ.pop("COURSE_SANDBOX_OUT"))
+    close_other_fds({fd_in, fd_out})
+    channel_in = os.fdopen(fd_in, "rb")
+    channel_out = os.fdopen(fd_out, "wb")
+    os.environ.pop("COURSE_SANDBOX_MAX_REPLY", None)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
+    os.close(devnull)
     output = BoundedText()
     sys.stdout = sys.stderr = output
     # Trusted libraries the chapter needs are imported before the audit hook: their own
@@ -262,11 +377,16 @@ def main():
                 try:
                     exec(compile(source, f"<cell {index}>", "exec"), namespace)
                 except BaseException as exc:  # noqa: BLE001 - SystemExit too: the cell failed
-                    report["cell_errors"].append((index, type(exc).__name__, f"{exc}{learner_frame(exc)}"))
+                    report["cell_errors"].append((index, safe_text(lambda: type(exc).__name__, 100),
+                                                  safe_text(lambda: f"{exc}{learner_frame(exc)}", 2000)))
                 if len(VIOLATIONS) > before:
-                    report["violations_by_cell"][index] = VIOLATIONS[before:]
-            report["defined"] = {name: describe(namespace.get(name), n_params) for name, n_params in names.items()}
-            report["patched"] = patched_checks()
+                    report["violations_by_cell"][index] = [safe_text(lambda: v, 300) for v in VIOLATIONS[before:][:100]]
+            report["defined"] = {name: safe_text(lambda: describe(namespace.get(name), n_params), 300)
+                                 for name, n_params in names.items()}
+            try:
+                report["patched"] = patched_checks()
+            except BaseException:  # noqa: BLE001 - a learner's module __getattr__ may fail
+                report["patched"] = []
             report["output"] = output.text()
             report["output_dropped"] = output.dropped
             send(channel_out, ("ready", report))
@@ -275,10 +395,14 @@ def main():
             before = len(VIOLATIONS)
             try:
                 value = namespace[name](*args) if kind == "function" else RUNNERS[kind](namespace[name], *args)
-                reply = ("return", plain(value), plain(list(args)))
+                try:
+                    send(channel_out, ("return", value, list(args), VIOLATIONS[before:][:100], output.dropped))
+                    continue
+                except TooLarge:
+                    info = TOO_LARGE
             except BaseException as exc:  # noqa: BLE001 - reported to the grader as data
-                reply = ("raise", exception_info(exc))
-            send(channel_out, reply + (VIOLATIONS[before:], output.dropped))
+                info = exception_info(exc)
+            send(channel_out, ("raise", info, VIOLATIONS[before:][:100], output.dropped))
 
 
 if __name__ == "__main__":
