@@ -25,8 +25,11 @@ import random
 
 import torch
 
+from ..compare import difference
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
+from .inputs import generator as _gen
+from .inputs import randn, tensor_label
 
 gen = functools.partial(reference, "solutions.generate")
 mdl = functools.partial(reference, "solutions.model")
@@ -34,12 +37,8 @@ TOL = 1e-6  # float32, one division deep
 INF = float("-inf")
 
 
-def _gen(rng: random.Random) -> torch.Generator:
-    return torch.Generator().manual_seed(rng.randrange(2**31))
-
-
 def _shown(t: torch.Tensor, name: str = "logits"):
-    return t if t.numel() <= 12 else Label(f"<{name} {'x'.join(map(str, t.shape))}>")
+    return tensor_label(t, name, small=12)
 
 
 def _log(*probs: float) -> torch.Tensor:
@@ -80,15 +79,17 @@ def temperature_cases(rng: random.Random) -> list[Case]:
         Case("temperature 1 leaves the logits as they are", (row, 1.0)),
         Case("temperature 0.5 sharpens: the logits are doubled", (row, 0.5), "multiply"),
         Case("temperature 2 flattens: the logits are halved", (row, 2.0), "multiply"),
-        Case("a batch of 3 rows of 6 logits, temperature 0.7", (torch.randn(3, 6, generator=g) * 2, 0.7)),
+        Case("a batch of 3 rows of 6 logits, temperature 0.7", (randn(g, 3, 6, scale=2.0), 0.7)),
         Case("removed tokens (-inf logits) stay removed", (torch.tensor([[1.0, INF, 0.5, INF]]), 1.5)),
+        Case("a realistic batch: 4 rows over a vocabulary of 300, logits around 5, temperature 0.8",
+             (randn(g, 4, 300, scale=2.0) + 5.0, 0.8), "shifted"),
         Case("temperature 0: ValueError (greedy decoding takes the argmax, it does not divide by 0)",
              (row, 0.0), "zero"),
         Case("a negative temperature: ValueError", (row, -1.0), "negative"),
     ]
     for n in range(8):
         shape = (rng.randint(2, 10),) if rng.random() < 0.3 else (rng.randint(1, 3), rng.randint(2, 10))
-        logits = torch.randn(*shape, generator=g) * 3
+        logits = randn(g, *shape, scale=3.0)
         cases.append(Case(f"random logits {tuple(shape)} (case {n + 1})", (logits, round(rng.uniform(0.1, 3.0), 2))))
     for case in cases:
         case.show = (_shown(case.args[0]), case.args[1])
@@ -100,6 +101,8 @@ TEMPERATURE_MISTAKES = {
     "probabilities": lambda logits, t: torch.softmax(logits / t, dim=-1),
     "divide_probs": lambda logits, t: torch.softmax(logits, dim=-1) / t,
     "log_probs": lambda logits, t: torch.log_softmax(logits / t, dim=-1),
+    # "for numerical stability": the maximum subtracted first (same softmax, other logits)
+    "shifted": lambda logits, t: (logits - logits.max(dim=-1, keepdim=True).values) / t,
 }
 
 register(Checkpoint(
@@ -121,6 +124,8 @@ register(Checkpoint(
         "normalising it again gives back softmax(logits), as if T were 1.",
         "log_probs": "Return logits / temperature itself, not a log-softmax of it: the distribution is the same, "
         "but the next steps expect the scaled logits.",
+        "shifted": "Return logits / temperature exactly, without subtracting the maximum first: the softmax would "
+        "be the same, but the next steps (top-k, top-p, and whoever reads the logits) expect the scaled logits.",
         "zero": "Temperature 0 cannot be divided by: raise ValueError (greedy decoding, T = 0, takes the "
         "argmax in sample_next, without calling apply_temperature).",
         "negative": "Raise ValueError for a negative temperature too (test temperature <= 0, not == 0): "
@@ -141,19 +146,24 @@ def top_k_cases(rng: random.Random) -> list[Case]:
              "zero_fill"),
         Case("two tokens tied at the k-th largest logit: both are kept", (torch.tensor([[0.5, 2.0, 1.0, 1.0, -1.0]]), 2),
              "ties"),
-        Case("a batch of 2 rows: each row keeps its own k largest",
-             (torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 10.0, 20.0, 30.0]]), 2), "per_row"),
+        Case("a batch of 3 rows of 3: each row keeps its own k largest",
+             (torch.tensor([[3.0, 2.0, 1.0], [0.0, 10.0, 20.0], [-5.0, -4.0, -6.0]]), 2), "per_row"),
+        Case("a batch of 2 rows of 4", (torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 10.0, 20.0, 30.0]]), 2), "per_row"),
         Case("k larger than the vocabulary keeps every token", (row, 8), "k_large"),
         Case("tokens already at -inf stay removed", (torch.tensor([[1.0, INF, 2.0, INF, 0.0]]), 2)),
         Case("1-D logits (one row)", (torch.tensor([0.3, -0.2, 1.5, 0.9]), 3)),
+        Case("a realistic batch: 3 rows over a vocabulary of 500, k = 50", (randn(g, 3, 500, scale=2.0), 50),
+             "kth_index"),
+        Case("k = vocabulary size keeps every token", (row, 5), "kth_index"),
         Case("k = 0: ValueError", (row, 0), "validate"),
+        Case("k = 2.5, not an int: ValueError", (row, 2.5), "validate"),
     ]
     for n in range(10):
         shape = (rng.randint(1, 3), rng.randint(3, 12))
         if rng.random() < 0.4:  # small integers: ties
             logits = torch.randint(-2, 3, shape, generator=g).float()
         else:
-            logits = torch.randn(*shape, generator=g) * 2
+            logits = randn(g, *shape, scale=2.0)
         cases.append(Case(f"random logits {shape}, ties possible (case {n + 1})", (logits, rng.randint(1, shape[1] + 2))))
     for case in cases:
         case.show = (_shown(case.args[0]), case.args[1])
@@ -191,6 +201,16 @@ def _topk_probabilities(logits, k):
     return torch.softmax(logits.masked_fill(logits < kth, INF), dim=-1)
 
 
+def _topk_kth_index(logits, k):
+    kth = logits.sort(dim=-1, descending=True).values[..., k, None]  # index k: the (k+1)-th largest
+    return logits.masked_fill(logits < kth, INF)
+
+
+def _topk_no_keepdim(logits, k):
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1]  # (batch,): broadcasts wrongly
+    return logits.masked_fill(logits < kth, INF)
+
+
 def _topk_unclamped(logits, k):
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # RuntimeError when k > vocab
     return logits.masked_fill(logits < kth, INF)
@@ -207,8 +227,10 @@ register(Checkpoint(
     fingerprints=[(hint, _validated_k(fn)) for hint, fn in [
         ("off_by_one", _topk_off_by_one), ("ties", _topk_exact), ("zero_fill", _topk_zero_fill),
         ("smallest", _topk_smallest), ("per_row", _topk_global), ("probabilities", _topk_probabilities),
-        ("k_large", _topk_unclamped),
+        ("k_large", _topk_unclamped), ("kth_index", _topk_kth_index), ("keepdim", _topk_no_keepdim),
     ]],
+    # torch.topk's own error when k exceeds the vocabulary (no case has a negative k, which raises it too)
+    raised_hints=[(r"selected index k out of range", "k_large")],
     hints={
         "default": "kth = torch.topk(logits, min(k, vocab), dim=-1).values[..., -1:] (keep the last dimension), then "
         "logits.masked_fill(logits < kth, float('-inf')); raise ValueError if k < 1.",
@@ -220,12 +242,19 @@ register(Checkpoint(
         "instead of keeping exactly the k indices torch.topk returns, which breaks ties arbitrarily.",
         "per_row": "Each row has its own k-th largest logit: take torch.topk(..., dim=-1).values[..., -1:] (shape "
         "(batch, 1), which broadcasts against (batch, vocab)), not one threshold for the whole batch.",
+        "keepdim": "Keep the last dimension of the threshold: values[..., -1:] has shape (batch, 1) and compares "
+        "each row with its own k-th largest; values[..., -1] has shape (batch,), which broadcasts along the "
+        "vocabulary, so row b's token j is compared with row j's threshold (or the shapes do not fit).",
         "smallest": "Keep the k *largest* logits: torch.topk returns the largest by default (largest=True).",
         "probabilities": "Return the filtered *logits* (removed ones at -inf), not probabilities: the softmax "
         "comes once, after every filter.",
         "k_large": "torch.topk fails when k exceeds the vocabulary: use min(k, logits.shape[-1]), so that a large "
         "k keeps every token.",
-        "validate": "Raise ValueError when k is not an int >= 1: top-0 would remove every token.",
+        "kth_index": "The k-th largest logit is at index k - 1 of the values sorted in descending order (indices "
+        "start at 0): index k is the (k + 1)-th, which keeps one token too many, and fails when k is the vocabulary "
+        "size. torch.topk(logits, k, dim=-1).values[..., -1:] gives it directly.",
+        "validate": "Raise ValueError when k is not an int >= 1 (isinstance(k, int) and k >= 1): top-0 would remove "
+        "every token, and a negative or fractional k means nothing.",
     },
 ))
 
@@ -254,11 +283,17 @@ def top_p_cases(rng: random.Random) -> list[Case]:
         Case("p = 1 keeps every token", (_log(0.4, 0.3, 0.2, 0.1), 1.0)),
         Case("p = 0: ValueError", (four, 0.0), "validate"),
         Case("p = 1.5: ValueError", (four, 1.5), "validate"),
+        Case("p = -0.2: ValueError", (four, -0.2), "validate"),
     ]
+    while True:  # a realistic batch: 2 rows over a vocabulary of 500, a nucleus of dozens of tokens
+        big, p = randn(g, 2, 500, scale=1.5), 0.8
+        if _boundary_safe(big, p, margin=1e-4):
+            break
+    cases.insert(6, Case("a realistic batch: 2 rows over a vocabulary of 500, p = 0.8", (big, p)))
     for n in range(10):
         shape = (rng.randint(1, 3), rng.randint(3, 16))
         while True:
-            logits = torch.randn(*shape, generator=g) * 1.5
+            logits = randn(g, *shape, scale=1.5)
             p = round(rng.uniform(0.05, 0.98), 3)
             if _boundary_safe(logits, p):
                 break
@@ -281,9 +316,11 @@ def _nucleus(logits, p, *, rule="before", descending=True, scatter=True, source=
     return torch.softmax(filtered, dim=-1) if out == "probs" else filtered
 
 
+# keep_top before crossing: its output is wrong wherever crossing's is (and more), so a learner
+# who keeps the most likely token is tried against keep_top first and does not match it there.
 TOP_P_MISTAKES = {
-    "crossing": functools.partial(_nucleus, rule="inclusive", keep_top=True),
     "keep_top": functools.partial(_nucleus, rule="inclusive"),
+    "crossing": functools.partial(_nucleus, rule="inclusive", keep_top=True),
     "sort_order": functools.partial(_nucleus, descending=False),
     "unsort": functools.partial(_nucleus, scatter=False),
     "logits_cumsum": functools.partial(_nucleus, source="logits"),
@@ -345,9 +382,12 @@ def sample_cases(rng: random.Random) -> list[Case]:
                     show=(_shown(logits), temperature, top_k, top_p, _shown(u, "u")))
 
     greedy = torch.tensor([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 1.0, 2.9], [-2.0, -1.0, -3.0, -0.5]])
+    big, big_u = randn(g, 8, 500, scale=2.0), torch.rand(8, generator=g)
     cases = [
         case("temperature 0 is greedy: each row's argmax, whatever u", greedy, 0.0, None, 1.0,
              torch.tensor([0.1, 0.5, 0.9]), "greedy"),
+        case("20 identical rows, all with u = 0.5: the same token in every row (the draw is a function of u)",
+             five, 1.0, None, 1.0, torch.full((20,), 0.5), "inverse_cdf"),
         case("inverse CDF: over probabilities 0.1, 0.2, 0.3, 0.4, u = 0.05, 0.15, 0.35, 0.95 draw tokens 0, 1, 2, 3",
              _rows(_log(0.1, 0.2, 0.3, 0.4), 4), 1.0, None, 1.0, torch.tensor([0.05, 0.15, 0.35, 0.95]), "inverse_cdf"),
         case("temperature 1, 20 evenly spaced u: every quantile of the distribution", five, 1.0, None, 1.0, _sweep(20),
@@ -359,16 +399,24 @@ def sample_cases(rng: random.Random) -> list[Case]:
         case("temperature 0.5, then top-p 0.7 on the sharpened distribution", five, 0.5, None, 0.7, _sweep(20),
              "order_temperature"),
         case("top-k 3, then top-p 0.65 on what top-k left", five, 1.0, 3, 0.65, _sweep(20), "order"),
+        case("a realistic batch: 8 rows over a vocabulary of 500, T = 0.8, top-k 50, top-p 0.9", big, 0.8, 50, 0.9,
+             big_u),
+        case("greedy over a vocabulary of 500", big, 0.0, None, 1.0, big_u, "greedy"),
         case("top_p = 1.5: ValueError", five, 1.0, None, 1.5, _sweep(20), "validate"),
+        case("top_p = 0: ValueError", five, 1.0, None, 0.0, _sweep(20), "validate"),
         case("a negative temperature: ValueError", five, -0.5, None, 1.0, _sweep(20), "validate"),
+        case("temperature = inf: ValueError (it must be finite)", five, math.inf, None, 1.0, _sweep(20), "validate"),
         case("top_k = 0: ValueError", five, 1.0, 0, 1.0, _sweep(20), "validate"),
+        case("top_k = 2.0, a float: ValueError (top_k is an int or None)", five, 1.0, 2.0, 1.0, _sweep(20), "validate"),
+        case("greedy (T = 0) with top_k = 0: ValueError all the same (validate before the greedy shortcut)",
+             greedy, 0.0, 0, 1.0, torch.tensor([0.1, 0.5, 0.9]), "validate"),
     ]
     for n in range(8):
         batch, vocab = rng.randint(4, 16), rng.randint(4, 12)
         temperature = rng.choice([0.0, 0.6, 1.0, 1.0, 1.3])
         top_k = rng.choice([None, None, rng.randint(1, vocab)])
         top_p = rng.choice([1.0, round(rng.uniform(0.3, 0.95), 2)])
-        logits = torch.randn(batch, vocab, generator=g) * 2
+        logits = randn(g, batch, vocab, scale=2.0)
         u = torch.rand(batch, generator=g)
         case_ = case(f"random: {batch} rows of {vocab}, T = {temperature}, top_k = {top_k}, top_p = {top_p} "
                      f"(case {n + 1})", logits, temperature, top_k, top_p, u)
@@ -421,6 +469,24 @@ def _sample_keepdim(logits, temperature, top_k, top_p, u):
     return gen("sample_next")(logits, temperature, top_k, top_p, u).unsqueeze(-1)
 
 
+def compare_sample(case: Case, expected, got):
+    """Exact equality; and a property of the output itself: rows with the same logits and the same
+    ``u`` must draw the same token (the draw is a function of ``u``), else the answer drew its
+    own random numbers (``torch.multinomial``)."""
+    problem = difference(expected, got)
+    if problem is None or not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dim() != 1:
+        return problem
+    logits, temperature, u = case.args[0], case.args[1], case.args[4]
+    if temperature == 0 or not isinstance(u, torch.Tensor) or u.shape != got.shape:
+        return problem
+    for i in range(len(got)):
+        for j in range(i):
+            if bool(u[i] == u[j]) and torch.equal(logits[i], logits[j]) and int(got[i]) != int(got[j]):
+                return (f"rows {j} and {i} have the same logits and the same u, but yours drew token {int(got[j])} "
+                        f"in one and {int(got[i])} in the other: the draw must be a function of u", "inverse_cdf")
+    return problem
+
+
 def diagnose_sample(case: Case, expected, got) -> str | None:
     if isinstance(got, torch.Tensor) and isinstance(expected, torch.Tensor):
         if got.shape != expected.shape:
@@ -438,8 +504,11 @@ register(Checkpoint(
     cases=sample_cases,
     reference=gen("sample_next"),
     fingerprints=[(kind, _sample_variant(kind)) for kind in SAMPLE_MISTAKES] + [("shape", _sample_keepdim)],
+    compare=compare_sample,
     diagnose=diagnose_sample,
-    raised_hints=[(r"NoneType|got None", "none_filters")],
+    raised_hints=[(r"NoneType|got None", "none_filters"),
+                  # apply_temperature refusing T = 0: the greedy case was sent through the division
+                  (r"ValueError: .*temperature.*(> ?0|greedy|positive)", "greedy")],
     hints={
         "default": "check_sampling(temperature, top_k, top_p); if temperature == 0 return logits.argmax(-1); else "
         "apply_temperature, top_k_filter (if top_k is not None), top_p_filter (if top_p < 1), softmax, cumsum, "
@@ -572,6 +641,9 @@ def generate_cases(rng: random.Random) -> list[Case]:
     stop, stop_set = stops
     c2 = _config(20, 16, 1, 2, 1, 24, True, 32)
     w2 = _model(g, c2, [([4, 4, 9], 14)])
+    c3 = _config(64, 8, 6, 2, 1, 16, False, 32)  # many layers: each must get its own cache
+    p3 = [rng.randrange(10, 64) for _ in range(5)]
+    w3 = _model(g, c3, [(p3, 10)])
 
     cases = [
         case("greedy with the KV cache: a prompt of 3 tokens, 6 new tokens", c1, w1, p1, max_new_tokens=6),
@@ -592,8 +664,13 @@ def generate_cases(rng: random.Random) -> list[Case]:
              max_new_tokens=4, use_cache=False),
         case("past the context: a prompt of 20 + 8 new tokens > max_seq_len 24: ValueError", c1, w1, [9] * 20,
              "context", max_new_tokens=8, use_cache=False),
+        case(f"6 layers, a prompt of ids {p3}: 10 new tokens through the cache", c3, w3, p3, "cache",
+             max_new_tokens=10),
         case("an empty prompt: ValueError", c1, w1, [], "empty_prompt", max_new_tokens=3),
+        case("max_new_tokens = -1: ValueError", c1, w1, p1, "negative", max_new_tokens=-1),
         case("top_p = 0: ValueError", c1, w1, p1, "validate", max_new_tokens=3, temperature=1.0, top_p=0.0),
+        case("top_k = 0: ValueError", c1, w1, p1, "validate", max_new_tokens=3, temperature=1.0, top_k=0),
+        case("a negative temperature: ValueError", c1, w1, p1, "validate", max_new_tokens=3, temperature=-0.5),
         case("sampling (T = 1.3, top-k 8) with the cache, seed 3: one u = torch.rand(1, generator=generator) "
              "per new token", c1, w1, p1, "sampling", max_new_tokens=10, temperature=1.3, top_k=8, seed=3),
         case("the same sampling without the cache", c1, w1, p1, "sampling", max_new_tokens=10, temperature=1.3,
@@ -642,8 +719,10 @@ def _generate_variant(kind: str):
             raise ValueError("empty prompt")
         if kind != "crop" and n_prompt + max_new_tokens > context:
             raise ValueError("too long")
+        if kind != "negative" and max_new_tokens < 0:
+            raise ValueError("negative")
         stop = set(stop_tokens)
-        use_cache = use_cache and kind != "no_cache"
+        use_cache = (use_cache and kind != "no_cache") or kind == "uncached"
         caches = model.new_caches() if use_cache else None
         new = tokens[:, -1:] if kind == "prefill" else tokens
         steps = max_new_tokens - n_prompt if kind == "max_length" else max(max_new_tokens, 1 if kind == "count" else 0)
@@ -655,9 +734,15 @@ def _generate_variant(kind: str):
                     logits = model(tokens if kind == "whole_sequence" else new, caches)
                 else:
                     logits = model(tokens[:, -context:] if kind == "crop" else tokens)
-            u = torch.rand(1, generator=generator) if temperature > 0 else None
             position = 0 if kind == "last_position" else -1
-            next_id = gen("sample_next")(logits[:, position], temperature, top_k, top_p, u)
+            if kind == "multinomial" and temperature > 0:  # torch's sampler instead of sample_next with u
+                z = gen("apply_temperature")(logits[:, position], temperature)
+                z = gen("top_k_filter")(z, top_k) if top_k is not None else z
+                z = gen("top_p_filter")(z, top_p) if top_p < 1 else z
+                next_id = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator).view(1)
+            else:
+                u = torch.rand(1, generator=generator) if temperature > 0 else None
+                next_id = gen("sample_next")(logits[:, position], temperature, top_k, top_p, u)
             token = int(next_id.item())
             if kind == "stop_included":
                 yield token
@@ -683,7 +768,20 @@ def _generate_tensors(config, weights, prompt, options):
 
 
 GENERATE_MISTAKES = ("no_cache", "whole_sequence", "prefill", "cache_reset", "last_position", "stop_included", "stop_ignored",
-                     "stop_in_prompt", "max_length", "count", "crop")
+                     "stop_in_prompt", "max_length", "count", "crop", "uncached", "negative", "multinomial")
+
+
+def compare_generate(case: Case, expected, got):
+    """Exact equality; and a property the case order gives: the greedy cases come first, so a
+    sampled case (temperature > 0) that fails while its tokens are ints means that greedy
+    decoding is right and sampling is not."""
+    problem = difference(expected, got)
+    tokens = got.get("tokens") if isinstance(got, dict) else None
+    if problem is None or not isinstance(tokens, list) or case.args[3].get("temperature", 0.0) <= 0:
+        return problem
+    if all(isinstance(t, int) and not isinstance(t, bool) for t in tokens) and tokens != expected["tokens"]:
+        return problem, "sampling"
+    return problem
 
 
 def diagnose_generate(case: Case, expected, got) -> str | None:
@@ -705,11 +803,14 @@ register(Checkpoint(
     signature="generate_from_weights(config, weights, prompt, options)",
     cases=generate_cases,
     reference=_one_thread(gen("generate_from_weights")),
-    fingerprints=[(kind, _generate_variant(kind)) for kind in GENERATE_MISTAKES]
+    fingerprints=[(kind if kind != "multinomial" else "sampling", _generate_variant(kind)) for kind in GENERATE_MISTAKES]
     + [("ints", _one_thread(_generate_tensors))],
+    compare=compare_generate,
     diagnose=diagnose_generate,
-    # the model's own error when the cache grows faster than the tokens: fed whole sequences
-    raised_hints=[(r"positions do not fit max_seq_len", "whole_sequence")],
+    # the model's own error when the cache grows faster than the tokens: fed whole sequences;
+    # then a ValueError about the context raised where the prompt and the new tokens fit exactly
+    raised_hints=[(r"positions do not fit max_seq_len", "whole_sequence"),
+                  (r"^ValueError: .*(context|max_seq_len|too long|does not fit|exceed)", "context")],
     hints={
         "default": "Validate; caches = model.new_caches() once; logits = model(prompt, caches) (prefill); then each "
         "step: token = sample_next(logits[:, -1], ...), stop if it is a stop token, yield it, and logits = "
@@ -744,6 +845,8 @@ register(Checkpoint(
         "crop": "Raise ValueError when len(prompt) + max_new_tokens exceeds max_seq_len instead of cropping the "
         "sequence (nanoGPT's idx[:, -block_size:]): the KV cache cannot drop positions, and both paths must agree.",
         "empty_prompt": "Raise ValueError for an empty prompt: there are no logits to predict the first token from.",
+        "negative": "Raise ValueError when max_new_tokens is negative (range() would silently yield nothing): the "
+        "caller asked for something impossible.",
         "validate": "Call check_sampling(temperature, top_k, top_p) before generating: a bad parameter must raise "
         "ValueError at once, not after the prefill.",
         "sampling": "Greedy decoding is right but sampled decoding differs: pass 07.sample first, then draw "

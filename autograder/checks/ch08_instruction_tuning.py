@@ -46,6 +46,17 @@ def _byte_data() -> dict:
             "special_tokens": {"<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258, "<|pad|>": 259}}
 
 
+@functools.lru_cache(maxsize=None)
+def _other_data() -> dict:
+    """Bytes again, with five special tokens in another order and with gaps: <|im_end|> (300) comes
+    before <|im_start|> (1024), so neither id can be derived from the other or from the vocabulary size."""
+    return {"name": "bytes_chat_tools", "pat_str": _course_data()["pat_str"],
+            "mergeable_ranks": {bytes([i]): i for i in range(256)},
+            "special_tokens": {"<|endoftext|>": 256, "<|im_end|>": 300, "<|tool|>": 301, "<|im_start|>": 1024,
+                               "<|pad|>": 1025}}
+
+
+OTHER = Label("<a byte-level tokenizer with 5 special tokens: <|im_end|> 300, <|im_start|> 1024>")
 COURSE = Label("<the course tokenizer: <|im_start|> 4093, <|im_end|> 4094>")
 BYTES = Label("<a byte-level tokenizer: id = byte, <|im_start|> 257, <|im_end|> 258>")
 WORDS = ("Mia", "Pip", "dog", "the", "Oakford", "Who", "is", "story", "about", "friend", "Zoë", "cat", "town")
@@ -84,6 +95,8 @@ def _render_variant(kind: str):
             raise ValueError("the assistant already spoke")
         start = 4093 if kind == "hard_coded" else tok.encode_single_token("<|im_start|>")
         end = 4094 if kind == "hard_coded" else tok.encode_single_token("<|im_end|>")
+        if kind == "adjacent":
+            end = start + 1
         if kind == "special_as_text":
             start, end = tok.encode_ordinary("<|im_start|>"), tok.encode_ordinary("<|im_end|>")
         else:
@@ -106,7 +119,9 @@ def _render_variant(kind: str):
     return wrong
 
 
-RENDER_MISTAKES = ("hard_coded", "special_as_text", "no_newline", "no_separator", "injection", "generation_prompt",
+
+
+RENDER_MISTAKES = ("hard_coded", "adjacent", "special_as_text", "no_newline", "no_separator", "injection", "generation_prompt",
                    "generation_newline", "generation_after_assistant", "validate")
 
 
@@ -121,6 +136,9 @@ def render_cases(rng: random.Random) -> list[Case]:
         case("the same with another tokenizer: look the special ids up, do not hard-code 4093 and 4094", byte, BYTES,
              qa, hint="hard_coded"),
         case("one user message", byte, BYTES, [_msg("user", "Hi")]),
+        case("a tokenizer with 5 special tokens, <|im_end|> (300) before <|im_start|> (1024): look each id up",
+             _other_data(), OTHER, [_msg("system", "Use the tools."), *qa, _msg("user", "And Pip?")], True,
+             "adjacent"),
         case("a system message, a question and the generation prompt <|im_start|>assistant\\n", byte, BYTES,
              [_msg("system", "Be brief."), _msg("user", "Who is Pip?")], True, "generation_prompt"),
         case("two turns", byte, BYTES, [_msg("user", "Hi"), _msg("assistant", "Hello"), _msg("user", "Who?"),
@@ -131,6 +149,8 @@ def render_cases(rng: random.Random) -> list[Case]:
              [_msg("user", "Zoë\nand Noé?"), _msg("assistant", "")]),
         case("an empty conversation: ValueError", byte, BYTES, [], hint="validate"),
         case("an unknown role 'bot': ValueError", byte, BYTES, [_msg("bot", "Hi")], hint="validate"),
+        case("a message without a 'content': ValueError", byte, BYTES, [{"role": "user"}], hint="validate"),
+        case("a content that is not a string (None): ValueError", byte, BYTES, [_msg("user", None)], hint="validate"),
         case("two user messages in a row: ValueError", byte, BYTES, [_msg("user", "Hi"), _msg("user", "Who?")],
              hint="validate"),
         case("a conversation that starts with the assistant: ValueError", byte, BYTES, [_msg("assistant", "Hi")],
@@ -163,6 +183,8 @@ register(Checkpoint(
         "hard_coded": "Look the special ids up in the tokenizer you are given, "
         "tokenizer.encode_single_token('<|im_start|>'), instead of writing 4093 and 4094: another tokenizer "
         "puts them elsewhere.",
+        "adjacent": "Look <|im_end|> up by itself, tokenizer.encode_single_token('<|im_end|>'), instead of "
+        "deriving it from <|im_start|> (+ 1): another tokenizer puts them elsewhere, in another order.",
         "special_as_text": "Insert <|im_start|> and <|im_end|> as their single special ids "
         "(tokenizer.encode_single_token): encode_ordinary('<|im_start|>') gives the characters <, |, i, ... "
         "which the model cannot tell from text.",
@@ -254,6 +276,13 @@ def example_cases(rng: random.Random) -> list[Case]:
         case("a conversation that ends with the user: ValueError (nothing to train at the end)",
              [*qa, _msg("user", "And?")], hint="ends_with_user"),
         case("turns out of order: ValueError", [_msg("assistant", "Hi"), _msg("user", "Who?")], hint="validate"),
+        case("two user messages, then the assistant: ValueError (turns alternate)",
+             [_msg("user", "Hi"), _msg("user", "Who?"), _msg("assistant", "Pip")], hint="validate"),
+        case("an empty conversation: ValueError", [], hint="validate"),
+        Case("a tokenizer with 5 special tokens, <|im_end|> (300) before <|im_start|> (1024), two turns",
+             (_other_data(), [_msg("system", "Use the tools."), *qa, _msg("user", "And Mia?"),
+                              _msg("assistant", "a girl in Oakford")], 256),
+             show=(OTHER, Label("<system, user, assistant, user, assistant>"), 256)),
     ]
     for n in range(6):
         cases.append(case(f"a random conversation (case {n + 1})", _random_conversation(rng, "assistant")))
@@ -268,6 +297,8 @@ register(Checkpoint(
     cases=example_cases,
     reference=sft("sft_example_from_data"),
     fingerprints=[(kind, _example_variant(kind)) for kind in EXAMPLE_MISTAKES],
+    # a ValueError about the context where the conversation fits exactly (no other case raises one)
+    raised_hints=[(r"^ValueError: .*(context|too long|max_len|longer than)", "context")],
     hints={
         "default": "tokens = render_chat(tokenizer, messages); mark as trained, for each assistant message i, the "
         "tokens from len(render_chat(tokenizer, messages[:i], add_generation_prompt=True)) up to and including "
@@ -296,7 +327,8 @@ register(Checkpoint(
         "cannot attend beyond its context.",
         "ends_with_user": "Raise ValueError when the last message is not the assistant's: an example ends with the "
         "reply the model learns to write.",
-        "validate": "Call check_conversation(messages) first: turns out of order raise ValueError.",
+        "validate": "Call check_conversation(messages) first: an empty conversation or turns out of order raise "
+        "ValueError.",
     },
 ))
 
@@ -317,7 +349,8 @@ def _collate_variant(kind: str):
         for x, y in examples:
             x, y = x[:longest], y[:longest]
             pad_x = [IGNORE if kind == "swapped" else pad_id] * (longest - len(x))
-            pad_y = [pad_id if kind in ("pad_label", "swapped") else IGNORE] * (longest - len(y))
+            pad_y = [pad_id if kind in ("pad_label", "swapped") else 0 if kind == "zero_label" else IGNORE] * (
+                longest - len(y))
             rows_x.append(pad_x + x if kind == "left_pad" else x + pad_x)
             rows_y.append(pad_y + y if kind == "left_pad" else y + pad_y)
         dtype = torch.int32 if kind == "int32" else torch.long
@@ -327,7 +360,7 @@ def _collate_variant(kind: str):
     return wrong
 
 
-COLLATE_MISTAKES = ("left_pad", "pad_label", "swapped", "shortest", "int32")
+COLLATE_MISTAKES = ("left_pad", "pad_label", "zero_label", "swapped", "shortest", "int32")
 
 
 def collate_cases(rng: random.Random) -> list[Case]:
@@ -335,6 +368,9 @@ def collate_cases(rng: random.Random) -> list[Case]:
         Case("two examples of lengths 3 and 5, pad_id 9", ([([1, 2, 3], [-100, 3, 4]), ([5, 6, 7, 8, 2], [-100, -100, 8, 2, 1])], 9)),
         Case("the same length: nothing to pad", ([([1, 2], [2, 3]), ([4, 5], [-100, 6])], 0)),
         Case("one example", ([([7, 8, 9, 10], [-100, 9, 10, 11])], 4095)),
+        Case("three examples of lengths 1, 7 and 4 with ids up to 4095, pad_id 4095",
+             ([([4093], [-100]), ([4093, 872, 25, 1290, 4094, 10, 4093], [-100, -100, -100, 4094, -100, -100, 300]),
+               ([17, 2048, 3999, 4094], [2048, 3999, 4094, -100])], 4095)),
         Case("no examples: ValueError", ([], 0), "empty"),
         Case("inputs and labels of different lengths: ValueError", ([([1, 2, 3], [2, 3])], 0), "lengths"),
     ]
@@ -363,6 +399,8 @@ register(Checkpoint(
         "under the causal mask its tokens never attend to the pads after them.",
         "pad_label": "Pad the labels with -100, not pad_id: a pad label would train the model to predict "
         "<|pad|> after every reply.",
+        "zero_label": "Pad the labels with -100, not 0: 0 is a real token id, which the model would be trained to "
+        "predict after every reply (-100 is what cross_entropy ignores).",
         "swapped": "Inputs are padded with pad_id (a valid token id for the embedding) and labels with -100: "
         "the other way round, the embedding gets id -100.",
         "shortest": "Pad every example to the *longest* one; cutting to the shortest throws away tokens.",
@@ -391,6 +429,8 @@ def _loss_variant(kind: str):
         keep = labels != IGNORE
         if kind != "empty_nan" and not keep.any():
             raise ValueError("nothing trained")
+        if kind == "low_precision":  # no .float(): the log-softmax in the logits' own dtype
+            return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         if kind == "shift_again":
             logits, labels, keep = logits[:, :-1], labels[:, 1:], keep[:, 1:]
         dim = 1 if kind == "softmax_dim" else -1
@@ -411,7 +451,8 @@ def _loss_variant(kind: str):
     return wrong
 
 
-LOSS_MISTAKES = ("per_sequence", "all_positions", "no_ignore", "shift_again", "sum", "softmax_dim", "empty_nan")
+LOSS_MISTAKES = ("per_sequence", "all_positions", "no_ignore", "shift_again", "sum", "softmax_dim", "empty_nan",
+                 "low_precision")
 
 
 def loss_cases(rng: random.Random) -> list[Case]:
@@ -433,6 +474,13 @@ def loss_cases(rng: random.Random) -> list[Case]:
         Case("labels of another length than the logits: ValueError", (two, torch.zeros(2, 5, dtype=torch.long)),
              "shape"),
     ]
+    logits, labels = _masked(g, 3, 8, 128, 0.5)
+    cases.insert(3, Case("a realistic batch: 3 rows of 8 positions, vocabulary 128, about half the labels trained",
+                         (logits, labels), probe=True))
+    logits, labels = _masked(g, 2, 6, 256, 0.6)
+    cases.insert(4, Case("bfloat16 logits (2 rows of 6, vocabulary 256): the loss is computed and returned in float32",
+                         ((logits * 3).to(torch.bfloat16), labels), "low_precision"))
+    cases[1].probe = True
     for n in range(5):
         batch, seq, vocab = rng.randint(1, 4), rng.randint(2, 9), rng.randint(3, 20)
         cases.append(Case(f"random logits and labels {batch}x{seq}, vocab {vocab} (case {n + 1})",
@@ -452,6 +500,9 @@ register(Checkpoint(
     tol=TOL,
     fingerprint_tol=1e-6,
     fingerprints=[(kind, _loss_variant(kind)) for kind in LOSS_MISTAKES],
+    # trained through: the gradient must reach the logits (a loss under torch.no_grad() or on
+    # detached logits has the right value and trains nothing)
+    grad_probe=True,
     hints={
         "default": "F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, "
         "reduction='sum') divided by the number of labels != -100; ValueError if that number is 0 or the shapes "
@@ -469,6 +520,8 @@ register(Checkpoint(
         "softmax_dim": "The softmax runs over the vocabulary, the last dimension of logits (batch, seq, vocab).",
         "empty_nan": "Raise ValueError when no label is trained: 0 / 0 is nan, and a nan loss would silently ruin "
         "every weight at the next step.",
+        "low_precision": "Compute the loss in float32, F.cross_entropy(logits.float(), ...): in bfloat16 the "
+        "log-softmax over the vocabulary keeps 2 to 3 significant digits, and the loss is returned in bfloat16.",
         "empty": "Raise ValueError when every label is -100: there is no token to average over.",
         "shape": "Raise ValueError when labels are not (batch, seq) for logits (batch, seq, vocab).",
     },

@@ -70,6 +70,12 @@ def temperature_unchecked(logits, temperature):
     return logits / temperature
 
 
+@mistake("07.temperature", "shifted")
+def temperature_subtracts_the_max_for_stability(logits, temperature):
+    _check(temperature)
+    return (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+
+
 # ------------------------------------------------------------------------------ 07.top_k
 
 
@@ -107,7 +113,7 @@ def top_k_keeps_the_smallest(logits, k):
     return logits.masked_fill(logits > kth, INF)
 
 
-@mistake("07.top_k", "per_row")
+@mistake("07.top_k", "keepdim")
 def top_k_threshold_without_keepdim(logits, k):
     _check_k(k)
     values = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values
@@ -125,6 +131,21 @@ def top_k_one_threshold_for_the_batch(logits, k):
 def top_k_unclamped(logits, k):
     _check_k(k)
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, INF)
+
+
+@mistake("07.top_k", "kth_index")
+def top_k_sorted_index_k(logits, k):
+    _check_k(k)
+    kth = logits.sort(dim=-1, descending=True).values[..., k, None]  # the k-th largest... at index k
+    return logits.masked_fill(logits < kth, INF)
+
+
+@mistake("07.top_k", "validate")
+def top_k_checks_the_value_not_the_type(logits, k):
+    if k < 1:
+        raise ValueError("k must be at least 1")
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).values[..., -1:]
     return logits.masked_fill(logits < kth, INF)
 
 
@@ -234,6 +255,17 @@ def top_p_returns_probabilities(logits, p):
     sorted_probs, order = _sorted(logits)
     remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= p
     return torch.softmax(logits.masked_fill(remove.scatter(-1, order, remove), INF), dim=-1)
+
+
+@mistake("07.top_p", "validate")
+def top_p_accepts_zero(logits, p):
+    if not 0 <= p <= 1:
+        raise ValueError("p must be a probability")
+    if p == 1:
+        return logits.clone()
+    sorted_probs, order = _sorted(logits)
+    remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= p
+    return logits.masked_fill(remove.scatter(-1, order, remove), INF)
 
 
 @mistake("07.top_p", "validate")
@@ -362,6 +394,14 @@ def sample_without_checking(logits, temperature, top_k, top_p, u):
     return _draw(_filtered(logits, temperature, top_k, top_p), u)
 
 
+@mistake("07.sample", "validate")
+def sample_greedy_before_validation(logits, temperature, top_k, top_p, u):
+    if temperature == 0:  # greedy needs no parameters... but they are still wrong
+        return logits.argmax(dim=-1)
+    check_sampling(temperature, top_k, top_p)
+    return _draw(_filtered(logits, temperature, top_k, top_p), u)
+
+
 # --------------------------------------------------------------------------- 07.generate
 
 
@@ -391,8 +431,10 @@ def _sample(logits, temperature, top_k, top_p, generator):
     return sample_next(logits[:, -1], temperature, top_k, top_p, u)
 
 
-def _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p):
+def _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, *, sign=True):
     check_sampling(temperature, top_k, top_p)
+    if sign and max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
     tokens = torch.tensor([list(prompt_ids)], dtype=torch.long)
     if tokens.shape[1] == 0:
         raise ValueError("empty prompt")
@@ -700,5 +742,47 @@ def generate_yields_tensors(model, prompt_ids, max_new_tokens, temperature=0.0, 
         if next_id.item() in stop_tokens:
             return
         yield next_id  # a (1,) tensor
+        new = next_id.view(1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
+
+
+@mistake("07.generate", "negative")
+@_adapter
+def generate_accepts_a_negative_count(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
+                                      stop_tokens=(), use_cache=True, generator=None):
+    tokens = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, sign=False)
+    caches = model.new_caches() if use_cache else None
+    new = tokens
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(new, caches) if use_cache else model(tokens)
+        next_id = _sample(logits, temperature, top_k, top_p, generator)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
+        new = next_id.view(1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
+
+
+@mistake("07.generate", "sampling")
+@_adapter
+def generate_with_torch_multinomial(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
+                                    stop_tokens=(), use_cache=True, generator=None):
+    tokens = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    caches = model.new_caches() if use_cache else None
+    new = tokens
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(new, caches) if use_cache else model(tokens)
+        if temperature == 0:
+            next_id = logits[:, -1].argmax(dim=-1)
+        else:
+            z = apply_temperature(logits[:, -1], temperature)
+            z = top_k_filter(z, top_k) if top_k is not None else z
+            z = top_p_filter(z, top_p) if top_p < 1 else z
+            next_id = torch.multinomial(torch.softmax(z, dim=-1), 1, generator=generator).view(1)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
         new = next_id.view(1, 1)
         tokens = torch.cat([tokens, new], dim=1)

@@ -80,6 +80,45 @@ def render_with_hard_coded_ids(tokenizer, messages, add_generation_prompt=False)
     return ids
 
 
+@mistake("08.render_chat", "adjacent")
+@via_adapter
+def render_assumes_im_end_follows_im_start(tokenizer, messages, add_generation_prompt=False):
+    _check(messages, add_generation_prompt)
+    start = tokenizer.encode_single_token("<|im_start|>")
+    end = start + 1  # they were added together, so they are neighbours
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m["content"])
+        ids += [end] + tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
+@mistake("08.render_chat", "validate")
+@via_adapter
+def render_checks_only_the_roles(tokenizer, messages, add_generation_prompt=False):
+    if not messages:
+        raise ValueError("empty conversation")
+    expected = "user"
+    for i, m in enumerate(messages):  # roles and order, but not that content is a string
+        if m["role"] == "system" and i == 0:
+            continue
+        if m["role"] != expected:
+            raise ValueError(f"message {i}: expected {expected}")
+        expected = "assistant" if expected == "user" else "user"
+    if add_generation_prompt and messages[-1]["role"] == "assistant":
+        raise ValueError("the assistant has already answered")
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(f"{m['role']}\n") + tokenizer.encode_ordinary(m.get("content") or "")
+        ids += [end] + tokenizer.encode_ordinary("\n")
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant\n")
+    return ids
+
+
 @mistake("08.render_chat", "special_as_text")
 @via_adapter
 def render_specials_as_text(tokenizer, messages, add_generation_prompt=False):
@@ -320,6 +359,20 @@ def example_accepts_a_final_question(tokenizer, messages, max_len):
     return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
 
 
+@mistake("08.sft_example", "validate")
+@via_adapter
+def example_indexes_before_validating(tokenizer, messages, max_len):
+    if messages[-1]["role"] != "assistant":  # IndexError, not ValueError, on an empty conversation
+        raise ValueError("the conversation must end with the assistant")
+    tokens = render_chat(tokenizer, messages)  # validates the rest
+    if len(tokens) - 1 > max_len:
+        raise ValueError("longer than the context")
+    trained = [False] * len(tokens)
+    for first, last in _spans(tokenizer, messages):
+        trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
 # ------------------------------------------------------------------------------ 08.collate
 
 
@@ -414,39 +467,39 @@ def loss_mean_of_row_means(logits, labels):
     _check_loss(logits, labels)
     losses = []
     for row_logits, row_labels in zip(logits, labels):
-        losses.append(F.cross_entropy(row_logits, row_labels, ignore_index=IGNORE))
+        losses.append(F.cross_entropy(row_logits.float(), row_labels, ignore_index=IGNORE))
     return torch.stack(losses).mean()
 
 
 @mistake("08.sft_loss", "all_positions")
 def loss_divided_by_every_position(logits, labels):
     _check_loss(logits, labels)
-    total = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     return total / labels.numel()
 
 
 @mistake("08.sft_loss", "no_ignore")
 def loss_clamps_the_mask_away(logits, labels):
     _check_loss(logits, labels)
-    return F.cross_entropy(logits.flatten(0, 1), labels.clamp(min=0).flatten())
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.clamp(min=0).flatten())
 
 
 @mistake("08.sft_loss", "shift_again")
 def loss_shifts_again(logits, labels):
     _check_loss(logits, labels)
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
 
 
 @mistake("08.sft_loss", "sum")
 def loss_sum(logits, labels):
     _check_loss(logits, labels)
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
 @mistake("08.sft_loss", "softmax_dim")
 def loss_softmax_over_positions(logits, labels):
     _check_loss(logits, labels)
-    logp = torch.log_softmax(logits, dim=1)
+    logp = torch.log_softmax(logits.float(), dim=1)
     keep = labels != IGNORE
     nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (nll * keep).sum() / keep.sum()
@@ -456,4 +509,44 @@ def loss_softmax_over_positions(logits, labels):
 def loss_without_empty_check(logits, labels):
     if logits.shape[:-1] != labels.shape:
         raise ValueError("logits and labels do not match")
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+
+@mistake("08.sft_loss", "low_precision")
+def loss_in_the_logits_dtype(logits, labels):
+    _check_loss(logits, labels)
+    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)  # bf16 in, bf16 out
+
+
+@mistake("08.sft_loss", "grad_detached")
+def loss_on_detached_logits(logits, labels):
+    _check_loss(logits, labels)
+    logits = logits.detach().float()  # "the loss is only a number"
     return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+
+
+@mistake("08.sft_loss", "grad_detached")
+def loss_under_no_grad(logits, labels):
+    _check_loss(logits, labels)
+    with torch.no_grad():
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    return total / (labels != IGNORE).sum()
+
+
+@mistake("08.sft_loss", "grad_detached")
+def loss_rebuilt_from_a_python_number(logits, labels):
+    _check_loss(logits, labels)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+    return torch.tensor(loss.item())
+
+
+@mistake("08.collate", "zero_label")
+def collate_pads_labels_with_zero(examples, pad_id):
+    _check_examples(examples)
+    longest = max(len(x) for x, _ in examples)
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    labels = torch.zeros((len(examples), longest), dtype=torch.long)  # zeros, like the attention mask
+    for b, (x, y) in enumerate(examples):
+        input_ids[b, :len(x)] = torch.tensor(x)
+        labels[b, :len(y)] = torch.tensor(y)
+    return input_ids, labels
