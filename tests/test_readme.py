@@ -38,3 +38,15 @@ def test_the_chapter_table_gives_the_declared_points():
     for chapter, points in rows:
         declared = sum(cp.points for cid, cp in registry().items() if cid.startswith(chapter + "."))
         assert int(points) == declared, f"README says chapter {chapter} is worth {points} points; declared: {declared}"
+
+
+def test_learners_jupyterlab_has_no_nbgrader_ui():
+    """The set-up command disables nbgrader's lab extension in this environment: no Nbgrader
+    menu, Validate button or Create Assignment sidebar for learners."""
+    from jupyterlab_server.config import get_static_page_config
+
+    disabled = get_static_page_config(level="all").get("disabledExtensions", {})
+    assert disabled.get("@jupyter/nbgrader") is True, (
+        "nbgrader's JupyterLab extension is on: run the README's set-up command "
+        "(.venv/bin/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader)"
+    )
