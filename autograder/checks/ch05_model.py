@@ -41,6 +41,12 @@ layers = functools.partial(reference, "solutions.layers")
 attention = functools.partial(reference, "solutions.attention")
 TOL = 1e-5  # float32
 
+def _randn(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    """A float32 normal tensor drawn in float64 and cast: torch's float32 normal sampler takes
+    another code path on another CPU (values differ in the last bits), its float64 one does not."""
+    return torch.randn(*shape, generator=generator, dtype=torch.float64).float()
+
+
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
@@ -49,15 +55,15 @@ def _layer_weights(g: torch.Generator, dim: int, n_heads: int, n_kv_heads: int, 
     head_dim = dim // n_heads
     s = 1 / math.sqrt(dim)
     w = {
-        "input_layernorm.weight": 1 + 0.5 * torch.randn(dim, generator=g) if gains else torch.ones(dim),
-        "self_attn.q_proj.weight": torch.randn(n_heads * head_dim, dim, generator=g) * s,
-        "self_attn.k_proj.weight": torch.randn(n_kv_heads * head_dim, dim, generator=g) * s,
-        "self_attn.v_proj.weight": torch.randn(n_kv_heads * head_dim, dim, generator=g) * s,
-        "self_attn.o_proj.weight": torch.randn(dim, n_heads * head_dim, generator=g) * s,
-        "post_attention_layernorm.weight": 1 + 0.5 * torch.randn(dim, generator=g) if gains else torch.ones(dim),
-        "mlp.gate_proj.weight": torch.randn(hidden, dim, generator=g) * s,
-        "mlp.up_proj.weight": torch.randn(hidden, dim, generator=g) * s,
-        "mlp.down_proj.weight": torch.randn(dim, hidden, generator=g) / math.sqrt(hidden),
+        "input_layernorm.weight": 1 + 0.5 * _randn(dim, generator=g) if gains else torch.ones(dim),
+        "self_attn.q_proj.weight": _randn(n_heads * head_dim, dim, generator=g) * s,
+        "self_attn.k_proj.weight": _randn(n_kv_heads * head_dim, dim, generator=g) * s,
+        "self_attn.v_proj.weight": _randn(n_kv_heads * head_dim, dim, generator=g) * s,
+        "self_attn.o_proj.weight": _randn(dim, n_heads * head_dim, generator=g) * s,
+        "post_attention_layernorm.weight": 1 + 0.5 * _randn(dim, generator=g) if gains else torch.ones(dim),
+        "mlp.gate_proj.weight": _randn(hidden, dim, generator=g) * s,
+        "mlp.up_proj.weight": _randn(hidden, dim, generator=g) * s,
+        "mlp.down_proj.weight": _randn(dim, hidden, generator=g) / math.sqrt(hidden),
     }
     return w
 
@@ -73,7 +79,7 @@ def block_cases(rng: random.Random) -> list[Case]:
 
     def case(label, batch, seq, dim, n_heads, n_kv_heads, hidden, eps=1e-5, hint="default", gains=True,
              zero_sublayers=False, theta=10000.0, scale=2.0, probe=False):
-        x = torch.randn(batch, seq, dim, generator=g) * scale + 0.25 * scale
+        x = _randn(batch, seq, dim, generator=g) * scale + 0.25 * scale
         w = _layer_weights(g, dim, n_heads, n_kv_heads, hidden, gains)
         if zero_sublayers:
             w["self_attn.o_proj.weight"].zero_()
@@ -191,12 +197,12 @@ register(Checkpoint(
 
 def _model_weights(g: torch.Generator, vocab: int, dim: int, n_layers: int, n_heads: int, n_kv_heads: int,
                    hidden: int, tied: bool) -> dict[str, torch.Tensor]:
-    w = {"embed_tokens.weight": torch.randn(vocab, dim, generator=g)}
+    w = {"embed_tokens.weight": _randn(vocab, dim, generator=g)}
     for i in range(n_layers):
         w.update({f"layers.{i}.{k}": v for k, v in _layer_weights(g, dim, n_heads, n_kv_heads, hidden).items()})
-    w["norm.weight"] = 1 + 0.5 * torch.randn(dim, generator=g)
+    w["norm.weight"] = 1 + 0.5 * _randn(dim, generator=g)
     if not tied:
-        w["lm_head.weight"] = torch.randn(vocab, dim, generator=g) / math.sqrt(dim)
+        w["lm_head.weight"] = _randn(vocab, dim, generator=g) / math.sqrt(dim)
     return w
 
 
