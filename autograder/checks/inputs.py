@@ -24,13 +24,15 @@ def randn(source: random.Random | torch.Generator, *shape: int, scale: float = 1
     """A normal tensor times ``scale``, drawn from ``source`` (a generator, or a
     ``random.Random`` that seeds a fresh one), cast to ``dtype``."""
     g = source if isinstance(source, torch.Generator) else generator(source)
-    return (torch.randn(*shape, generator=g) * scale).to(dtype)
+    # drawn in float64: torch's vectorised float32 sampler gives other values under another
+    # CPU kernel family (ATEN_CPU_CAPABILITY), the float64 one does not
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 def rand(source: random.Random | torch.Generator, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
     """A uniform tensor on ``[low, high)``."""
     g = source if isinstance(source, torch.Generator) else generator(source)
-    return low + (high - low) * torch.rand(*shape, generator=g)
+    return (low + (high - low) * torch.rand(*shape, generator=g, dtype=torch.float64)).float()
 
 
 def randint(source: random.Random | torch.Generator, low: int, high: int, *shape: int) -> torch.Tensor:
