@@ -1,0 +1,234 @@
+"""The course as a learner meets it: JupyterLab in a real browser.
+
+JupyterLab is started from the course root the way the README says (so it loads the course's
+``nbgrader_config.py`` through nbgrader's server extension, as a learner's does), on loopback,
+serving a scratch copy of ``chapters/`` so the repository's notebooks are never saved over.
+Debian's Chromium, headless, is driven by Playwright through ``executable_path`` (Playwright
+never downloads a browser here). The test opens chapter 02's learner notebook and
+
+1. runs all cells: every code cell runs, and each checkpoint on its stub shows a ✗ without
+   stopping the notebook;
+2. types a wrong ``rms_norm`` into its answer cell through the editor: ✗ with that mistake's hint;
+3. types a correct one: ✓;
+4. checks that the learner's kernel cannot import ``solutions``;
+5. runs ``python -m autograder progress``: the pass is recorded.
+
+Screenshots go to ``COURSE_TEST_ARTIFACTS`` (default ``.artifacts/browser/``, ignored by git).
+On a machine without Chromium the test is skipped with the install command.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autograder.notebooks import ROOT
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHAPTER = "02_building_blocks"
+ARTIFACTS = Path(os.environ.get("COURSE_TEST_ARTIFACTS", ROOT / ".artifacts" / "browser"))
+
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium: apt-get install -y chromium (Debian) "
+                       "or set up the course's CI, which installs it"),
+]
+
+WRONG_RMS_NORM = '''def rms_norm(x, weight, eps=1e-6):
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab from the course root, serving a scratch copy of chapters/, with a private
+    progress record; yields (url, token, env)."""
+    served = tmp_path_factory.mktemp("served")
+    shutil.copytree(ROOT / "chapters" / CHAPTER, served / CHAPTER)
+    settings = tmp_path_factory.mktemp("lab-settings")
+    # every cell in the page (no virtual scrolling), and no autosave of the scratch copy
+    tracker = settings / "@jupyterlab" / "notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    apputils = settings / "@jupyterlab" / "apputils-extension"
+    apputils.mkdir(parents=True)
+    (apputils / "notification.jupyterlab-settings").write_text('{"fetchNews": "false", "checkForUpdates": false}')
+    docmanager = settings / "@jupyterlab" / "docmanager-extension"
+    docmanager.mkdir(parents=True)
+    (docmanager / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
+    progress = tmp_path_factory.mktemp("progress") / "progress.json"
+    env = {**os.environ, "COURSE_PROGRESS_FILE": str(progress), "JUPYTER_PLATFORM_DIRS": "1",
+           "JUPYTER_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime"))}
+    for key in ("PYTHONPATH", "COURSE_CHECK_MODE", "COURSE_RECORD_PROGRESS"):
+        env.pop(key, None)  # what a learner's shell has: none of the test suite's settings
+    port, token = free_port(), "course-browser-test"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "jupyter"), "lab", "chapters/", "--no-browser", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={served}",
+         f"--LabApp.user_settings_dir={settings}", "--LabApp.news_url=None",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"JupyterLab exited:\n{server.stdout.read()}")
+            time.sleep(0.5)
+    try:
+        yield url, token, env
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.fixture(scope="module")
+def page(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, token, _ = lab
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{url}/lab/tree/{CHAPTER}/{CHAPTER}.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        wait_for_kernel_idle(page)
+        yield page
+        browser.close()
+
+
+def wait_for_kernel_idle(page, timeout: float = 300):
+    """Until no cell is queued or running ("[*]:") and the kernel says it is idle."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = page.evaluate(
+            "() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]"
+            ".some(p => p.textContent.includes('*'))"
+        )
+        idle = page.evaluate(
+            "() => !document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"busy\"]')"
+        )
+        if not busy and idle:
+            return
+        time.sleep(0.5)
+    raise AssertionError("the kernel was still busy")
+
+
+def code_cells(page) -> list[dict]:
+    """Every code cell: its source's first line, its prompt and its output text."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('.jp-Notebook .jp-CodeCell')].map(cell => ({
+            first: (cell.querySelector('.cm-content')?.innerText || '').split('\\n')[0],
+            prompt: cell.querySelector('.jp-InputPrompt')?.textContent || '',
+            output: cell.querySelector('.jp-OutputArea')?.innerText || '',
+            error: !!cell.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'),
+        }))"""
+    )
+
+
+def run_menu(page, item: str):
+    page.click("text=Run >> nth=0")
+    page.click(f".lm-Menu-itemLabel:text-is('{item}')")
+
+
+def replace_cell_source(page, index: int, text: str):
+    """Select the code cell's editor, replace everything in it with ``text``, run it."""
+    editor = page.locator(".jp-Notebook .jp-CodeCell").nth(index).locator(".cm-content")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.press("Delete")
+    page.keyboard.insert_text(text)  # one input event: no auto-indent, no auto-closed brackets
+    page.keyboard.press("Shift+Enter")
+    wait_for_kernel_idle(page)
+
+
+def index_of(cells: list[dict], prefix: str) -> int:
+    return next(i for i, c in enumerate(cells) if c["first"].startswith(prefix))
+
+
+def test_run_all_reaches_the_end_with_stubs(page):
+    run_menu(page, "Run All Cells")
+    wait_for_kernel_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "02_run_all_with_stubs.png"), full_page=True)
+    cells = code_cells(page)
+    not_run = [c["first"] for c in cells if not any(ch.isdigit() for ch in c["prompt"])]
+    assert not not_run, f"cells that did not run: {not_run}"
+    checks = [c for c in cells if c["first"].startswith("# Checkpoint")]
+    assert checks and all(c["output"].startswith("✗") and "not implemented yet" in c["output"] for c in checks), checks
+    assert not any("Traceback" in c["output"] for c in cells)
+
+
+def test_a_wrong_answer_typed_in_the_editor_gets_its_hint(page):
+    cells = code_cells(page)
+    answer = index_of(cells, "def rms_norm")
+    replace_cell_source(page, answer, WRONG_RMS_NORM)
+    check = index_of(cells, "# Checkpoint 02.rmsnorm")
+    page.locator(".jp-Notebook .jp-CodeCell").nth(check).locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+    wait_for_kernel_idle(page)
+    output = code_cells(page)[check]["output"]
+    page.screenshot(path=str(ARTIFACTS / "02_wrong_answer.png"), full_page=True)
+    assert output.startswith("✗ 02.rmsnorm") and "Multiply the normalised x by the learned gain" in " ".join(output.split()), output
+
+
+def test_a_correct_answer_typed_in_the_editor_passes_and_is_recorded(page, lab):
+    from solutions import layers
+
+    cells = code_cells(page)
+    answer = index_of(cells, "def rms_norm")
+    replace_cell_source(page, answer, inspect.getsource(layers.rms_norm))
+    check = index_of(cells, "# Checkpoint 02.rmsnorm")
+    page.locator(".jp-Notebook .jp-CodeCell").nth(check).locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+    wait_for_kernel_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "02_with_answer.png"), full_page=True)
+    output = code_cells(page)[check]["output"]
+    assert output.startswith("✓ 02.rmsnorm") and "\n" not in output.strip(), output
+    _, _, env = lab
+    done = subprocess.run([sys.executable, "-m", "autograder", "progress"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "02.rmsnorm" in done.stdout or "1 / 5" in done.stdout, done.stdout + done.stderr
+
+
+def test_the_learners_kernel_cannot_import_the_answers(page):
+    cells = code_cells(page)
+    last = len(cells) - 1
+    page.locator(".jp-Notebook .jp-CodeCell").nth(last).locator(".cm-content").click()
+    page.keyboard.press("Escape")
+    page.keyboard.press("b")  # a new cell below, in command mode
+    page.keyboard.press("Enter")
+    page.keyboard.insert_text("import importlib.util, os; print('solutions importable:', "
+                              "importlib.util.find_spec('solutions') is not None, os.environ.get('COURSE_CHECK_MODE'))")
+    page.keyboard.press("Shift+Enter")
+    wait_for_kernel_idle(page)
+    outputs = [c["output"] for c in code_cells(page)]
+    assert any("solutions importable: False None" in o for o in outputs), outputs[-3:]
