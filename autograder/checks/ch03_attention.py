@@ -32,19 +32,12 @@ import torch.nn.functional as F
 
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
-from .inputs import generator, tensor_label
+from .inputs import generator, randn, tensor_label
 
 att = functools.partial(reference, "solutions.attention")
 layers = functools.partial(reference, "solutions.layers")
 
 TOL = 1e-5  # float32, a few operations deep
-
-
-def randn(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    """``inputs.randn``, drawn in float64 and then cast: torch's float32 normal sampler takes a
-    vectorised path for 16 values or more whose low bits differ between CPU kernel families,
-    its float64 sampler does not, so the inputs are the same on every computer."""
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).float()
 
 
 def shown(name: str, t: torch.Tensor | None) -> Label:

@@ -33,17 +33,10 @@ import torch.nn.functional as F
 
 from ..core import Case, Checkpoint, register
 from ..reference import reference
-from .inputs import generator, rand, tensor_label
+from .inputs import generator, rand, randn, tensor_label
 
 moe = functools.partial(reference, "solutions.moe")
 TOL = 1e-5  # float32
-
-
-def randn(g: torch.Generator, *shape: int, scale: float = 1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``inputs.randn``, drawn in float64 and then cast: torch's float32 normal sampler takes a
-    vectorised path for 16 values or more whose low bits differ between CPU kernel families
-    (up to 1e-5 relative), its float64 sampler does not, so the inputs are the same everywhere."""
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 def _case(label: str, args: tuple, names: tuple, hint: str = "default", **fields) -> Case:
