@@ -121,10 +121,10 @@ def _same_outcome(a: Any, b: Any, tol: float = 0.0) -> bool:
         return False
 
 
-def _variant_output(cp: Checkpoint, hint: str, variant: Callable | None, case: Case) -> Any:
-    """A known mistake's output on ``case``, digested (stored so by fixtures)."""
+def _variant_output(cp: Checkpoint, index: int, variant: Callable | None, case: Case) -> Any:
+    """Known mistake number ``index``'s output on ``case``, digested (stored so by fixtures)."""
     if case.fingerprint_outputs is not None:
-        return case.fingerprint_outputs.get(hint)
+        return case.fingerprint_outputs[index]
     return digest(call(as_callable(cp, variant), copy.deepcopy(case.args)))
 
 
@@ -147,11 +147,11 @@ def _known_mistake(cp: Checkpoint, cases: list[Case], failing: int, outputs: lis
     outputs = [digest(got) for got in outputs]
     expecteds = expecteds + [c.expected if c.has_expected else call(reference, copy.deepcopy(c.args))
                              for c in cases[len(expecteds):]]
-    ordered = sorted(cp.fingerprints, key=lambda item: item[0] != cases[failing].hint)
-    for hint, variant in ordered:
+    ordered = sorted(enumerate(cp.fingerprints), key=lambda item: item[1][0] != cases[failing].hint)
+    for index, (hint, variant) in ordered:
         shows = []
         for n, case in enumerate(cases):
-            out = _variant_output(cp, hint, variant, case)
+            out = _variant_output(cp, index, variant, case)
             if _is_wrong_on(cp, case, expecteds[n], out):
                 shows.append((out, outputs[n]))
             elif n == failing:
@@ -209,18 +209,33 @@ def _zero_or_none(g: Any) -> bool:
     return g.numel() == 0 or float(g.detach().double().abs().max()) == 0.0
 
 
+def _gradient_pairs(name: str, expected: Any, got: Any):
+    """``(name, expected, got)`` for every gradient in a probe's (nested) result."""
+    if isinstance(expected, dict):
+        got = got if isinstance(got, dict) else {}
+        for key, e in expected.items():
+            yield from _gradient_pairs(f"{name}[{key!r}]" if name else str(key), e, got.get(key))
+    elif isinstance(expected, (list, tuple)):
+        got = got if isinstance(got, (list, tuple)) else []
+        for i, e in enumerate(expected):
+            yield from _gradient_pairs(f"{name}[{i}]", e, got[i] if i < len(got) else None)
+    else:
+        yield name, expected, got
+
+
 def gradient_difference(cp: Checkpoint, expected: Any, got: Any) -> tuple[str, str] | None:
     """``None`` if the gradients agree; else ``(problem, hint id)``. ``expected``/``got``: what
-    a gradient probe returns, a list (per argument) or a dict (per parameter) of tensors or
-    ``None``."""
+    a gradient probe returns, a list (per argument, nested for a list or dict argument) or a
+    dict (per parameter) of tensors or ``None``."""
     if isinstance(got, Raised):
         return f"backpropagating through it raised {got.type.__name__}: {got.message}", "grad_raised"
     if isinstance(expected, list):
         names = [*cp.params, *(f"argument {i}" for i in range(len(cp.params), len(expected)))]
-        pairs = [(names[i], e, got[i] if isinstance(got, list) and i < len(got) else None) for i, e in enumerate(expected)]
+        got = got if isinstance(got, list) else []
+        pairs = [pair for i, e in enumerate(expected)
+                 for pair in _gradient_pairs(names[i], e, got[i] if i < len(got) else None)]
     else:
-        got = got if isinstance(got, dict) else {}
-        pairs = [(name, e, got.get(name)) for name, e in expected.items()]
+        pairs = list(_gradient_pairs("", expected, got))
     for name, e, g in pairs:
         if _zero_or_none(e) and _zero_or_none(g):
             continue

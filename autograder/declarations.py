@@ -72,7 +72,7 @@ class Case:
     # the output of each fingerprint, so neither has to be computed.
     expected: Any = None
     has_expected: bool = False
-    fingerprint_outputs: dict[str, Any] | None = None
+    fingerprint_outputs: list[Any] | None = None  # one per known mistake, in declaration order
     # False when several answers are right (a checkpoint whose compare accepts any valid
     # tie-break): a fixture, which can only compare with the reference's answer, skips it.
     unique_answer: bool = True

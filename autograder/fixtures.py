@@ -36,7 +36,8 @@ from .compare import difference, digest
 from .declarations import Case, Checkpoint, Raised, _probe_cases, as_callable, probe_callable
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
-FORMAT = 3  # 2: fingerprint outputs stored as compare.digest; 3: gradient probes, tolerances
+FORMAT = 4  # 2: fingerprint outputs stored as compare.digest; 3: gradient probes, tolerances;
+# 4: known mistakes stored by position (several may share a hint), digests in float64
 PROTOCOL = 4
 SUFFIX = ".pkl"
 # A fixture file above this size almost certainly embeds a large input by value: store it
@@ -119,8 +120,8 @@ def materialise(cp: Checkpoint) -> dict:
                 "hint": case.hint,
                 "show": case.show,
                 "expected": want,
-                "fingerprint_outputs": {hint: digest(outcome(as_callable(cp, variant), case.args))
-                                        for hint, variant in cp.fingerprints},
+                "fingerprint_outputs": [digest(outcome(as_callable(cp, variant), case.args))
+                                        for _, variant in cp.fingerprints],
                 "probe": id(case) in probed,
                 "expected_probe": outcome(probe_callable(cp, cp.reference), case.args) if id(case) in probed else None,
             }

@@ -194,22 +194,46 @@ def _grads(loss, leaves):
     return [None if g is None else g.detach().clone() for g in grads]
 
 
-def _with_grad(value):
+def _with_grad(value, leaves):
+    """``value`` with every floating-point tensor in it (also inside lists, tuples and dicts:
+    a dict of projection weights) replaced by a copy that requires grad, appended to ``leaves``."""
     torch = torch_module()
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
-        return value.detach().clone().requires_grad_(True)
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            return value
+        leaf = value.detach().clone().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return type(value)(_with_grad(v, leaves) for v in value)
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _with_grad(v, leaves) for k, v in value.items()}
     return value
 
 
-def run_grad_function(fn, *args):
-    """Gradient probe of a function: ``[d loss / d arg]`` for each argument, ``None`` for
-    arguments that are not floating-point tensors or that no gradient reaches."""
+def _grads_like(value, grads):
+    """The gradients in the shape of ``value``: each float tensor becomes its gradient (or
+    None), containers keep their structure, everything else becomes None."""
     torch = torch_module()
-    args = [_with_grad(a) for a in args]
-    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    if isinstance(value, torch.Tensor):
+        return next(grads) if value.is_floating_point() else None
+    if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
+        return [_grads_like(v, grads) for v in value]
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _grads_like(v, grads) for k, v in value.items()}
+    return None
+
+
+def run_grad_function(fn, *args):
+    """Gradient probe of a function: for each argument, ``d loss / d arg`` (``None`` where no
+    gradient arrives or the argument holds no floating-point tensor); an argument that is a
+    list or dict of tensors gets a list or dict of gradients."""
+    torch = torch_module()
+    leaves = []
+    probed = [_with_grad(a, leaves) for a in args]
     with torch.enable_grad():
-        grads = iter(_grads(projection_loss(fn(*args)), leaves))
-    return [next(grads) if isinstance(a, torch.Tensor) and a.requires_grad else None for a in args]
+        grads = iter(_grads(projection_loss(fn(*probed)), leaves))
+    return [_grads_like(a, grads) for a in args]
 
 
 def run_grad_module(cls, init_args, state_dict, forward_args):
@@ -219,7 +243,7 @@ def run_grad_module(cls, init_args, state_dict, forward_args):
     module = cls(*init_args)
     module.load_state_dict(state_dict)
     names, params = zip(*module.named_parameters()) if list(module.parameters()) else ((), ())
-    inputs = [_with_grad(a) for a in forward_args]
+    inputs = [_with_grad(a, []) if isinstance(a, torch.Tensor) else a for a in forward_args]
     input_leaves = [(k, a) for k, a in enumerate(inputs) if isinstance(a, torch.Tensor) and a.requires_grad]
     with torch.enable_grad():
         grads = _grads(projection_loss(module(*inputs)), list(params) + [a for _, a in input_leaves])
