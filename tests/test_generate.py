@@ -291,8 +291,8 @@ def test_the_checkpoint_accepts_a_loop_that_feeds_each_token_right_after_yieldin
                                   stop_tokens=(), use_cache=True, generator=None):
         check_sampling(temperature, top_k, top_p)
         tokens = torch.tensor([list(prompt_ids)], dtype=torch.long)
-        if tokens.shape[1] == 0 or tokens.shape[1] + max_new_tokens > model.cfg.max_seq_len:
-            raise ValueError("bad prompt")
+        if max_new_tokens < 0 or tokens.shape[1] == 0 or tokens.shape[1] + max_new_tokens > model.cfg.max_seq_len:
+            raise ValueError("bad prompt or max_new_tokens")
         caches = model.new_caches() if use_cache else None
         with torch.no_grad():
             logits = model(tokens, caches)

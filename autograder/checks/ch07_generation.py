@@ -29,7 +29,7 @@ from ..compare import difference
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
 from .inputs import generator as _gen
-from .inputs import randn, tensor_label
+from .inputs import rand, tensor_label
 
 gen = functools.partial(reference, "solutions.generate")
 mdl = functools.partial(reference, "solutions.model")
@@ -39,6 +39,21 @@ INF = float("-inf")
 
 def _shown(t: torch.Tensor, name: str = "logits"):
     return tensor_label(t, name, small=12)
+
+
+def _spread(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    """Uniform numbers of mean 0 and standard deviation ``scale``: the same bits on every CPU, which
+    torch.randn's vectorised transform does not promise (so fixtures made here hold elsewhere)."""
+    return rand(g, *shape, low=-math.sqrt(3) * scale, high=math.sqrt(3) * scale)
+
+
+def _realistic(g: torch.Generator, rows: int, vocab: int) -> torch.Tensor:
+    """Logits shaped like a language model's: Zipf-like (a few likely tokens, a long tail) in a
+    random order per row, plus uniform noise. Drawn from uniform numbers and permutations only, whose
+    values are the same on every CPU (torch.randn's vectorised transform is not, to the last bits)."""
+    zipf = -1.2 * torch.log(torch.arange(1, vocab + 1, dtype=torch.float32))
+    order = torch.stack([torch.randperm(vocab, generator=g) for _ in range(rows)])
+    return zipf[order] + rand(g, rows, vocab, low=-1.0, high=1.0)
 
 
 def _log(*probs: float) -> torch.Tensor:
@@ -79,17 +94,17 @@ def temperature_cases(rng: random.Random) -> list[Case]:
         Case("temperature 1 leaves the logits as they are", (row, 1.0)),
         Case("temperature 0.5 sharpens: the logits are doubled", (row, 0.5), "multiply"),
         Case("temperature 2 flattens: the logits are halved", (row, 2.0), "multiply"),
-        Case("a batch of 3 rows of 6 logits, temperature 0.7", (randn(g, 3, 6, scale=2.0), 0.7)),
+        Case("a batch of 3 rows of 6 logits, temperature 0.7", (_spread(g, 3, 6, scale=2.0), 0.7)),
         Case("removed tokens (-inf logits) stay removed", (torch.tensor([[1.0, INF, 0.5, INF]]), 1.5)),
         Case("a realistic batch: 4 rows over a vocabulary of 300, logits around 5, temperature 0.8",
-             (randn(g, 4, 300, scale=2.0) + 5.0, 0.8), "shifted"),
+             (_realistic(g, 4, 300) + 5.0, 0.8), "shifted"),
         Case("temperature 0: ValueError (greedy decoding takes the argmax, it does not divide by 0)",
              (row, 0.0), "zero"),
         Case("a negative temperature: ValueError", (row, -1.0), "negative"),
     ]
     for n in range(8):
         shape = (rng.randint(2, 10),) if rng.random() < 0.3 else (rng.randint(1, 3), rng.randint(2, 10))
-        logits = randn(g, *shape, scale=3.0)
+        logits = _spread(g, *shape, scale=3.0)
         cases.append(Case(f"random logits {tuple(shape)} (case {n + 1})", (logits, round(rng.uniform(0.1, 3.0), 2))))
     for case in cases:
         case.show = (_shown(case.args[0]), case.args[1])
@@ -152,7 +167,7 @@ def top_k_cases(rng: random.Random) -> list[Case]:
         Case("k larger than the vocabulary keeps every token", (row, 8), "k_large"),
         Case("tokens already at -inf stay removed", (torch.tensor([[1.0, INF, 2.0, INF, 0.0]]), 2)),
         Case("1-D logits (one row)", (torch.tensor([0.3, -0.2, 1.5, 0.9]), 3)),
-        Case("a realistic batch: 3 rows over a vocabulary of 500, k = 50", (randn(g, 3, 500, scale=2.0), 50),
+        Case("a realistic batch: 3 rows over a vocabulary of 500, k = 50", (_realistic(g, 3, 500), 50),
              "kth_index"),
         Case("k = vocabulary size keeps every token", (row, 5), "kth_index"),
         Case("k = 0: ValueError", (row, 0), "validate"),
@@ -163,7 +178,7 @@ def top_k_cases(rng: random.Random) -> list[Case]:
         if rng.random() < 0.4:  # small integers: ties
             logits = torch.randint(-2, 3, shape, generator=g).float()
         else:
-            logits = randn(g, *shape, scale=2.0)
+            logits = _spread(g, *shape, scale=2.0)
         cases.append(Case(f"random logits {shape}, ties possible (case {n + 1})", (logits, rng.randint(1, shape[1] + 2))))
     for case in cases:
         case.show = (_shown(case.args[0]), case.args[1])
@@ -286,14 +301,14 @@ def top_p_cases(rng: random.Random) -> list[Case]:
         Case("p = -0.2: ValueError", (four, -0.2), "validate"),
     ]
     while True:  # a realistic batch: 2 rows over a vocabulary of 500, a nucleus of dozens of tokens
-        big, p = randn(g, 2, 500, scale=1.5), 0.8
+        big, p = _realistic(g, 2, 500), 0.8
         if _boundary_safe(big, p, margin=1e-4):
             break
     cases.insert(6, Case("a realistic batch: 2 rows over a vocabulary of 500, p = 0.8", (big, p)))
     for n in range(10):
         shape = (rng.randint(1, 3), rng.randint(3, 16))
         while True:
-            logits = randn(g, *shape, scale=1.5)
+            logits = _spread(g, *shape, scale=1.5)
             p = round(rng.uniform(0.05, 0.98), 3)
             if _boundary_safe(logits, p):
                 break
@@ -382,7 +397,7 @@ def sample_cases(rng: random.Random) -> list[Case]:
                     show=(_shown(logits), temperature, top_k, top_p, _shown(u, "u")))
 
     greedy = torch.tensor([[0.1, 2.0, -1.0, 0.5], [3.0, 0.0, 1.0, 2.9], [-2.0, -1.0, -3.0, -0.5]])
-    big, big_u = randn(g, 8, 500, scale=2.0), torch.rand(8, generator=g)
+    big, big_u = _realistic(g, 8, 500), torch.rand(8, generator=g)
     cases = [
         case("temperature 0 is greedy: each row's argmax, whatever u", greedy, 0.0, None, 1.0,
              torch.tensor([0.1, 0.5, 0.9]), "greedy"),
@@ -416,7 +431,7 @@ def sample_cases(rng: random.Random) -> list[Case]:
         temperature = rng.choice([0.0, 0.6, 1.0, 1.0, 1.3])
         top_k = rng.choice([None, None, rng.randint(1, vocab)])
         top_p = rng.choice([1.0, round(rng.uniform(0.3, 0.95), 2)])
-        logits = randn(g, batch, vocab, scale=2.0)
+        logits = _spread(g, batch, vocab, scale=2.0)
         u = torch.rand(batch, generator=g)
         case_ = case(f"random: {batch} rows of {vocab}, T = {temperature}, top_k = {top_k}, top_p = {top_p} "
                      f"(case {n + 1})", logits, temperature, top_k, top_p, u)
@@ -551,12 +566,12 @@ def _weights(g: torch.Generator, config: dict) -> dict[str, torch.Tensor]:
     weights = {}
     for name, p in model.state_dict().items():
         if name.endswith("norm.weight"):
-            weights[name] = 1 + 0.3 * torch.randn(p.shape, generator=g)
+            weights[name] = 1 + _spread(g, *p.shape, scale=0.3)
         elif name == "lm_head.weight" and config["tie_embeddings"]:
             continue
         else:
             fan_in = p.shape[-1] if not name.startswith("embed") else 1
-            weights[name] = torch.randn(p.shape, generator=g) / math.sqrt(fan_in)
+            weights[name] = _spread(g, *p.shape, scale=1 / math.sqrt(fan_in))
     if config["tie_embeddings"]:
         weights["lm_head.weight"] = weights["embed_tokens.weight"]  # one tensor, as the model shares it
     return weights

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
+from .inputs import rand
 
 sft = functools.partial(reference, "solutions.sft")
 IGNORE = -100
@@ -415,7 +416,7 @@ register(Checkpoint(
 
 
 def _masked(g: torch.Generator, batch: int, seq: int, vocab: int, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = torch.randn(batch, seq, vocab, generator=g) * 2
+    logits = rand(g, batch, seq, vocab, low=-3.5, high=3.5)  # uniform: the same bits on every CPU
     labels = torch.randint(0, vocab, (batch, seq), generator=g)
     drop = torch.rand(batch, seq, generator=g) > keep
     drop[:, 0] = False  # every row trains at least one token
@@ -461,9 +462,9 @@ def loss_cases(rng: random.Random) -> list[Case]:
     def shown(logits, labels):
         return (Label(f"<logits {'x'.join(map(str, logits.shape))}>"), labels)
 
-    two = torch.randn(2, 4, 7, generator=g)
+    two = rand(g, 2, 4, 7, low=-1.7, high=1.7)
     cases = [
-        Case("every label trained: the plain mean cross-entropy", (torch.randn(1, 3, 5, generator=g),
+        Case("every label trained: the plain mean cross-entropy", (rand(g, 1, 3, 5, low=-1.7, high=1.7),
                                                                      torch.tensor([[0, 4, 2]]))),
         Case("two rows with 1 and 4 trained tokens: one mean over the 5 tokens, not a mean of two means",
              (two, torch.tensor([[3, IGNORE, IGNORE, IGNORE], [1, 0, 6, 2]])), "per_sequence"),
@@ -474,12 +475,16 @@ def loss_cases(rng: random.Random) -> list[Case]:
         Case("labels of another length than the logits: ValueError", (two, torch.zeros(2, 5, dtype=torch.long)),
              "shape"),
     ]
+    # the realistic cases' logits are multiples of 1/16 drawn as integers: the same bits on every CPU
+    # (torch.randn's vectorised transform rounds differently), and exact in bfloat16
     logits, labels = _masked(g, 3, 8, 128, 0.5)
+    logits = torch.randint(-64, 65, logits.shape, generator=g) / 16
     cases.insert(3, Case("a realistic batch: 3 rows of 8 positions, vocabulary 128, about half the labels trained",
                          (logits, labels), probe=True))
     logits, labels = _masked(g, 2, 6, 256, 0.6)
+    logits = torch.randint(-96, 97, logits.shape, generator=g) / 16
     cases.insert(4, Case("bfloat16 logits (2 rows of 6, vocabulary 256): the loss is computed and returned in float32",
-                         ((logits * 3).to(torch.bfloat16), labels), "low_precision"))
+                         (logits.to(torch.bfloat16), labels), "low_precision"))
     cases[1].probe = True
     for n in range(5):
         batch, seq, vocab = rng.randint(1, 4), rng.randint(2, 9), rng.randint(3, 20)
