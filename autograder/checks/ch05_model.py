@@ -281,6 +281,7 @@ register(Checkpoint(
     cases=logits_cases,
     reference=model("llama_logits"),
     tol=1e-4,
+    grad_probe=True,  # through every weight of the dict: a detached embedding or head is caught
     fingerprints=[(kind, _logits_variant(kind)) for kind in LOGITS_MISTAKES],
     raised_hints=[(r"KeyError: 'lm_head\.weight'", "tied"), (r"KeyError: 'model\.", "prefix")],
     hints={
