@@ -171,10 +171,38 @@ def render_notebook(nb) -> bool:
         if module is None:
             raise ValueError("a cell has course.render but the notebook has no course.module metadata")
         text = render_cell(module, names)
+        earlier = earlier_chapters_code(module, names)
+        if earlier:
+            # code from earlier chapters arrives collapsed, its first line saying what it holds
+            text = f"# {earlier}\n{text}"
+            if cell.metadata.get("jupyter", {}).get("source_hidden") is not True:
+                cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
+                changed = True
         if cell.source != text:
             cell.source = text
             changed = True
     return changed
+
+
+CHAPTER_OF_MODULE = {
+    "solutions.tokenizer": "01", "solutions.layers": "02", "solutions.attention": "03", "solutions.moe": "04",
+    "solutions.model": "05", "solutions.train": "06", "solutions.generate": "07", "solutions.sft": "08",
+}
+
+
+def earlier_chapters_code(module: str, names: list[str]) -> str | None:
+    """A one-line summary of a cell that gives code from other chapters' modules ("Given from
+    chapter 02: rms_norm, RMSNorm, ..."), or None for a cell of the chapter's own code."""
+    by_chapter: dict[str, list[str]] = {}
+    for entry in expand_bundles(names):
+        source_module, _, name = entry.lstrip("=").rpartition(":")
+        if source_module and source_module != module:
+            chapter = CHAPTER_OF_MODULE.get(source_module, source_module)
+            by_chapter.setdefault(chapter, []).append(name)
+    if not by_chapter:
+        return None
+    parts = [f"chapter {chapter}: {', '.join(items)}" for chapter, items in sorted(by_chapter.items())]
+    return "Given (expand to read), from " + "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- release

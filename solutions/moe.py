@@ -180,7 +180,8 @@ def load_balancing_loss(probs: torch.Tensor, indices: torch.Tensor, n_experts: i
     Face's Mixtral code omits the :math:`1/k`, which only rescales the loss coefficient.
 
     ``probs``: ``(n_tokens, n_experts)``, the full softmax; ``indices``: ``(n_tokens, top_k)``.
-    Returns a 0-dimensional float32 tensor.
+    Returns a 0-dimensional float32 tensor. Raises ``ValueError`` for an empty batch
+    (no token: the mean would be 0 / 0).
     """
     n_tokens, top_k = indices.shape
     if n_tokens == 0:
@@ -210,8 +211,9 @@ def fine_grained_layout(n_experts: int, top_k: int, hidden_dim: int, granularity
 
     The layer's output is then :math:`\sum_{\text{shared}} E_s(x) + \sum_{\text{routed}} g_i(x) E_i(x)`
     (see :class:`MoE`). Returns ``(n_routed, routed_top_k, expert_hidden_dim)``. Raises
-    ``ValueError`` if ``hidden_dim`` does not split into ``granularity`` equal parts or if
-    no routed expert would be left active.
+    ``ValueError`` if ``n_experts``, ``top_k``, ``hidden_dim`` or ``granularity`` is below 1
+    or ``n_shared`` below 0, if ``top_k > n_experts``, if ``hidden_dim`` does not split into
+    ``granularity`` equal parts, or if no routed expert would be left active.
     """
     if min(n_experts, top_k, hidden_dim, granularity) < 1 or n_shared < 0:
         raise ValueError(

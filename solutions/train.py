@@ -53,7 +53,8 @@ def get_batch(tokens: torch.Tensor, batch_size: int, block_size: int,
     ``block_size`` (the same window shifted by one): ``y[b, t] = x[b, t + 1]``.
 
     ``tokens``: ``(n,)`` int64. Returns ``(x, y)``, each ``(batch_size, block_size)``. The starts
-    come from ``generator`` only, so the same generator state gives the same batch.
+    come from ``generator`` only, so the same generator state gives the same batch. Raises
+    ``ValueError`` if ``tokens`` is not 1-D or holds fewer than ``block_size + 1`` tokens.
     """
     if tokens.ndim != 1 or len(tokens) < block_size + 1:
         raise ValueError(f"need a 1-D token stream of at least block_size + 1 = {block_size + 1} tokens, "

@@ -154,12 +154,12 @@ register(Checkpoint(
 def ce_cases(rng: random.Random) -> list[Case]:
     g = generator(rng)
 
-    def case(label, shape, vocab, scale=1.0, ignore=0, hint="default", probe=False):
+    def case(label, shape, vocab, scale=1.0, ignore=0, hint="default", probe=False, ignore_index=-100):
         logits = _randn(*shape, vocab, generator=g) * scale
         targets = randint(g, 0, vocab, *shape)
         if ignore:
-            targets.view(-1)[:ignore] = -100
-        return shown_case(label, (logits, targets), hint, probe=probe)
+            targets.view(-1)[:ignore] = ignore_index
+        return shown_case(label, (logits, targets, ignore_index), hint, probe=probe)
 
     cases = [
         case("two positions, vocabulary of 3", (2,), 3, hint="sign"),
@@ -168,6 +168,8 @@ def ce_cases(rng: random.Random) -> list[Case]:
         case("targets of -100 (ignore_index) are left out of sum and mean", (2, 4), 6, ignore=3, hint="ignore_mean",
              probe=True),
         case("a vocabulary of 300: three-digit target ids, batch of 3", (3, 5), 300, scale=3.0, probe=True),
+        case("ignore_index=7: targets of 7 are left out (not only -100)", (2, 5), 9, ignore=4, ignore_index=7,
+             hint="ignore_index"),
     ]
     for n in range(4):
         cases.append(case(f"random logits (case {n + 1})", (rng.randint(1, 3), rng.randint(1, 6)), rng.randint(2, 30),
@@ -179,7 +181,7 @@ def _ce_variant(kind: str):
     def wrong(logits, targets, ignore_index=-100):
         z = logits.reshape(-1, logits.shape[-1]).float()
         t = targets.reshape(-1)
-        keep = t != ignore_index
+        keep = t != (-100 if kind == "ignore_index" else ignore_index)
         safe = torch.where(keep, t, 0)
         if kind == "overflow":  # softmax written out: exp(z) / sum exp(z), then -log
             probs = torch.exp(z) / torch.exp(z).sum(-1, keepdim=True)
@@ -212,12 +214,12 @@ register(Checkpoint(
     fingerprint_tol=1e-6,
     points=1,
     title="mean cross-entropy from logsumexp, with ignore_index",
-    signature="cross_entropy(logits, targets)",
+    signature="cross_entropy(logits, targets, ignore_index)",
     cases=ce_cases,
     reference=train("cross_entropy"),
     tol=TOL,
     grad_probe=True,
-    fingerprints=[(k, _ce_variant(k)) for k in ("overflow", "sign", "sum", "ignore_mean", "probs")],
+    fingerprints=[(k, _ce_variant(k)) for k in ("overflow", "sign", "sum", "ignore_mean", "probs", "ignore_index")],
     diagnose=_ce_diagnose,
     raised_hints=[(r"out of bounds|index -100", "ignore"), (r"size|shape|dimension", "flatten")],
     hints={
@@ -235,6 +237,8 @@ register(Checkpoint(
         "probs": "The logits go into logsumexp directly: softmax first and the loss is computed on probabilities, "
         "as if they were logits (a double softmax).",
         "flatten": "logits may be (batch, seq, vocab): flatten to (batch * seq, vocab) and the targets to (batch * seq,).",
+        "ignore_index": "Leave out the positions whose target equals the ignore_index ARGUMENT, not a hard-coded -100: "
+        "keep = targets != ignore_index.",
     },
 ))
 

@@ -167,6 +167,15 @@ def ce_from_python_numbers(logits, targets, ignore_index=-100):
     return torch.tensor(total / count)
 
 
+
+@mistake("06.cross_entropy", "ignore_index")
+def ce_hard_codes_minus_100(logits, targets, ignore_index=-100):
+    z = logits.reshape(-1, logits.shape[-1]).float()
+    t = targets.reshape(-1)
+    keep = t != -100  # the default, whatever the caller asked for
+    losses = torch.logsumexp(z, -1) - z.gather(-1, torch.where(keep, t, 0)[:, None]).squeeze(-1)
+    return (losses * keep).sum() / keep.sum()
+
 # ------------------------------------------------------------------------------ 06.adamw_step
 
 
