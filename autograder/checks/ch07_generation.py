@@ -1,20 +1,30 @@
 """Chapter 07 checkpoints: temperature, top-k, top-p, sampling a next token, the decoding loop.
 
-Every checkpoint is a function of plain data. The filters map small logit tensors to logit
-tensors (removed tokens at -inf) and are compared within :data:`TOL`. Sampling takes its
-randomness as an argument, ``u``, one uniform number per row, so a sample is a
-deterministic function of its inputs: a batch of identical rows with evenly spaced ``u``
-draws every quantile of the distribution at once, and any mistake that changes the
-distribution changes some of those draws. The decoding loop is checked through
-``generate_from_weights(config, weights, prompt, options)`` (given in the notebook), which
-builds a tiny random ``Transformer`` from plain data and collects what the learner's
-``generate`` yields; the expected tokens come from the reference, whose cached and
-uncached greedy outputs agree (the weights are redrawn until every greedy step's best
-logit leads the second by a clear margin, so rounding cannot flip a choice).
+Every checkpoint is a function of plain data. The filters map logit tensors to logit tensors
+(removed tokens at -inf) and are compared within :data:`TOL`. Sampling takes its randomness as
+an argument, ``u``, one uniform number per row, so a sample is a deterministic function of its
+inputs: a batch of identical rows with evenly spaced ``u`` draws every quantile of the
+distribution at once, and any mistake that changes the distribution changes some of those draws.
+The decoding loop is checked through ``generate_from_weights(config, weights, prompt, options)``
+(given in the notebook), which builds a tiny random ``Transformer`` from plain data and collects
+what the learner's ``generate`` yields; the expected tokens come from the reference, whose cached
+and uncached greedy outputs agree (the weights are redrawn until every greedy step's best logit
+leads the second by a clear margin, so rounding cannot flip a choice).
 
-Known mistakes are named by fingerprints (the reference with one mistake in it) or by the
-edge case that isolates them: temperature 0, a tie at the k-th logit, the token that
-crosses p, a stop token inside the prompt, a prompt that fills the context exactly.
+How the cases expose mistakes: small hand-made rows isolate one rule each (temperature 0, a tie at
+the k-th logit, the token that crosses p, a stop token inside the prompt, a prompt that fills the
+context exactly); realistic cases add what small ones hide (vocabularies of 300-500 with
+Zipf-shaped logits, ids of three digits, square and non-square batches, a model of 6 layers, a
+prompt of two-digit ids); and every ``ValueError`` the reference documents has a case (T <= 0,
+k = 0 or not an int, p outside (0, 1], temperature inf, a parameter out of range even when
+decoding is greedy, an empty prompt, max_new_tokens < 0, a prompt past the context).
+
+A hint names a mistake only on evidence: a known mistake's output (a variant: the reference with
+that one mistake) matched on every case where it shows; the exception raised (torch.topk's "k out
+of range", a ValueError about the context where everything fits, a temperature refused where
+decoding is greedy); or a property of the output (rows with equal logits and equal ``u`` that draw
+different tokens; a sampled case failing after every greedy case passed). Inputs are drawn from
+uniform numbers, permutations and integers, whose bits are the same on every CPU.
 """
 
 from __future__ import annotations

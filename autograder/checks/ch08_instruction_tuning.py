@@ -5,13 +5,24 @@ adapters ``render_chat_from_data`` and ``sft_example_from_data``, which rebuild 
 ``tiktoken.Encoding`` from its ranks and special tokens and call the learner's function.
 Most cases use a byte-level tokenizer whose ids are the bytes themselves (``117`` is ``u``)
 and whose special tokens sit at 256-259, not at the course tokenizer's 4092-4095: ids
-hard-coded from the course tokenizer fail there. The first template case uses the course
-tokenizer itself, as the notebook does.
+hard-coded from the course tokenizer fail there. Another has five special tokens in another
+order and with gaps (``<|im_end|>`` 300 before ``<|im_start|>`` 1024), so no id can be derived
+from another. The first template case uses the course tokenizer itself, as the notebook does.
 
-Known mistakes are named by fingerprints (the reference with one mistake in it) or by the
-case that isolates them: a user who types ``<|im_end|>``, a generation prompt, a second
-assistant turn, a conversation exactly as long as the context, sequences of different
-lengths and different numbers of trained tokens.
+How the cases expose mistakes: a user who types ``<|im_end|>``, a generation prompt, a second
+assistant turn, a conversation exactly as long as the context, sequences of different lengths
+and different numbers of trained tokens, ids of four digits, a realistic batch of logits and
+bfloat16 logits (the loss is computed in float32); and every ``ValueError`` the reference
+documents has a case (an empty conversation, an unknown role, turns out of order, a message
+without a string content, a generation prompt after the assistant, a conversation ending with
+the user or longer than the context, no examples, inputs and labels of different lengths, no
+trained label, mismatched shapes). ``08.sft_loss`` is trained through: its gradient probe
+rejects a loss computed under ``torch.no_grad()``, on detached logits or from ``.item()``.
+
+A hint names a mistake only on evidence: a known mistake's output (a variant: the reference with
+that one mistake) matched on every case where it shows, or the exception raised (a ValueError
+about the context where the conversation fits exactly). Loss inputs are drawn from uniform
+numbers and integers, whose bits are the same on every CPU.
 """
 
 from __future__ import annotations
