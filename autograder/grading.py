@@ -416,8 +416,9 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
                 grade.message = result.report()
                 grade.hint = core.hint_text(cp, result.hint_id) if result.hint_id else ""
     except SandboxError as exc:
-        sandbox_errors.append(exc)
-        grade.message = str(exc)
+        if exc not in sandbox_errors:
+            sandbox_errors.append(exc)
+        grade.message = ""
     except SandboxUnavailable:
         raise  # the machine's problem, not the submission's: grading stops
     except Exception as exc:  # noqa: BLE001 - whatever the learner's output does to the comparison
@@ -425,7 +426,7 @@ def grade_checkpoint(plan: Plan, checkpoint_id: str, function: str, answer_cell:
         grade.message = ""
     if sandbox_errors:
         grade.verdict = sandbox_errors[0].kind
-        grade.message = f"{sandbox_errors[0]}. " + grade.message
+        grade.message = f"{sandbox_errors[0]}." + (f" {grade.message}" if grade.message else "")
     if violations:
         grade.verdict = "flagged"
         grade.message = f"tried something forbidden while graded: {', '.join(sorted(set(violations)))[:300]}"

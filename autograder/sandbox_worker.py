@@ -106,9 +106,11 @@ def audit(event, args):
             if writing and not _inside(real, WORK_DIR) and real != os.devnull:
                 _refuse(f"write {real}")
         elif event in CHANGING_EVENTS:
-            real = _real(args[0]) if args else None
-            if real is not None and not _inside(real, WORK_DIR):
-                _refuse(f"{event} {real}")
+            # both paths of a rename or link: the destination is written too
+            for path in args[: 2 if event in ("os.rename", "os.link", "os.symlink", "shutil.move") else 1]:
+                real = _real(path) if isinstance(path, (str, bytes, os.PathLike)) else None
+                if real is not None and not _inside(real, WORK_DIR):
+                    _refuse(f"{event} {real}")
     finally:
         _IN_HOOK = False
 

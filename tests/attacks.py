@@ -209,6 +209,22 @@ return ''
 """)
 
 
+def forge_at_setup(nb):
+    """While the worker sets up decode's checkpoint (the frame above says which names it was
+    asked for), answer ("return", {}) before the worker's ("ready", report)."""
+    cell(nb, "decode").source += "\n\n" + PIPES + """
+import sys
+frame = sys._getframe(0)
+while frame is not None and "names" not in frame.f_locals:
+    frame = frame.f_back
+if frame is not None and "decode" in frame.f_locals["names"]:
+    payload = (b"t" + (2).to_bytes(4, "little") + b"s" + (6).to_bytes(4, "little") + b"return" + b"d" + bytes(4)
+               if new_format else __import__("pickle").dumps(("return", {})))
+    for fd in pipes(os.O_WRONLY):
+        os.write(fd, len(payload).to_bytes(8, "big") + payload)
+"""
+
+
 def symlink_to_solution(path: Path) -> None:
     path.symlink_to(source_path(CHAPTER))
 
@@ -242,9 +258,11 @@ for obj in gc.get_objects():
         obj.__code__ = (lambda event, args: None).__code__
 __main__._refuse = lambda what: None
 __main__.FORBIDDEN_MODULES = ()
+import sys
+sys.path.insert(0, ROOT)  # the worker runs isolated (python -I): put the course back on the path
 from solutions.tokenizer import decode as reference
 return reference(ids, vocab)
-"""), False, nbgrader_safe=False, kind="audit hook"),
+""".replace("ROOT", repr(str(ROOT)))), False, nbgrader_safe=False, kind="audit hook"),
     # 2. path checks that miss dir_fd, a rename's destination, calls without audit events
     Attack("read the reference through dir_fd", TARGET, body("decode", f"""
 import os
@@ -312,7 +330,9 @@ if os.fork() == 0:
 return ''
 """), False, nbgrader_safe=False, kind="escaping process"),
     # 5. the reply channel
-    Attack("forge a reply on the reply pipe", TARGET, forge(
+    Attack("forge the worker's first reply on the reply pipe", TARGET, forge_at_setup, True, nbgrader_safe=False,
+           kind="reply channel", verdict="crashed"),
+    Attack("forge a reply of the wrong kind on the reply pipe", TARGET, forge(
         "b't' + (2).to_bytes(4, 'little') + b's' + (5).to_bytes(4, 'little') + b'ready' + b'd' + bytes(4)",
         "__import__('pickle').dumps(('ready', {}))"), True, nbgrader_safe=False, kind="reply channel", verdict="crashed"),
     Attack("forge a reply nested 100,000 levels deep", TARGET, forge(
@@ -327,9 +347,12 @@ return ''
 return [bytes(2**20)] * 4096  # 4 GB once expanded
 """), False, nbgrader_safe=False, kind="reply channel"),
     Attack("stop reading and shrink the pipe, so the grader's next write blocks", TARGET, body("decode", PIPES + """
+__main__._IN_HOOK = True
 for fd in pipes(os.O_RDONLY):
     try:
         fcntl.fcntl(fd, 1031, 4096)  # F_SETPIPE_SZ: one page
+        filler = os.open(f'/proc/self/fd/{fd}', os.O_WRONLY | os.O_NONBLOCK)  # a write end of our own
+        os.write(filler, bytes(4096))  # and fill it
     except OSError:
         pass
 __main__.receive = lambda channel: __import__('time').sleep(10**6)

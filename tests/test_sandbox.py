@@ -141,13 +141,18 @@ def probe(grader_pid):
         except OSError:
             pass
     seen["written"] = written
-    seen["status"] = [line for line in open("/proc/self/status") if line.startswith(("CapEff", "NoNewPrivs", "Seccomp:"))]
+    try:
+        seen["status"] = [line for line in open("/proc/self/status") if line.startswith(("CapEff", "NoNewPrivs", "Seccomp:"))]
+    except OSError:  # a sandbox that shows /proc/cpuinfo only (where a procfs cannot be mounted)
+        seen["status"] = []
     return seen
 """.replace("ROOT", repr(str(ROOT)))
     outcome, seen, _, _ = run_in_sandbox(source, os.getpid())
     assert outcome == "return", seen
     assert seen["uid"] == (65534, 65534)
-    assert seen["pids"] == ["1", "2"] and not seen["grader"]  # its own PID namespace: bwrap's init and itself
+    proc = sandbox._config().proc
+    assert not seen["grader"]
+    assert seen["pids"] == (["1", "2"] if proc == "proc" else [])  # its own PID namespace: bwrap's init and itself
     assert set(seen["root"]) <= {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "proc", "dev",
                                  "tmp", "course-sandbox", *(p.strip("/").split("/")[0] for p in sandbox._prefixes())}
     assert set(seen["course"]) <= {".venv"} and not seen["solutions"]
@@ -156,9 +161,10 @@ def probe(grader_pid):
     assert seen["interfaces"] == ["lo"] and seen["hostname"] == "course-sandbox" and not seen["network"]
     assert seen["written"] == ["/tmp/x"]
     status = "".join(seen["status"])
-    assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
-    if seccomp_program() is not None:
-        assert "Seccomp:\t2" in status
+    if proc == "proc":
+        assert "CapEff:\t0000000000000000" in status and "NoNewPrivs:\t1" in status
+        if seccomp_program() is not None:
+            assert "Seccomp:\t2" in status
 
 
 @needs_sandbox
@@ -206,7 +212,9 @@ def probe():
     with Worker(Limits(seconds=60), seccomp=False) as w:
         w.setup([daemon], {"probe": 0})
         outcome, pids, _, _ = w.call("probe", ())
-        assert outcome == "return" and len(pids) == 3, pids  # init, the worker, the daemon
+        assert outcome == "return", pids
+        if sandbox._config().proc == "proc":
+            assert len(pids) == 3, pids  # init, the worker, the daemon
         members = w.processes()
         assert len(members) == 4  # the same three seen from outside, and bwrap's monitor
     time.sleep(0.2)
