@@ -148,18 +148,18 @@ def _known_mistake(cp: Checkpoint, cases: list[Case], failing: int, outputs: lis
     expecteds = expecteds + [c.expected if c.has_expected else call(reference, copy.deepcopy(c.args))
                              for c in cases[len(expecteds):]]
     ordered = sorted(enumerate(cp.fingerprints), key=lambda item: item[1][0] != cases[failing].hint)
+    partial = None
     for index, (hint, variant) in ordered:
-        shows = []
-        for n, case in enumerate(cases):
-            out = _variant_output(cp, index, variant, case)
-            if _is_wrong_on(cp, case, expecteds[n], out):
-                shows.append((out, outputs[n]))
-            elif n == failing:
-                break  # right on the failing case: it does not explain this failure
-        else:
-            if all(_same_outcome(out, got, cp.match_tol) for out, got in shows):
-                return hint
-    return None
+        variant_outputs = [_variant_output(cp, index, variant, case) for case in cases]
+        if not _is_wrong_on(cp, cases[failing], expecteds[failing], variant_outputs[failing]):
+            continue  # right on the failing case: it does not explain this failure
+        if all(_same_outcome(out, got, cp.match_tol) for out, got in zip(variant_outputs, outputs)):
+            return hint  # the whole output, on every case: the strongest evidence
+        shows = [(out, got) for case, want, out, got in zip(cases, expecteds, variant_outputs, outputs)
+                 if _is_wrong_on(cp, case, want, out)]
+        if partial is None and all(_same_outcome(out, got, cp.match_tol) for out, got in shows):
+            partial = hint  # this mistake, and something else where it does not show
+    return partial
 
 
 def _choose_hint(cp, n, expected, got, compare_hint, cases, outputs, expecteds, fn, reference) -> tuple[str, str]:
