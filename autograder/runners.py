@@ -8,7 +8,8 @@ object the way the course's own code would.
 
 Two families:
 
-* value runners (``RUNNERS[kind]``): ``module``, ``seeded``, ``train_steps``, ``resume``;
+* value runners (``RUNNERS[kind]``): ``module``, ``seeded``, ``train_steps``, ``resume``,
+  ``tables``;
 * gradient probes (``RUNNERS["grad_" + kind]``): call the answer with every floating-point
   tensor argument (or every parameter of a module) requiring grad, backpropagate a fixed,
   seeded projection of every floating-point output, and return the gradients as plain data
@@ -236,6 +237,23 @@ def run_grad_function(fn, *args):
     return [_grads_like(a, grads) for a in args]
 
 
+def run_tables(fn, x, *tables):
+    """A function of a tensor and constant tables (RoPE's ``cos`` and ``sin``): ``fn(x, *tables)``."""
+    return fn(x, *tables)
+
+
+def run_grad_tables(fn, x, *tables):
+    """Gradient probe of a :func:`run_tables` function: through ``x`` only (``None`` for each
+    table). The tables are buffers that nothing trains, and a right answer may read one half
+    of a table whose two halves are equal, so the gradient a table receives proves nothing."""
+    torch = torch_module()
+    leaves = []
+    probed = _with_grad(x, leaves)
+    with torch.enable_grad():
+        grads = iter(_grads(projection_loss(fn(probed, *tables)), leaves))
+    return [_grads_like(x, grads)] + [None] * len(tables)
+
+
 def run_grad_module(cls, init_args, state_dict, forward_args):
     """Gradient probe of an nn.Module class: ``{parameter name: gradient or None}``, and
     ``{"input:<k>": gradient}`` for each floating-point forward argument ``k``."""
@@ -257,6 +275,8 @@ RUNNERS = {
     "seeded": run_seeded,
     "train_steps": run_train_steps,
     "resume": run_resume,
+    "tables": run_tables,
     "grad_function": run_grad_function,
+    "grad_tables": run_grad_tables,
     "grad_module": run_grad_module,
 }

@@ -80,8 +80,10 @@ def train_bpe(
     """Learn mergeable ranks from ``text``: ``vocab_size - len(special_tokens)`` tokens.
 
     ``vocab_size`` counts every id a model will embed: 256 bytes, the learned merges and
-    the special tokens (which get the ids after the ranks). Special tokens are cut out
-    of the training text, so no merge ever spans ``<|endoftext|>``.
+    the special tokens (which get the ids after the ranks); a ``vocab_size`` below
+    ``256 + len(special_tokens)`` cannot hold them and raises ``ValueError``, saying the
+    smallest valid size. Special tokens are cut out of the training text, so no merge ever
+    spans ``<|endoftext|>``.
 
     Each step merges the most frequent adjacent pair, counted over the regex chunks of
     the text, each unique chunk weighted by how often it occurs. Ties go to the pair whose

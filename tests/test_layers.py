@@ -258,3 +258,51 @@ def test_causal_mask_in_attention_equals_pytorchs_is_causal_and_a_kv_cache():
 def test_causal_mask_refuses_fewer_keys_than_queries():
     with pytest.raises(ValueError, match="at least q_len"):
         causal_mask(5, 3)
+
+
+# ------------------------------------------------- the checks accept right answers written another way
+
+def _rms_norm_in_float64(x, weight, eps):
+    x64 = x.double()
+    return weight * (x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rope_cache_in_float64(head_dim, max_seq_len, theta=10000.0):
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    angles = torch.arange(max_seq_len, dtype=torch.float64)[:, None] * theta ** -exponents[None, :]
+    angles = angles.repeat(1, 2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def _apply_rope_with_half_tables(x, cos, sin):
+    half = x.shape[-1] // 2  # the two halves of each table are equal: read one
+    c, s = cos[None, :, None, :half], sin[None, :, None, :half]
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def _swiglu_with_matmul(x, w_gate, w_up, w_down):
+    gate = x @ w_gate.T
+    return (gate * torch.sigmoid(gate) * (x @ w_up.T)) @ w_down.T
+
+
+def _causal_mask_with_tril(q_len, kv_len=None):
+    kv_len = q_len if kv_len is None else kv_len
+    return torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len)
+
+
+@pytest.mark.parametrize("checkpoint_id, answer", [
+    ("02.rmsnorm", _rms_norm_in_float64),
+    ("02.rope_cache", _rope_cache_in_float64),
+    ("02.apply_rope", _apply_rope_with_half_tables),  # its gradient probe looks at x, not at the tables
+    ("02.swiglu", _swiglu_with_matmul),
+    ("02.causal_mask", _causal_mask_with_tril),
+], ids=lambda v: getattr(v, "__name__", v))
+def test_the_checks_accept_right_answers_written_another_way(checkpoint_id, answer):
+    from autograder import _hidden_seed
+    from autograder.core import lookup, run
+    from autograder.fixtures import load_registry
+
+    for result in (run(lookup(checkpoint_id), answer), run(lookup(checkpoint_id), answer, seed=_hidden_seed()),
+                   run(load_registry()[checkpoint_id], answer)):
+        assert result.passed, result.report()

@@ -131,3 +131,71 @@ def test_the_shipped_course_tokenizer():
     assert ours.decode(ids) == val
     assert ids == enc.encode(val, allowed_special={"<|endoftext|>"})
     assert len(val.encode()) / len(ids) > 3  # it compresses the stories it was trained on
+
+
+# ------------------------------------------------- the checks accept right answers written another way
+
+def _merge_with_zip(ids, pair, new_id):
+    out, skip = [], False
+    for a, b in zip(ids, ids[1:] + [None]):
+        if skip:
+            skip = False
+        elif (a, b) == tuple(pair):
+            out.append(new_id)
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def _encode_with_heap_free_loop(text, mergeable_ranks, pat_str):
+    import regex
+
+    ids = []
+    for chunk in regex.findall(pat_str, text):
+        parts = [bytes([b]) for b in chunk.encode("utf-8")]
+        while len(parts) > 1:
+            ranked = [(mergeable_ranks.get(parts[i] + parts[i + 1], float("inf")), i) for i in range(len(parts) - 1)]
+            rank, i = min(ranked)
+            if rank == float("inf"):
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        ids += [mergeable_ranks[p] for p in parts]
+    return ids
+
+
+def _decode_checking_ids_first(ids, vocab):
+    unknown = [i for i in ids if i not in vocab]
+    if unknown:
+        raise ValueError(f"unknown token ids {unknown}")
+    return bytes(b for i in ids for b in vocab[i]).decode("utf-8", "replace")
+
+
+def _encode_splitting_with_a_group(text, mergeable_ranks, pat_str, special_tokens):
+    import regex
+
+    from solutions.tokenizer import encode_ordinary
+
+    if not special_tokens:
+        return encode_ordinary(text, mergeable_ranks, pat_str)
+    pattern = "(" + "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True)) + ")"
+    ids = []
+    for k, piece in enumerate(regex.split(pattern, text)):
+        ids += [special_tokens[piece]] if k % 2 else encode_ordinary(piece, mergeable_ranks, pat_str)
+    return ids
+
+
+@pytest.mark.parametrize("checkpoint_id, answer", [
+    ("01.merge", _merge_with_zip),
+    ("01.encode", _encode_with_heap_free_loop),
+    ("01.decode", _decode_checking_ids_first),
+    ("01.special_tokens", _encode_splitting_with_a_group),
+], ids=lambda v: getattr(v, "__name__", v))
+def test_the_checks_accept_right_answers_written_another_way(checkpoint_id, answer):
+    from autograder import _hidden_seed
+    from autograder.core import lookup, run
+    from autograder.fixtures import load_registry
+
+    for result in (run(lookup(checkpoint_id), answer), run(lookup(checkpoint_id), answer, seed=_hidden_seed()),
+                   run(load_registry()[checkpoint_id], answer)):
+        assert result.passed, result.report()

@@ -3,6 +3,23 @@
 The inputs are generated here, from a seeded ``random.Random``; the expected outputs come
 from ``solutions.tokenizer``. Training is checked as a property (every merge was a most
 frequent pair at its step, any tie-break accepted), everything else by exact equality.
+
+How the cases expose mistakes, and how a hint rests on evidence:
+
+* realistic values somewhere in every checkpoint: token ids of several digits and ids above
+  255 (merged tokens merge again), so that ids handled as text or as bytes show; several
+  special tokens at once, with ids that are not simply the next ones after the ranks;
+* known mistakes are *variants* (``fingerprints``): a learner's output that matches a
+  variant on every case where that variant is wrong names its mistake. Variants ship with
+  a release as their outputs (``autograder/fixtures.py``), so a release names the same
+  mistakes as the course repository;
+* an exception is evidence too (``raised_hints``): ``KeyError: ''`` means an empty
+  alternation matched, ``UnicodeDecodeError: ... unexpected end of data`` that a token was
+  decoded on its own;
+* ``01.train_bpe`` replays the learner's merges (``check_training``): a merge that is not a
+  most frequent pair is named only by what the replay shows (the token spans two chunks,
+  contains part of a special token, is the top pair of the unweighted or never-updated
+  counts, or the rarest pair); otherwise the report gives the recipe.
 """
 
 from __future__ import annotations
@@ -83,6 +100,10 @@ def _bytes_merge(word: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
 
 # ---------------------------------------------------------------------------- 01.merge
 
+# Ids whose digits run into each other ("12 3" contains "2 3"), and ids of merged tokens.
+DIGIT_IDS = (1, 2, 3, 12, 21, 23, 31, 123, 231, 312)
+
+
 def merge_cases(rng: random.Random) -> list[Case]:
     cases = [
         Case("one pair in the middle", ([1, 2, 3, 1, 2], (1, 2), 256)),
@@ -90,14 +111,18 @@ def merge_cases(rng: random.Random) -> list[Case]:
         Case("the last id is not part of a pair", ([1, 2, 5], (1, 2), 256), "last_id"),
         Case("overlapping occurrences", ([7, 7, 7], (7, 7), 300), "overlap"),
         Case("the pair in reverse order is not the pair", ([2, 1, 2, 1], (1, 2), 256), "order"),
-        Case("no occurrence at all", ([4, 5, 6], (1, 2), 256), "unchanged"),
-        Case("an empty list", ([], (1, 2), 256), "short"),
-        Case("a single id", ([1], (1, 2), 256), "short"),
+        Case("no occurrence at all", ([4, 5, 6], (1, 2), 256)),
+        Case("an empty list", ([], (1, 2), 256), "index"),
+        Case("a single id", ([1], (1, 2), 256), "index"),
+        Case("ids of several digits: 12 then 3 is not the pair (2, 3)", ([12, 3, 2, 3, 31], (2, 3), 256), "text"),
+        Case("merged tokens merge again: ids above 255", ([300, 257, 300, 257, 65, 300], (300, 257), 1000)),
     ]
     for n in range(40):
-        ids = [rng.randrange(4) for _ in range(rng.randrange(0, 30))]
-        pair = (rng.randrange(4), rng.randrange(4))
-        cases.append(Case(f"random ids (case {n + 1})", (ids, pair, 1000 + n)))
+        # half the cases from ids whose digits overlap, half from a realistic vocabulary
+        alphabet = rng.sample(DIGIT_IDS, 4) if n % 2 else rng.sample(range(1200), 4)
+        ids = [rng.choice(alphabet) for _ in range(rng.randrange(0, 30))]
+        pair = (rng.choice(alphabet), rng.choice(alphabet))
+        cases.append(Case(f"random ids (case {n + 1})", (ids, pair, 2000 + n)))
     return cases
 
 
@@ -119,6 +144,35 @@ def _merge_bound(stop: int):
     return wrong
 
 
+def _merge_drops_last(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids) - 1:
+        if (ids[i], ids[i + 1]) == pair:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_either_order(ids, pair, new_id):
+    out, i = [], 0
+    while i < len(ids):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) in (pair, pair[::-1]):
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(ids[i])
+            i += 1
+    return out
+
+
+def _merge_as_text(ids, pair, new_id):
+    text = " ".join(map(str, ids)).replace(f"{pair[0]} {pair[1]}", str(new_id))
+    return [int(t) for t in text.split()]
+
+
 register(Checkpoint(
     id="01.merge",
     points=1,
@@ -136,10 +190,19 @@ register(Checkpoint(
         "overlap": "After merging ids[i], ids[i + 1], jump past both (i += 2): in [7, 7, 7] "
         "only the first two merge, giving [new_id, 7].",
         "order": "A pair is ordered: (1, 2) means 1 followed by 2, not 2 followed by 1.",
-        "unchanged": "With no occurrence of the pair, return the ids unchanged, as a new list.",
-        "short": "Lists with fewer than two ids have no pair: return them as they are.",
+        "index": "An index ran past the end of ids (IndexError): read ids[i + 1] only while "
+        "i + 1 < len(ids); a list of fewer than two ids holds no pair and comes back as it is.",
+        "text": "Compare ids as numbers, not as text: in '12 3 2 3' the text '2 3' also matches "
+        "across 12 and 3. Compare ids[i] == pair[0] and ids[i + 1] == pair[1].",
     },
-    fingerprints=[("overlap", _merge_without_skip), ("last_pair", _merge_bound(2))],
+    fingerprints=[
+        ("overlap", _merge_without_skip),
+        ("last_pair", _merge_bound(2)),
+        ("last_id", _merge_drops_last),
+        ("order", _merge_either_order),
+        ("text", _merge_as_text),
+    ],
+    raised_hints=[(r"^IndexError", "index")],
 ))
 
 
@@ -162,12 +225,12 @@ def train_cases(rng: random.Random) -> list[Case]:
         case("vocab_size below 256", (text, 200, pat, ()), "too_small"),
         case("vocab_size 256: the bytes, no merges", (text, 256, pat, ()), "size"),
         case("English-like text, 10 merges", (tie_free(rng, lambda: sample_text(rng, 1500), 10), 266, pat, ())),
-        case("many short texts between special tokens, 10 merges", (tie_free(rng, lambda: stories(250, 6), 10, eot), 267, pat, eot), "specials"),
+        case("many short texts between special tokens, 10 merges", (tie_free(rng, lambda: stories(250, 6), 10, eot), 267, pat, eot), "special_in_training"),
         case("text that runs out of pairs", ("aaaaaaaa", 300, pat, ()), "run_out"),
         case("an empty text", ("", 260, pat, ()), "run_out"),
         # Longer runs meet ties (several most frequent pairs): any choice among them is right.
         case("English-like text, 40 merges", (text, 296, pat, ()), unique_answer=False),
-        case("special tokens in the text, 40 merges", (stories(8), 297, pat, eot), "specials", unique_answer=False),
+        case("special tokens in the text, 40 merges", (stories(8), 297, pat, eot), "special_in_training", unique_answer=False),
         case("random English-like text, 120 merges", (sample_text(rng, 3000), 376, pat, ()), unique_answer=False),
     ]
 
@@ -222,6 +285,7 @@ def check_training(case: Case, expected, got):
     chunks = _chunks(text, pat_str, special_tokens)
     words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunks]
     freqs = list(chunks.values())
+    initial = _count(words, freqs)
     learned = sorted((rank, token) for token, rank in got.items() if rank >= 256)
     for step, (rank, token) in enumerate(learned, 1):
         counts = _count(words, freqs)
@@ -239,10 +303,11 @@ def check_training(case: Case, expected, got):
         top = max(counts, key=counts.get)
         yours = [c for p, c in counts.items() if p[0] + p[1] == token]
         where = f"it occurs {max(yours)} times" if yours else "no adjacent pair of tokens in any chunk spells it"
+        before = {t for _, t in learned[: step - 1]}
         return (
             f"merge #{step} (id {rank}) is {token!r}, but the most frequent pair at that step "
             f"was {top[0]!r} + {top[1]!r} ({best} times); {where}",
-            _diagnose_merge(token, text, chunks, words, special_tokens, counts),
+            _diagnose_merge(token, chunks, words, special_tokens, counts, initial, before),
         )
 
     target = vocab_size - len(special_tokens)
@@ -253,19 +318,68 @@ def check_training(case: Case, expected, got):
     return None
 
 
-def _diagnose_merge(token, text, chunks, words, special_tokens, counts) -> str:
+def _diagnose_merge(token, chunks, words, special_tokens, counts, initial, before) -> str:
+    """The mistake a wrong merge shows, or ``default``: only what the replay proves."""
     if any(token in s.encode("utf-8") or s.encode("utf-8") in token for s in special_tokens):
-        return "special_in_training"
+        return "special_in_training"  # a learned token holds part of a special token
     if not any(token in chunk.encode("utf-8") for chunk in chunks):
-        return "presplit"
+        return "presplit"  # no chunk contains it: it spans a chunk boundary
     unweighted = _count(words, [1] * len(words))
-    top = max(unweighted.values())
-    if any(c == top and p[0] + p[1] == token for p, c in unweighted.items()):
-        return "frequency"
-    low = min(counts.values())
-    if any(c == low and p[0] + p[1] == token for p, c in counts.items()):
-        return "argmax"
-    return "recount"
+    if any(c == max(unweighted.values()) and p[0] + p[1] == token for p, c in unweighted.items()):
+        return "frequency"  # the top pair when each distinct chunk counts once
+    if any(c == min(counts.values()) and p[0] + p[1] == token for p, c in counts.items()):
+        return "argmax"  # the rarest pair
+    stale = {p: c for p, c in initial.items() if p[0] + p[1] not in before}
+    if stale and any(c == max(stale.values()) and p[0] + p[1] == token for p, c in stale.items()):
+        return "recount"  # the top pair of the counts before the first merge, never updated
+    return "default"
+
+
+def _trainer(*, presplit: bool = True, weighted: bool = True, pick=max, cut_specials: bool = True,
+             count_specials: bool = True, recount: bool = True):
+    """A textbook trainer (recount every pair after every merge; of equal counts, the pair met
+    first wins) with one choice bent: the known mistakes of 01.train_bpe as variants, so a
+    release without the replay above can name them too."""
+
+    def train(text, vocab_size, pat_str, special_tokens):
+        if vocab_size < 256 + len(special_tokens):
+            raise ValueError(f"vocab_size must be at least {256 + len(special_tokens)}")
+        n_merges = vocab_size - 256 - (len(special_tokens) if count_specials else 0)
+        pieces = [text]
+        if special_tokens and cut_specials:
+            pieces = regex.split(tok("special_token_pattern")(special_tokens), text)
+        chunks: Counter = Counter()
+        for piece in pieces:
+            chunks.update(regex.findall(pat_str, piece) if presplit else [piece])
+        words = {chunk: list(chunk.encode("utf-8")) for chunk in chunks}
+        ranks = {bytes([i]): i for i in range(256)}
+        vocab = {i: bytes([i]) for i in range(256)}
+
+        def count():
+            counts: Counter = Counter()
+            for chunk, ids in words.items():
+                for p in zip(ids, ids[1:]):
+                    counts[p] += chunks[chunk] if weighted else 1
+            return counts
+
+        if not recount:  # counted once, before the first merge, and never again
+            for best, _ in count().most_common(max(n_merges, 0)):
+                new_id = len(ranks)
+                vocab[new_id] = vocab[best[0]] + vocab[best[1]]
+                ranks.setdefault(vocab[new_id], new_id)
+            return ranks
+        for _ in range(n_merges):
+            counts = count()
+            if not counts:
+                break
+            best = pick(counts, key=counts.get)
+            new_id = len(ranks)
+            vocab[new_id] = vocab[best[0]] + vocab[best[1]]
+            ranks[vocab[new_id]] = new_id
+            words.update((chunk, tok("merge")(ids, best, new_id)) for chunk, ids in words.items())
+        return ranks
+
+    return train
 
 
 register(Checkpoint(
@@ -276,6 +390,17 @@ register(Checkpoint(
     cases=train_cases,
     reference=tok("train_bpe"),
     compare=check_training,
+    # The replay names these live; the variants name them in a release, where the replay
+    # (which would hand out a trainer) is not shipped.
+    fingerprints=[
+        ("presplit", _trainer(presplit=False)),
+        ("frequency", _trainer(weighted=False)),
+        ("argmax", _trainer(pick=min)),
+        ("recount", _trainer(recount=False)),
+        ("size_specials", _trainer(count_specials=False)),
+        ("special_in_training", _trainer(cut_specials=False)),
+    ],
+    raised_hints=[(r"^ValueError: (max|min)\(\) (arg is an empty sequence|iterable argument is empty)", "run_out")],
     hints={
         "default": "Each step: count adjacent pairs in every chunk, weighted by how often the chunk "
         "occurs; merge the most frequent pair everywhere; give it the next id.",
@@ -284,9 +409,8 @@ register(Checkpoint(
         "size": "Learn vocab_size - 256 - len(special_tokens) merges (fewer only if no pair is left).",
         "size_specials": "vocab_size counts the special tokens too: they will get the ids after your "
         "ranks, so learn vocab_size - 256 - len(special_tokens) merges.",
-        "run_out": "Stop when no chunk has two tokens left: there is no pair to merge.",
-        "specials": "Cut the special tokens out of the text before splitting it into chunks, so "
-        "no merge learns pieces of '<|endoftext|>'.",
+        "run_out": "When no chunk has two tokens left, the pair counts are empty and there is nothing "
+        "to merge: stop there and return the ranks learned so far.",
         "special_in_training": "A learned token contains part of a special token: split the text on "
         "the special tokens (re-escaped) and train only on the pieces between them.",
         "presplit": "A learned token spans two chunks: split the text with regex.findall(pat_str, text) "
@@ -295,7 +419,7 @@ register(Checkpoint(
         "counting each distinct chunk once picks the wrong pair.",
         "argmax": "You merged the least frequent pair: take the pair with the largest count.",
         "recount": "After each merge, update the counts of every chunk that contained the merged "
-        "pair (or recount everything): stale counts pick the wrong pair.",
+        "pair (or recount everything): the counts from before the first merge pick the wrong pair.",
         "bytes": "Start the ranks with the 256 single bytes: {bytes([i]): i for i in range(256)}.",
         "ids": "Give merged tokens consecutive ids 256, 257, ... in the order they were learned.",
         "return_type": "Return the mergeable ranks: a dict mapping each token's bytes to its id.",
@@ -314,8 +438,10 @@ def encode_cases(rng: random.Random) -> list[Case]:
         return Case(label, (text, ranks_, pat), hint, show=(text, Label(name), Label("GPT4_SPLIT_PATTERN")))
 
     cases = [
-        case("an empty text", "", hint="empty"),
+        case("an empty text", ""),
         case("merges happen lowest rank first", "abc", toy_ranks(b"bc", b"ab"), "lowest_rank", "{…, b'bc': 256, b'ab': 257}"),
+        case("the lowest rank first, again and again", "bcacac", toy_ranks(b"ca", b"cac", b"cacac"), "lowest_rank",
+             "{…, b'ca': 256, b'cac': 257, b'cacac': 258}"),
         case("the longest token that fits is not the BPE answer", "aaacc", toy_ranks(b"aa", b"aac", b"aaac"), "longest_match", "{…, b'aa': 256, b'aac': 257, b'aaac': 258}"),
         case("merge until no pair is left", "aaaaaa", toy_ranks(b"aa", b"aaaa"), "until_none", "{…, b'aa': 256, b'aaaa': 257}"),
         case("merges never cross chunks", "hello world", toy_ranks(b" w", b"o w"), "presplit", "{…, b' w': 256, b'o w': 257}"),
@@ -396,11 +522,14 @@ register(Checkpoint(
         ("longest_match", _encode_fingerprint(_longest_match)),
         ("until_none", _encode_fingerprint(_one_sweep)),
     ],
-    raised_hints=[(r"bad escape \\p", "regex_module")],
+    raised_hints=[
+        (r"bad escape \\p", "regex_module"),
+        # the key is one multi-byte character's UTF-8 (e.g. b'\xc3\xab' for 'ë'): pieces were characters
+        (r"^KeyError: b'(\\x[89a-f][0-9a-f]){2,4}'", "utf8_bytes"),
+    ],
     hints={
         "default": "Split with regex.findall(pat_str, text); encode each chunk to UTF-8 bytes; "
         "repeatedly merge the adjacent pair whose joined bytes have the lowest rank.",
-        "empty": "An empty text has no chunks: return [].",
         "lowest_rank": "Merge the pair with the lowest rank first (it was learned first), not the "
         "leftmost pair that has a rank.",
         "until_none": "Keep merging until no adjacent pair's bytes are in the ranks: merged tokens "
@@ -429,18 +558,36 @@ def decode_cases(rng: random.Random) -> list[Case]:
         return Case(label, (ids, vocab), hint, show=(ids, shown))
 
     cases = [
-        case("an empty list", [], "empty"),
+        case("an empty list", []),
         case("plain ASCII", encode("Hello, world!", ranks, pat)),
         case("'é' split across two tokens", [99, 97, 102, 0xC3, 0xA9], "join_bytes_first"),
         case("'🙂' split across four tokens", [0xF0, 0x9F, 0x99, 0x82], "join_bytes_first"),
         case("bytes that are not valid UTF-8", [104, 0xFF, 105], "errors_replace"),
-        case("a special token's id", [72, 105, len(ranks)], "special"),
+        case("a special token's id", [72, 105, len(ranks)]),
         case("an id outside the vocabulary", [72, len(vocab) + 5], "unknown_id"),
         case("a negative id", [72, -1], "unknown_id"),
     ]
     for n in range(20):
         cases.append(case(f"random text (case {n + 1})", encode(sample_text(rng, rng.randrange(1, 50)), ranks, pat)))
     return cases
+
+
+def _decode_per_token(ids, vocab):
+    if any(i not in vocab for i in ids):
+        raise ValueError("unknown id")
+    return "".join(vocab[i].decode("utf-8", errors="replace") for i in ids)
+
+
+def _decode_ignoring_errors(ids, vocab):
+    if any(i not in vocab for i in ids):
+        raise ValueError("unknown id")
+    return b"".join(vocab[i] for i in ids).decode("utf-8", errors="ignore")
+
+
+def _decode_code_points(ids, vocab):
+    if any(i not in vocab for i in ids):
+        raise ValueError("unknown id")
+    return "".join(chr(i) if i < 256 else vocab[i].decode("utf-8", errors="replace") for i in ids)
 
 
 register(Checkpoint(
@@ -450,15 +597,26 @@ register(Checkpoint(
     signature="decode(ids, vocab)",
     cases=decode_cases,
     reference=tok("decode"),
+    fingerprints=[
+        ("join_bytes_first", _decode_per_token),
+        ("errors_replace", _decode_ignoring_errors),
+        ("code_points", _decode_code_points),
+    ],
+    raised_hints=[
+        # a piece that ends inside a character: only a token decoded on its own does that here
+        # (every case's joined bytes are whole characters, or invalid in the middle)
+        (r"^UnicodeDecodeError: .*unexpected end of data", "join_bytes_first"),
+        (r"^UnicodeDecodeError", "errors_replace"),
+    ],
     hints={
         "default": "Join the bytes of all tokens, then decode once: b''.join(vocab[i] for i in ids)"
         ".decode('utf-8', errors='replace').",
-        "empty": "No ids, no text: return ''.",
         "join_bytes_first": "One character can be spread over several tokens: join all the bytes "
         "first and decode the whole once, never token by token.",
         "errors_replace": "Arbitrary ids can form invalid UTF-8: decode with errors='replace' "
         "(as tiktoken does), which shows '\\ufffd' instead of raising or dropping bytes.",
-        "special": "Special tokens are in vocab too (as their UTF-8 text): decode them like any token.",
+        "code_points": "An id below 256 is a byte, not a character: chr(195) + chr(169) is 'Ã©', while "
+        "bytes([195, 169]).decode('utf-8') is 'é'. Look every id up in vocab, join the bytes, decode once.",
         "unknown_id": "An id that is not in vocab is a caller's mistake: raise ValueError naming "
         "the id (not KeyError, and never skip it silently).",
         "return_type": "Return a str (decoded text), not bytes.",
@@ -475,9 +633,12 @@ def special_cases(rng: random.Random) -> list[Case]:
     eot = {"<|endoftext|>": n}
     chat = {"<|endoftext|>": n, "<|im_start|>": n + 1, "<|im_end|>": n + 2}
     nested = {"<|im_start|>": n, "<|im_start|>assistant": n + 1}
+    # ids are the dict's values, in no particular order and with gaps (as GPT-4's are)
+    shuffled = {"<|im_end|>": n + 7, "<|pad|>": n + 2, "<|endoftext|>": n, "<|im_start|>": n + 4}
+    shown = Label("<400 trained ranks>")
 
-    def case(label, text, specials, hint="default"):
-        return Case(label, (text, ranks, pat, specials), hint, show=(text, Label("<400 trained ranks>"), Label("GPT4_SPLIT_PATTERN"), specials))
+    def case(label, text, specials, hint="default", ranks_=ranks, name=shown):
+        return Case(label, (text, ranks_, pat, specials), hint, show=(text, name, Label("GPT4_SPLIT_PATTERN"), specials))
 
     cases = [
         case("no special token in the text", "A cat sat on the mat.", eot),
@@ -488,17 +649,95 @@ def special_cases(rng: random.Random) -> list[Case]:
         case("special tokens next to each other", "<|endoftext|><|endoftext|>x", eot, "adjacent"),
         case("a special token that is a prefix of a longer one", "<|im_start|>assistant said<|im_start|>", nested, "longest_first"),
         case("no special tokens given", "plain <|endoftext|> text", {}, "none_given"),
+        case("each special token's id is its value in the dict",
+             "<|im_start|>Hi<|im_end|><|pad|><|pad|>\n<|endoftext|>", shuffled, "ids"),
     ]
+    enc = cl100k()
+    if enc is not None:
+        cases.append(case("GPT-4's vocabulary and special tokens",
+                          "Hello<|endoftext|><|fim_prefix|>def f():<|fim_suffix|>\n<|fim_middle|>return 1<|endofprompt|>",
+                          dict(enc._special_tokens), ranks_=enc._mergeable_ranks, name=Label("<cl100k_base ranks>")))
     for k in range(15):
-        stories = [sample_text(rng, rng.randrange(0, 20)) for _ in range(rng.randrange(1, 5))]
-        cases.append(case(f"random stories (case {k + 1})", rng.choice(list(chat)).join(stories), chat))
+        specials = rng.choice([chat, shuffled])
+        stories = [sample_text(rng, rng.randrange(0, 20)) for _ in range(rng.randrange(2, 6))]
+        text = stories[0] + "".join(rng.choice(list(specials)) + story for story in stories[1:])
+        cases.append(case(f"random stories between {len(specials)} kinds of special token (case {k + 1})", text, specials))
     return cases
 
 
-def diagnose_special(case: Case, expected, got) -> str | None:
-    if isinstance(got, list) and len(got) < len(expected) and got == expected[: len(got)]:
-        return "tail"
-    return None
+def _specials_by(split):
+    """An ``encode`` whose special tokens are found by ``split(text, special_tokens)``: the text
+    between them encoded as ordinary text, each special token by its id."""
+
+    def encode(text, mergeable_ranks, pat_str, special_tokens):
+        ids = []
+        for piece, special in split(text, special_tokens):
+            ids += tok("encode_ordinary")(piece, mergeable_ranks, pat_str)
+            if special is not None:
+                ids.append(special)
+        return ids
+
+    return encode
+
+
+def _cut(pattern, drop_tail: bool = False):
+    """Split at the matches of ``pattern(special_tokens)`` (None: no special handling)."""
+
+    def split(text, special_tokens):
+        if not special_tokens or pattern is None:
+            return [(text, None)]
+        found, start = [], 0
+        for m in regex.finditer(pattern(special_tokens), text):
+            found.append((text[start : m.start()], special_tokens[m.group()]))
+            start = m.end()
+        if not (drop_tail and found):
+            found.append((text[start:], None))
+        return found
+
+    return split
+
+
+def _escaped_in_dict_order(special_tokens):
+    return "|".join(regex.escape(s) for s in special_tokens)
+
+
+def _only_endoftext(text, special_tokens):
+    eot = "<|endoftext|>"
+    if eot not in special_tokens:
+        return [(text, None)]
+    pieces = text.split(eot)
+    return [(p, special_tokens[eot]) for p in pieces[:-1]] + [(pieces[-1], None)]
+
+
+def _unescaped_split(text, special_tokens):
+    """``regex.split`` on the unescaped alternation: '|' splits '<|endoftext|>' into '<',
+    'endoftext' and '>', none of which is a special token."""
+    if not special_tokens:
+        return [(text, None)]
+    pieces = regex.split(f"({'|'.join(special_tokens)})", text)
+    return [(p, None) if p not in special_tokens else ("", special_tokens[p]) for p in pieces if p]
+
+
+def _drop_repeats(text, special_tokens):
+    if not special_tokens:
+        return [(text, None)]
+    pattern = tok("special_token_pattern")(special_tokens)
+    found, last_special = [], False
+    for piece in filter(None, regex.split(f"({pattern})", text)):
+        if piece in special_tokens:
+            if not last_special:
+                found.append(("", special_tokens[piece]))
+            last_special = True
+        else:
+            found.append((piece, None))
+            last_special = False
+    return found
+
+
+def _encode_position_ids(text, mergeable_ranks, pat_str, special_tokens):
+    """Special ids made up as len(ranks) + position in the dict, not read from it."""
+    made_up = {s: len(mergeable_ranks) + k for k, s in enumerate(special_tokens)}
+    return _specials_by(_cut(tok("special_token_pattern")))(text, mergeable_ranks, pat_str, made_up)
 
 
 register(Checkpoint(
@@ -508,7 +747,19 @@ register(Checkpoint(
     signature="encode(text, mergeable_ranks, pat_str, special_tokens)",
     cases=special_cases,
     reference=tok("encode"),
-    diagnose=diagnose_special,
+    fingerprints=[
+        ("not_split", _specials_by(_cut(None))),
+        ("escape", _specials_by(_unescaped_split)),
+        ("tail", _specials_by(_cut(tok("special_token_pattern"), drop_tail=True))),
+        ("all_specials", _specials_by(_only_endoftext)),
+        ("adjacent", _specials_by(_drop_repeats)),
+        ("longest_first", _specials_by(_cut(_escaped_in_dict_order))),
+        ("ids", _encode_position_ids),
+    ],
+    raised_hints=[
+        (r"^KeyError: ''", "none_given"),  # the empty alternation matched the empty string
+        (r"^KeyError: '(<|>|endoftext|im_start|im_end|pad|assistant)'", "escape"),  # '|' split a token
+    ],
     hints={
         "default": "Find the special tokens with one regex (escaped, longest first); encode the text "
         "between them with encode_ordinary and put each special token's id in its place.",
@@ -524,5 +775,7 @@ register(Checkpoint(
         "alternatives by length, longest first.",
         "none_given": "With no special tokens, encode the whole text as ordinary text (an empty "
         "alternation would match everywhere).",
+        "ids": "Each special token's id is its value in special_tokens, special_tokens[token]: not "
+        "len(mergeable_ranks) plus its position in the dict.",
     },
 ))

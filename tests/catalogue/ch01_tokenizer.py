@@ -73,7 +73,7 @@ def merge_in_place(ids, pair, new_id):
     return ids
 
 
-@mistake("01.merge", "short")
+@mistake("01.merge", "index")
 def merge_indexes_first_pair(ids, pair, new_id):
     out = [ids[0]]  # IndexError on an empty list
     i = 1
@@ -86,13 +86,21 @@ def merge_indexes_first_pair(ids, pair, new_id):
     return out
 
 
+@mistake("01.merge", "text")
+def merge_on_strings(ids, pair, new_id):
+    text = " ".join(str(i) for i in ids)
+    text = text.replace(f"{pair[0]} {pair[1]}", str(new_id))  # "12 3" contains "2 3"
+    return [int(t) for t in text.split()]
+
+
 # -------------------------------------------------------------------------- 01.train_bpe
 
 def _words(text, pat_str, special_tokens, split=True):
-    if special_tokens:
-        text = regex.sub("|".join(map(regex.escape, special_tokens)), "", text)
-    chunks = regex.findall(pat_str, text) if split else [text]
-    return Counter(chunks)
+    pieces = regex.split("|".join(map(regex.escape, special_tokens)), text) if special_tokens else [text]
+    chunks = Counter()
+    for piece in pieces:
+        chunks.update(regex.findall(pat_str, piece) if split else [piece])
+    return chunks
 
 
 def naive_bpe(chunks: Counter, n_merges: int, weighted: bool = True, pick=max) -> dict[bytes, int]:
@@ -335,7 +343,7 @@ def decode_skips_unknown(ids, vocab):
     return b"".join(vocab.get(i, b"") for i in ids).decode("utf-8", errors="replace")
 
 
-@mistake("01.decode", "join_bytes_first")
+@mistake("01.decode", "code_points")
 def decode_ids_as_code_points(ids, vocab):
     if any(i not in vocab for i in ids):
         raise ValueError("unknown id")
@@ -347,6 +355,13 @@ def decode_returns_bytes(ids, vocab):
     if any(i not in vocab for i in ids):
         raise ValueError("unknown id")
     return b"".join(vocab[i] for i in ids)
+
+
+@mistake("01.decode", "join_bytes_first")
+def decode_each_token_with_replace(ids, vocab):
+    if any(i not in vocab for i in ids):
+        raise ValueError(f"unknown id in {ids}")
+    return "".join(vocab[i].decode("utf-8", errors="replace") for i in ids)  # 'é' becomes '��'
 
 
 # -------------------------------------------------------------------- 01.special_tokens
@@ -365,9 +380,35 @@ def encode_unescaped_pattern(text, mergeable_ranks, pat_str, special_tokens):
     if not special_tokens:
         return _ordinary(text, mergeable_ranks, pat_str)
     ids, start = [], 0
-    for m in regex.finditer("|".join(special_tokens), text):  # "|" is alternation!
+    for m in regex.finditer("|".join(special_tokens), text):  # "|" is alternation: "<" matches
         ids += _ordinary(text[start : m.start()], mergeable_ranks, pat_str)
-        ids.append(special_tokens.get(m.group(), -1))
+        ids.append(special_tokens[m.group()])  # KeyError: '<'
+        start = m.end()
+    return ids + _ordinary(text[start:], mergeable_ranks, pat_str)
+
+
+@mistake("01.special_tokens", "escape")
+def encode_splits_on_unescaped_pattern(text, mergeable_ranks, pat_str, special_tokens):
+    if not special_tokens:
+        return _ordinary(text, mergeable_ranks, pat_str)
+    ids = []
+    for piece in regex.split("(" + "|".join(special_tokens) + ")", text):
+        if piece in special_tokens:
+            ids.append(special_tokens[piece])
+        elif piece:
+            ids += _ordinary(piece, mergeable_ranks, pat_str)  # '<', 'endoftext', '>' as text
+    return ids
+
+
+@mistake("01.special_tokens", "ids")
+def encode_numbers_special_tokens_itself(text, mergeable_ranks, pat_str, special_tokens):
+    pattern = "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
+    if not special_tokens:
+        return _ordinary(text, mergeable_ranks, pat_str)
+    ids, start = [], 0
+    for m in regex.finditer(pattern, text):
+        ids += _ordinary(text[start : m.start()], mergeable_ranks, pat_str)
+        ids.append(len(mergeable_ranks) + list(special_tokens).index(m.group()))  # not the dict's id
         start = m.end()
     return ids + _ordinary(text[start:], mergeable_ranks, pat_str)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -22,13 +23,13 @@ def rms_norm_with_f_layer_norm(x, weight, eps):
     return F.layer_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype) * weight
 
 
-@mistake("02.rmsnorm", "mean_square")
+@mistake("02.rmsnorm", "std")
 def rms_norm_with_std(x, weight, eps):
     x32 = x.float()
     return weight * (x32 / torch.sqrt(x32.var(-1, keepdim=True) + eps)).to(x.dtype)  # Bessel: d - 1
 
 
-@mistake("02.rmsnorm", "mean_square")
+@mistake("02.rmsnorm", "norm")
 def rms_norm_divides_by_the_norm(x, weight, eps):
     x32 = x.float()
     return weight * (x32 / (x32.norm(dim=-1, keepdim=True) + eps)).to(x.dtype)  # forgot / sqrt(d)
@@ -40,7 +41,7 @@ def rms_norm_eps_outside_the_root(x, weight, eps):
     return weight * (x32 / (x32.pow(2).mean(-1, keepdim=True).sqrt() + eps)).to(x.dtype)
 
 
-@mistake("02.rmsnorm", "eps")
+@mistake("02.rmsnorm", "eps_arg")
 def rms_norm_ignores_eps(x, weight, eps):
     x32 = x.float()
     return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
@@ -81,6 +82,20 @@ def rms_norm_in_input_precision(x, weight, eps):
     return weight * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps))
 
 
+@mistake("02.rmsnorm", "gain_order")
+def rms_norm_gain_before_the_cast(x, weight, eps):
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+@mistake("02.rmsnorm", "grad_differs")
+def rms_norm_statistics_without_gradient(x, weight, eps):
+    x32 = x.float()
+    with torch.no_grad():  # "the RMS is just a scale": but the gradient must flow through it
+        inv_rms = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * (x32 * inv_rms).to(x.dtype)
+
+
 # -------------------------------------------------------------------------- 02.rope_cache
 
 
@@ -96,7 +111,7 @@ def rope_cache_exponent_i_over_d(head_dim, max_seq_len, theta=10000.0):
     return angles.cos(), angles.sin()
 
 
-@mistake("02.rope_cache", "freq")
+@mistake("02.rope_cache", "reciprocal")
 def rope_cache_without_reciprocal(head_dim, max_seq_len, theta=10000.0):
     freq = theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # theta^(+2i/d)
     angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), freq)
@@ -155,7 +170,7 @@ def apply_rope_interleaved_pairs(x, cos, sin):
     return torch.stack([even * c - odd * s, even * s + odd * c], dim=-1).flatten(-2)
 
 
-@mistake("02.apply_rope", "halves")
+@mistake("02.apply_rope", "neighbours")
 def apply_rope_rotate_every_two(x, cos, sin):
     rotated = torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)  # GPT-J's rotate_every_two
     return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
@@ -168,7 +183,7 @@ def apply_rope_sign_flipped(x, cos, sin):
     return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
 
 
-@mistake("02.apply_rope", "sign")
+@mistake("02.apply_rope", "minus")
 def apply_rope_halves_swapped_without_minus(x, cos, sin):
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos[None, :, None, :] + torch.cat([x2, x1], dim=-1) * sin[None, :, None, :]
@@ -198,6 +213,14 @@ def apply_rope_in_place(x, cos, sin):
     return x.add_(rotated)
 
 
+@mistake("02.apply_rope", "grad_differs")
+def apply_rope_rotate_half_in_numpy(x, cos, sin):
+    half = x.shape[-1] // 2
+    x_np = x.detach().numpy()  # x.numpy() refuses a tensor that requires grad, so: detach
+    rotated = torch.from_numpy(np.concatenate([-x_np[..., half:], x_np[..., :half]], axis=-1))
+    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+
 # ----------------------------------------------------------------------------- 02.swiglu
 
 
@@ -206,12 +229,12 @@ def swiglu_with_relu(x, w_gate, w_up, w_down):
     return F.linear(F.relu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
-@mistake("02.swiglu", "silu")
+@mistake("02.swiglu", "gelu")
 def swiglu_with_gelu(x, w_gate, w_up, w_down):
     return F.linear(F.gelu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
-@mistake("02.swiglu", "silu")
+@mistake("02.swiglu", "no_activation")
 def swiglu_without_activation(x, w_gate, w_up, w_down):
     return F.linear(F.linear(x, w_gate) * F.linear(x, w_up), w_down)
 
@@ -241,10 +264,16 @@ def swiglu_weights_not_transposed(x, w_gate, w_up, w_down):
     return (F.silu(x @ w_gate) * (x @ w_up)) @ w_down
 
 
+@mistake("02.swiglu", "grad_detached")
+def swiglu_weights_through_data(x, w_gate, w_up, w_down):
+    # .data, as in pre-1.0 PyTorch code: the values, without autograd
+    return F.linear(F.silu(F.linear(x, w_gate.data)) * F.linear(x, w_up.data), w_down.data)
+
+
 # ------------------------------------------------------------------------ 02.causal_mask
 
 
-@mistake("02.causal_mask", "bool")
+@mistake("02.causal_mask", "additive")
 def causal_mask_additive_float(q_len, kv_len=None):
     kv_len = q_len if kv_len is None else kv_len
     mask = torch.full((q_len, kv_len), float("-inf"))
