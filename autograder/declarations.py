@@ -116,6 +116,7 @@ class Checkpoint:
     # "function": the learner's object is called as fn(*args). Otherwise a runner from
     # runners.RUNNERS calls it: "module" (an nn.Module class; args are (init_args,
     # state_dict, forward_args): build, load the reference's state_dict, forward),
+    # "tables" (a function of x and constant tables: RoPE; probed through x only),
     # "train_steps" and "resume" (chapter 06: a training step or a save/restore pair driven
     # on the notebook's own Transformer; see the runners' docstrings).
     kind: str = "function"

@@ -215,7 +215,7 @@ def write_fixtures(out_dir: Path = FIXTURE_DIR, check: bool = False, only: tuple
             drift.append(f"{_shown(path)}: missing")
         else:
             stored = path.read_bytes()
-            problem = None if stored == blob else fixture_difference(_load_or_none(stored, name), loads(blob, name))
+            problem = None if stored == blob else fixture_difference(load_or_none(stored, name), loads(blob, name))
             if problem is None:
                 continue  # the same, or the same within the checkpoint's tolerances (another CPU)
             drift.append(f"{_shown(path)}: differs from the live checkpoint ({problem})")
@@ -236,7 +236,7 @@ def write_fixtures(out_dir: Path = FIXTURE_DIR, check: bool = False, only: tuple
 ARGS_TOL = 1e-6
 
 
-def _load_or_none(blob: bytes, name: str) -> dict | None:
+def load_or_none(blob: bytes, name: str) -> dict | None:
     try:
         return loads(blob, name)
     except Exception:  # noqa: BLE001 - an old format or a damaged file is simply stale
