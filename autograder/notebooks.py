@@ -170,11 +170,9 @@ def render_notebook(nb) -> bool:
             continue
         if module is None:
             raise ValueError("a cell has course.render but the notebook has no course.module metadata")
-        text = render_cell(module, names)
-        earlier = earlier_chapters_code(module, names)
-        if earlier:
+        text = rendered_source(module, names)
+        if earlier_chapters_code(module, names):
             # code from earlier chapters arrives collapsed, its first line saying what it holds
-            text = f"# {earlier}\n{text}"
             if cell.metadata.get("jupyter", {}).get("source_hidden") is not True:
                 cell.metadata.setdefault("jupyter", {})["source_hidden"] = True
                 changed = True
@@ -182,6 +180,14 @@ def render_notebook(nb) -> bool:
             cell.source = text
             changed = True
     return changed
+
+
+def rendered_source(module: str, names: list[str]) -> str:
+    """What a rendered cell holds: :func:`render_cell`, led by a one-line summary when the
+    code comes from earlier chapters."""
+    text = render_cell(module, names)
+    earlier = earlier_chapters_code(module, names)
+    return f"# {earlier}\n{text}" if earlier else text
 
 
 CHAPTER_OF_MODULE = {

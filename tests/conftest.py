@@ -27,7 +27,7 @@ def root() -> Path:
     return ROOT
 
 
-def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = 300):
+def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = 600):
     """Run a notebook top to bottom in a fresh kernel, in its own folder; returns (nb, seconds)."""
     import time
 

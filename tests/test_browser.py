@@ -120,10 +120,30 @@ def page(lab):
         page = context.new_page()
         page.set_default_timeout(60_000)
         page.goto(f"{url}/lab/tree/{CHAPTER}/{CHAPTER}.ipynb?token={token}")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
+        wait_until_loaded(page)
         wait_for_kernel_idle(page)
         yield page
         browser.close()
+
+
+def wait_until_loaded(page, timeout: float = 180):
+    """Until every cell of the notebook is on the page and its kernel is chosen. On a busy
+    machine JupyterLab may ask which kernel to start before the kernel list arrives: accept
+    its proposal (the notebook's own Python 3), as a learner would."""
+    import nbformat
+
+    expected = len(nbformat.read(ROOT / "chapters" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4).cells)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dialog = page.locator(".jp-Dialog button.jp-mod-accept")
+        if dialog.count():
+            dialog.first.click()
+        cells = page.locator(".jp-Notebook .jp-Cell").count()
+        ready = page.evaluate("() => !!document.querySelector('.jp-Notebook-ExecutionIndicator')")
+        if cells == expected and ready and not page.locator(".jp-Dialog").count():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the notebook did not load: {page.locator('.jp-Notebook .jp-Cell').count()} of {expected} cells")
 
 
 def wait_for_kernel_idle(page, timeout: float = 300):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autograder.notebooks import render_cell, source_path
+from autograder.notebooks import rendered_source, source_path
 from solutions.attention import KVCache
 from solutions.layers import rope_cache
 from solutions.model import (
@@ -297,7 +297,7 @@ def test_notebook_gives_earlier_chapters_code_rendered_from_solutions():
     assert {n.split(":")[0] for c in given for n in c.metadata["course"]["render"]} == {"=solutions.layers", "=solutions.attention"}
     for cell in given:
         assert cell.metadata["course"].get("preamble")
-        assert cell.source == render_cell("solutions.model", cell.metadata["course"]["render"])
+        assert cell.source == rendered_source("solutions.model", cell.metadata["course"]["render"])
 
 
 @pytest.mark.parametrize("n_experts", [0, 4])

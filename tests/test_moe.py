@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autograder.notebooks import render_cell, source_path
+from autograder.notebooks import rendered_source, source_path
 from solutions.layers import SwiGLU
 from solutions.moe import (
     MoE,
@@ -352,4 +352,4 @@ def test_notebook_gives_chapter_02s_swiglu_rendered_from_solutions():
     nb = nbformat.read(source_path("04_moe"), as_version=4)
     given = [c for c in nb.cells if c.metadata.get("course", {}).get("render") == ["=solutions.layers:SwiGLU"]]
     assert len(given) == 1 and given[0].metadata["course"].get("preamble")
-    assert given[0].source == render_cell("solutions.moe", ["=solutions.layers:SwiGLU"])
+    assert given[0].source == rendered_source("solutions.moe", ["=solutions.layers:SwiGLU"])

@@ -46,6 +46,6 @@ def test_fixtures_are_up_to_date_under_another_kernel_family():
 
 @needs_another_family
 def test_release_fixtures_give_the_same_verdicts_and_hints_under_another_kernel_family():
-    done = run_under(OTHER, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_release.py",
+    done = run_under(OTHER, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_release.py",
                      "-k", "fixtures_accept or fixtures_reject")
     assert done.returncode == 0, f"under ATEN_CPU_CAPABILITY={OTHER}:\n{done.stdout[-6000:]}"
