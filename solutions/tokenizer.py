@@ -86,8 +86,10 @@ def train_bpe(
     spans ``<|endoftext|>``.
 
     Each step merges the most frequent adjacent pair, counted over the regex chunks of
-    the text, each unique chunk weighted by how often it occurs. Ties go to the pair whose
-    bytes sort first. Training stops early when no pair is left to merge.
+    the text, each unique chunk weighted by how often it occurs. Ties may be broken any way
+    (the checkpoint accepts any most frequent pair); this one takes the pair whose bytes
+    sort first, so its ranks never depend on dict order. Training stops early when no pair
+    is left to merge.
 
     Counting here is incremental (a recount after every merge gives the same result, only
     slower): a merge only changes the pair counts of the words that contain the merged
