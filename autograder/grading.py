@@ -41,7 +41,7 @@ import nbformat
 
 from . import core
 from .notebooks import ROOT, chapters, source_path
-from .sandbox import (EncodedTensor, Limits, SandboxError, SandboxUnavailable, Unsupported, Worker,
+from .sandbox import (UNCHANGED, EncodedTensor, Limits, SandboxError, SandboxUnavailable, Unsupported, Worker,
                       require_sandbox)
 
 HIDDEN_TESTS = re.compile(r"\n?### BEGIN HIDDEN TESTS.*?### END HIDDEN TESTS\n?", re.S)
@@ -266,6 +266,8 @@ def _rebuild_exception(info: dict) -> Exception:
 
 def _restore(value):
     """Decoded data from the worker back into Python values (tensors rebuilt from bytes)."""
+    if value is UNCHANGED:
+        value = Unsupported("marker", "UNCHANGED")
     if isinstance(value, Unsupported):
         raise TypeError(f"returned a {value.type_name} ({value.text[:80]}), which is not plain data: "
                         "return a list, dict, str, tensor, ...")
@@ -320,9 +322,11 @@ def _proxy(worker: Worker, name: str, kind: str, violations: list[str], sandbox_
                 sandbox_errors.append(SandboxError("memory", f"ran out of memory under the cap of {worker.limits.memory_mb} MB"))
             raise _rebuild_exception(payload)
         try:
-            for arg, after in zip(args, _restore(args_after)):
+            for arg, after in zip(args, args_after):
+                if after is UNCHANGED:
+                    continue
                 try:
-                    _write_back(arg, after)
+                    _write_back(arg, _restore(after))
                 except Exception:  # noqa: BLE001 - an odd argument is not worth failing over
                     pass
             return _restore(payload)

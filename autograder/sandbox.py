@@ -37,7 +37,6 @@ import functools
 import os
 import pickle
 import platform
-import resource
 import select
 import shutil
 import signal
@@ -99,6 +98,7 @@ class SandboxUnavailable(RuntimeError):
 #   q <u32 n> <n q>       list of ints (packed)        D <u32 n> <n d>       list of floats (packed)
 #   X <u8 n> dtype <u8 ndim> <ndim Q> <Q n> <n bytes>  tensor (bfloat16 as its int16 bits)
 #   U <value> <value>     an object that is not plain data: (type name, short repr), both str
+#   K                     (in the arguments sent back) this argument was left unchanged
 # No references: a value shared n times is sent n times, so the sender pays for it.
 
 
@@ -117,6 +117,14 @@ class EncodedTensor:
 class Unsupported:
     type_name: str
     text: str
+
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = _Unchanged()  # an argument the call left as it was (tag K), not sent back
 
 
 class _Decoder:
@@ -143,6 +151,43 @@ class _Decoder:
         if self.items > MAX_ITEMS:
             raise WireError(f"the reply holds more than {MAX_ITEMS:,} values")
         return n
+
+    def values(self, n: int, depth: int) -> list:
+        """``n`` values in a row: ints, floats, strings and bytes decoded inline (the common
+        case, and most of the time), anything else through :meth:`value`."""
+        data, end, out = self.data, len(self.data), []
+        append, unpack_from = out.append, struct.unpack_from
+        for _ in range(n):
+            pos = self.pos
+            if pos >= end:
+                raise WireError("the reply ends in the middle of a value")
+            tag = data[pos]
+            if tag == 0x69:  # i
+                append(unpack_from("<q", data, pos + 1)[0])
+                self.pos = pos + 9
+            elif tag == 0x62 or tag == 0x73:  # b, s
+                (size,) = unpack_from("<I", data, pos + 1)
+                start = pos + 5
+                if start + size > end:
+                    raise WireError("the reply ends in the middle of a value")
+                if tag == 0x62:
+                    append(bytes(data[start : start + size]))
+                else:
+                    try:
+                        append(str(data[start : start + size], "utf-8", "surrogatepass"))
+                    except UnicodeDecodeError as exc:
+                        raise WireError(f"a string that is not UTF-8 ({exc.reason})") from None
+                self.pos = start + size
+            elif tag == 0x66:  # f
+                append(unpack_from("<d", data, pos + 1)[0])
+                self.pos = pos + 9
+            else:
+                append(self.value(depth))
+                continue
+            self.items += 1
+        if self.items > MAX_ITEMS:
+            raise WireError(f"the reply holds more than {MAX_ITEMS:,} values")
+        return out
 
     def value(self, depth: int = 0):
         if depth > MAX_DEPTH:
@@ -187,7 +232,7 @@ class _Decoder:
             return packed.tolist()
         if tag in (b"l", b"t", b"S", b"Z"):
             n = self.count()
-            items = [self.value(depth + 1) for _ in range(n)]
+            items = self.values(n, depth + 1)
             if tag == b"l":
                 return items
             if tag == b"t":
@@ -196,12 +241,12 @@ class _Decoder:
             return set(items) if tag == b"S" else frozenset(items)
         if tag == b"d":
             n = self.count(2)
-            keys, values = [], []
-            for _ in range(n):
-                keys.append(self.value(depth + 1))
-                values.append(self.value(depth + 1))
+            flat = self.values(2 * n, depth + 1)
+            keys = flat[0::2]
             _check_hashes(keys)
-            return dict(zip(keys, values))
+            return dict(zip(keys, flat[1::2]))
+        if tag == b"K":
+            return UNCHANGED
         if tag == b"X":
             (n,) = self.unpack("<B")
             dtype = str(self.take(n), "ascii", "replace")
@@ -527,6 +572,8 @@ def _environment(extra: dict | None = None) -> dict:
 
 
 def _limit_resources(limits: Limits):
+    import resource  # POSIX only: imported here so that elsewhere the refusal can still be explained
+
     def apply():
         os.setsid()
         megabytes = limits.memory_mb * 2**20

@@ -25,6 +25,7 @@ the grader decodes them as hostile input.
 
     parent -> ("setup", cells, {name: n_params})     worker -> ("ready", report)
     parent -> ("call", name, args, kind)   worker -> ("return", value, args_after, violations, dropped)
+                                   (args_after: each argument, or ``K`` where the call left it unchanged)
                                                   or ("raise", exception_info, violations, dropped)
 """
 
@@ -142,6 +143,21 @@ class TooLarge(Exception):
     pass
 
 
+class Unchanged:
+    """Stands for an argument the call left as it was: not sent back (tag ``K``)."""
+
+
+UNCHANGED = Unchanged()
+
+
+def snapshot(value):
+    """The argument's bytes, to tell afterwards whether the call changed it in place."""
+    try:
+        return pickle.dumps(value, protocol=4)
+    except BaseException:  # noqa: BLE001 - an argument that cannot be pickled is sent back
+        return None
+
+
 def send(channel, message):
     """One reply in the wire format (see ``autograder.sandbox``): the sender expands shared
     references, so a reply that would exceed the limit stops here, not in the grader."""
@@ -201,6 +217,8 @@ def encode(value, out, depth):
     torch = torch_module()
     if value is None:
         out += b"N"
+    elif value is UNCHANGED:
+        out += b"K"
     elif isinstance(value, bool):
         out += b"T" if value else b"F"
     elif isinstance(value, int):
@@ -396,9 +414,12 @@ def main():
             _, name, args, kind = message
             before = len(VIOLATIONS)
             try:
+                snapshots = [snapshot(arg) for arg in args]
                 value = namespace[name](*args) if kind == "function" else RUNNERS[kind](namespace[name], *args)
+                after = [UNCHANGED if shot is not None and snapshot(arg) == shot else arg
+                         for arg, shot in zip(args, snapshots)]
                 try:
-                    send(channel_out, ("return", value, list(args), VIOLATIONS[before:][:100], output.dropped))
+                    send(channel_out, ("return", value, after, VIOLATIONS[before:][:100], output.dropped))
                     continue
                 except TooLarge:
                     info = TOO_LARGE
