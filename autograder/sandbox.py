@@ -422,6 +422,9 @@ def _bwrap_args(config: _Config, limits: Limits, extra: list[str]) -> list[str]:
             args += ["--ro-bind", path, path]
     for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime"):
         args += ["--ro-bind-try", path, path]
+    # the private /tmp first: a Python environment (or the course's clone) that lives under
+    # /tmp is bound on top of it below, instead of being hidden by it
+    args += ["--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp"]
     prefixes = [p for p in _prefixes() if not (p == "/usr" or p.startswith("/usr/"))]
     for prefix in prefixes:
         args += ["--ro-bind", os.path.realpath(prefix), prefix]
@@ -435,7 +438,6 @@ def _bwrap_args(config: _Config, limits: Limits, extra: list[str]) -> list[str]:
     else:
         args += ["--dir", "/proc", "--ro-bind", "/proc/cpuinfo", "/proc/cpuinfo"]
     args += ["--dev", "/dev",
-             "--perms", "1777", "--size", str(limits.tmp_mb * 2**20), "--tmpfs", "/tmp",
              "--perms", "1777", "--size", str(4 * 2**20), "--tmpfs", "/dev/shm",
              "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp"]
     return args + extra + ["--", sys.executable, "-I", "-B", f"{SANDBOX_DIR}/sandbox_worker.py", str(ROOT)]
