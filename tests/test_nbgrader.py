@@ -17,7 +17,7 @@ TOTAL = sum(cp.points for cid, cp in __import__("autograder.core", fromlist=["re
             if cid.startswith("01."))  # chapter 01's points, as declared in autograder/checks/
 
 
-def nbgrader(course, *args):
+def nbgrader(course, *args, check: bool = True):
     cmd = [
         sys.executable, "-m", "nbgrader", *args,
         f"--CourseDirectory.root={course}",
@@ -25,7 +25,7 @@ def nbgrader(course, *args):
         f"--CourseDirectory.db_url=sqlite:///{course}/gradebook.db",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 0 or not check, done.stdout + done.stderr
     return done
 
 
