@@ -156,8 +156,10 @@ ATTACKS = [
     Attack("sys.exit()", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    import sys\n    sys.exit(0)\n"), True),
     Attack("os._exit()", TARGET, lambda nb: replace_body(nb, "decode", "decode", "    import os\n    os._exit(0)\n"),
            True, nbgrader_safe=False),
+    # nbgrader's score for it depends on the machine's speed (its cell times out on a loaded
+    # machine: 0; on a quiet one it ends in time: 8), so there is no one score to compare with
     Attack("print 100 MB", TARGET, lambda nb: replace_body(
-        nb, "decode", "decode", "    print('x' * 100_000_000)\n    return ''\n"), True),
+        nb, "decode", "decode", "    print('x' * 100_000_000)\n    return ''\n"), True, nbgrader_safe=False),
     Attack("segfault through ctypes", TARGET, lambda nb: replace_body(
         nb, "decode", "decode", "    import ctypes\n    return ctypes.string_at(0)\n"), True, nbgrader_safe=False),
     Attack("spawn processes without end", TARGET, lambda nb: replace_body(

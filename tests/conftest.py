@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -44,25 +45,20 @@ def execute_notebook(path: Path, *, allow_errors: bool = False, timeout: int = 6
     return nb, time.perf_counter() - start
 
 
-def text_outputs(nb) -> list[str]:
-    """Printed text of every code cell, for comparing two runs."""
-    out = []
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        out.append("".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"))
-    return out
+def pytest_xdist_make_scheduler(config, log):
+    """Spread the suite over the xdist workers: each test file goes whole to one worker (its
+    module-scoped fixtures run once), except the notebook tests, the longest, which go per
+    chapter (``[06_pretraining]`` in the test's id), so that chapters run side by side. (A
+    scheduler of our own rather than ``xdist_group`` marks, which pytest-xdist 3.8 cannot
+    apply under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
 
+    class ByFileAndChapter(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path, _, name = nodeid.partition("::")
+            chapter = re.search(r"\[(\d\d_[a-z_]+)\]", name)
+            if path.endswith("test_notebooks.py") and chapter:
+                return f"{path}[{chapter.group(1)}]"
+            return path
 
-def pytest_collection_modifyitems(config, items):
-    """Spread the suite over xdist workers (``--dist loadgroup``): each test file stays on one
-    worker (its module-scoped fixtures run once), except the notebook tests, which are the
-    longest and are grouped per chapter so that chapters run side by side."""
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        group = module
-        if module.endswith("test_notebooks.py") and hasattr(item, "callspec"):
-            chapter = item.callspec.params.get("executed_source") or item.callspec.params.get("chapter")
-            if chapter:
-                group = f"notebooks/{chapter}"
-        item.add_marker(pytest.mark.xdist_group(group))
+    return ByFileAndChapter(config, log)

@@ -191,6 +191,19 @@ def replace_cell_source(page, index: int, text: str):
     wait_for_kernel_idle(page)
 
 
+def run_checkpoint_cell(page, index: int):
+    """Run every cell above the checkpoint cell (Run ▸ Run All Above Selected Cell), then the
+    checkpoint cell itself. Each test stands on its own: it does not rely on an earlier test's
+    kernel (on a loaded machine JupyterLab may have restarted it in between)."""
+    page.locator(".jp-Notebook .jp-CodeCell").nth(index).locator(".cm-content").click()
+    page.keyboard.press("Escape")
+    run_menu(page, "Run All Above Selected Cell")
+    wait_for_kernel_idle(page)
+    page.locator(".jp-Notebook .jp-CodeCell").nth(index).locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+    wait_for_kernel_idle(page)
+
+
 def index_of(cells: list[dict], prefix: str) -> int:
     return next(i for i, c in enumerate(cells) if c["first"].startswith(prefix))
 
@@ -229,9 +242,7 @@ def test_a_wrong_answer_typed_in_the_editor_gets_its_hint(page):
     answer = index_of(cells, "def rms_norm")
     replace_cell_source(page, answer, WRONG_RMS_NORM)
     check = index_of(cells, "# Checkpoint 02.rmsnorm")
-    page.locator(".jp-Notebook .jp-CodeCell").nth(check).locator(".cm-content").click()
-    page.keyboard.press("Shift+Enter")
-    wait_for_kernel_idle(page)
+    run_checkpoint_cell(page, check)
     output = code_cells(page)[check]["output"]
     page.screenshot(path=str(ARTIFACTS / "02_wrong_answer.png"), full_page=True)
     assert output.startswith("✗ 02.rmsnorm") and "Multiply the normalised x by the learned gain" in " ".join(output.split()), output
@@ -244,9 +255,7 @@ def test_a_correct_answer_typed_in_the_editor_passes_and_is_recorded(page, lab):
     answer = index_of(cells, "def rms_norm")
     replace_cell_source(page, answer, inspect.getsource(layers.rms_norm))
     check = index_of(cells, "# Checkpoint 02.rmsnorm")
-    page.locator(".jp-Notebook .jp-CodeCell").nth(check).locator(".cm-content").click()
-    page.keyboard.press("Shift+Enter")
-    wait_for_kernel_idle(page)
+    run_checkpoint_cell(page, check)
     page.screenshot(path=str(ARTIFACTS / "02_with_answer.png"), full_page=True)
     output = code_cells(page)[check]["output"]
     assert output.startswith("✓ 02.rmsnorm") and "\n" not in output.strip(), output

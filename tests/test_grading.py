@@ -252,7 +252,7 @@ def test_nbgrader_agrees_where_it_can_defend(tmp_path, attack_grades):
         target = course / "submitted" / f"s{index:02d}" / CHAPTER / f"{CHAPTER}.ipynb"
         target.parent.mkdir(parents=True)
         target.write_bytes(path.read_bytes())
-    # nbgrader exits 1 when a submission's cell times out (the 100 MB print); the grades of
+    # nbgrader exits 1 when a submission's cell times out (the infinite loop); the grades of
     # every submission are still recorded, and they are what this test compares
     nbgrader(course, "autograde", CHAPTER, "--Execute.timeout=20", check=False)
     from nbgrader.api import Gradebook
