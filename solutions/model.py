@@ -24,6 +24,8 @@ This module has
   of a state dict (what the chapter's checkpoints grade);
 * :class:`Block` and :class:`Transformer`: the same as ``nn.Module`` s, with MoE and a KV cache;
 * :func:`param_count`: total and active parameters from a config;
+* :func:`llama3_inv_freq`: Llama 3.1's RoPE scaling (``rope_type: llama3``), which
+  Llama 3.1 and 3.2 checkpoints need;
 * :func:`hf_key` and :func:`load_hf_checkpoint`: Hugging Face Llama / Mixtral safetensors
   checkpoints into the course model, without ``transformers``.
 
@@ -64,6 +66,9 @@ class LlamaConfig:
     block's feed-forward is a Mixtral MoE sending each token to ``top_k``
     (``num_experts_per_tok``) experts. ``tie_embeddings`` (``tie_word_embeddings``): the output
     projection is the embedding matrix itself. ``sdpa``: attention through PyTorch's fused kernel.
+    ``rope_scaling`` (``rope_parameters`` with ``rope_type: llama3``): Llama 3.1's RoPE
+    frequency scaling, a dict of ``factor``, ``low_freq_factor``, ``high_freq_factor`` and
+    ``original_max_position_embeddings`` (:func:`llama3_inv_freq`); ``None`` = plain RoPE.
     """
 
     vocab_size: int
@@ -79,6 +84,7 @@ class LlamaConfig:
     n_experts: int = 0
     top_k: int = 2
     sdpa: bool = True
+    rope_scaling: dict | None = None
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -97,6 +103,8 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig.norm_eps must be > 0, got {self.norm_eps!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"LlamaConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            check_llama3_scaling(self.rope_scaling)
 
     @property
     def head_dim(self) -> int:
@@ -104,12 +112,17 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, hf: dict) -> "LlamaConfig":
-        """From a Hugging Face ``config.json`` (as a dict) of a Llama or Mixtral model."""
-        rope = hf.get("rope_parameters") or {}
+        """From a Hugging Face ``config.json`` (as a dict) of a Llama or Mixtral model.
+
+        RoPE's parameters are read from ``rope_parameters`` (transformers 5) or from
+        ``rope_theta`` and ``rope_scaling`` (earlier configs, such as Meta's Llama 3.1 and 3.2)."""
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
         theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
-        if (rope.get("rope_type") or "default") != "default" or hf.get("rope_scaling"):
-            raise ValueError("this checkpoint scales RoPE (rope_type / rope_scaling); the course model "
-                             "implements plain RoPE only")
+        rope_type = rope.get("rope_type") or rope.get("type") or "default"
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(f"this checkpoint scales RoPE with rope_type {rope_type!r}; the course model implements "
+                             "plain RoPE ('default') and Llama 3.1's scaling ('llama3') only")
+        scaling = {key: rope[key] for key in LLAMA3_SCALING_KEYS if key in rope} if rope_type == "llama3" else None
         dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
         if hf.get("head_dim") not in (None, dim // n_heads):
             raise ValueError(f"config.json has head_dim={hf['head_dim']}, but the course model uses "
@@ -124,7 +137,62 @@ class LlamaConfig:
             max_seq_len=hf.get("max_position_embeddings", 2048),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             n_experts=hf["num_local_experts"] if moe else 0, top_k=hf.get("num_experts_per_tok", 2),
+            rope_scaling=scaling,
         )
+
+
+# ------------------------------------------------------------- Llama 3.1's RoPE scaling
+
+LLAMA3_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def check_llama3_scaling(scaling) -> None:
+    """Raise ``ValueError`` saying what to fix unless ``scaling`` is a valid Llama 3.1 RoPE scaling."""
+    if not isinstance(scaling, dict) or set(scaling) != set(LLAMA3_SCALING_KEYS):
+        raise ValueError(f"LlamaConfig.rope_scaling must be None or a dict of exactly {', '.join(LLAMA3_SCALING_KEYS)} "
+                         f"(Llama 3.1's config.json: factor 8, low_freq_factor 1, high_freq_factor 4, "
+                         f"original_max_position_embeddings 8192), got {scaling!r}")
+    if not (scaling["factor"] >= 1 and 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]
+            and scaling["original_max_position_embeddings"] >= 1):
+        raise ValueError(f"LlamaConfig.rope_scaling needs factor >= 1, 0 < low_freq_factor < high_freq_factor and "
+                         f"original_max_position_embeddings >= 1, got {scaling!r}")
+
+
+def llama3_inv_freq(head_dim: int, theta: float, scaling: dict) -> torch.Tensor:
+    r"""RoPE's frequencies with Llama 3.1's scaling, for contexts longer than pretraining's.
+
+    Pair :math:`i` turns at :math:`f_i = \theta^{-2i/d}` radians per position, a wavelength of
+    :math:`\lambda_i = 2\pi / f_i` positions. With the pretraining context :math:`L`
+    (``original_max_position_embeddings``), the factor :math:`s` and the two thresholds
+    :math:`L / h` and :math:`L / l` (``high_freq_factor`` :math:`h` > ``low_freq_factor`` :math:`l`):
+
+    * :math:`\lambda_i < L / h`: many turns within the context, they encode local order: kept;
+    * :math:`\lambda_i > L / l`: less than a turn or so within the context: divided by
+      :math:`s`, so that :math:`s L` positions now span the angles pretraining saw
+      (position interpolation, Chen et al., 2023);
+    * in between, a smooth mix, :math:`f_i' = (1 - \gamma) f_i / s + \gamma f_i` with
+      :math:`\gamma = (L / \lambda_i - l) / (h - l)`, which is 1 at :math:`L / h` and 0 at :math:`L / l`.
+
+    Returns ``(head_dim / 2,)`` float32, in the order of :func:`~solutions.layers.rope_cache`'s angles.
+    """
+    check_llama3_scaling(scaling)
+    s, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (head_dim/2,)
+    wavelength = 2 * torch.pi / inv_freq
+    gamma = ((context / wavelength - low) / (high - low)).clamp(0, 1)  # 1: keep, 0: divide by s
+    return (1 - gamma) * inv_freq / s + gamma * inv_freq
+
+
+def model_rope_cache(cfg: "LlamaConfig") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(max_seq_len, head_dim)``: :func:`~solutions.layers.rope_cache`, or
+    the same layout from Llama 3.1's scaled frequencies when the config has ``rope_scaling``."""
+    if cfg.rope_scaling is None:
+        return rope_cache(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+    inv_freq = llama3_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+    angles = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float32), inv_freq)  # (seq, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (seq, head_dim), rotate-half layout
+    return angles.cos(), angles.sin()
 
 
 # ------------------------------------------------------------- the block and the model, as functions
@@ -258,7 +326,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight  # one tensor, two names
-        cos, sin = rope_cache(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        cos, sin = model_rope_cache(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)  # (max_seq_len, head_dim)
         self.register_buffer("rope_sin", sin, persistent=False)
 

@@ -45,6 +45,15 @@ def randomise_norms(model):
     return model
 
 
+def sharpen_attention(model):
+    """Queries and keys x4: attention far from uniform, so that positions (RoPE) matter to the logits."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(4)
+    return model
+
+
 def same_logits(theirs, ours, seq=11):
     tokens = torch.randint(0, theirs.config.vocab_size, (2, seq), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -53,8 +62,14 @@ def same_logits(theirs, ours, seq=11):
     assert (a - b).abs().max().item() < TOL, (a - b).abs().max().item()
 
 
+# Llama 3.1's RoPE scaling, with a pretraining context of 16 positions so that 11 tokens already
+# meet every regime: kept, interpolated and smoothly mixed frequencies
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
 CASES = {
     "llama": lambda: llama(),
+    "llama 3.1 RoPE scaling": lambda: sharpen_attention(llama(rope_parameters=dict(LLAMA3_ROPE), max_position_embeddings=64)),
     "llama MQA, tied embeddings": lambda: llama(num_key_value_heads=1, tie_word_embeddings=True),
     "llama MHA, theta 10000": lambda: llama(num_key_value_heads=4, rope_theta=10000.0),
     "mixtral": lambda: mixtral(),
@@ -107,7 +122,50 @@ def test_config_from_hf_reads_every_field():
     assert cfg.rope_theta == theirs.config.rope_parameters["rope_theta"]
 
 
+def test_llama3_scaling_is_read_from_both_config_layouts_and_changes_the_logits(tmp_path):
+    theirs = randomise_norms(CASES["llama 3.1 RoPE scaling"]())
+    theirs.save_pretrained(tmp_path)
+    ours = load_hf_checkpoint(tmp_path)
+    scaling = {k: v for k, v in LLAMA3_ROPE.items() if k not in ("rope_type", "rope_theta")}
+    assert ours.cfg.rope_scaling == scaling and ours.cfg.rope_theta == 500000.0
+    # Meta's Llama 3.1 / 3.2 config.json (transformers 4): rope_theta beside rope_scaling
+    legacy = {k: v for k, v in json.loads((tmp_path / "config.json").read_text()).items() if k != "rope_parameters"}
+    legacy |= {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", **scaling}}
+    assert LlamaConfig.from_hf(legacy).rope_scaling == scaling
+    # without the scaling the same weights give other logits: the comparison above can fail
+    plain = Transformer(LlamaConfig(**{**vars(ours.cfg), "rope_scaling": None})).eval()
+    plain.load_state_dict(ours.state_dict())
+    tokens = torch.randint(0, 61, (2, 11), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert (plain(tokens) - ours(tokens)).abs().max().item() > 100 * TOL
+
+
+def test_llama3_frequencies_keep_the_fast_pairs_and_divide_the_slow_ones():
+    from solutions.model import llama3_inv_freq
+
+    scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    plain = 1.0 / 500000.0 ** (torch.arange(0, 128, 2, dtype=torch.float32) / 128)
+    scaled = llama3_inv_freq(128, 500000.0, scaling)
+    wavelength = 2 * torch.pi / plain
+    assert torch.equal(scaled[wavelength < 8192 / 4], plain[wavelength < 8192 / 4])
+    assert torch.allclose(scaled[wavelength > 8192], plain[wavelength > 8192] / 8)
+    middle = (wavelength >= 8192 / 4) & (wavelength <= 8192)
+    assert middle.any() and ((scaled[middle] < plain[middle]) & (scaled[middle] > plain[middle] / 8)).all()
+
+
 # ------------------------------------------------------------------------------ bad input
+
+def test_an_unsupported_rope_type_and_a_bad_scaling_are_named():
+    config = json.loads(llama().config.to_json_string())
+    config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+    with pytest.raises(ValueError, match="rope_type 'yarn'.*'llama3'"):
+        LlamaConfig.from_hf(config)
+    with pytest.raises(ValueError, match="rope_scaling must be None or a dict of exactly factor"):
+        LlamaConfig(vocab_size=61, dim=32, n_layers=1, n_heads=4, hidden_dim=40, rope_scaling={"factor": 8.0})
+    bad = {"factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0, "original_max_position_embeddings": 16}
+    with pytest.raises(ValueError, match="low_freq_factor < high_freq_factor"):
+        LlamaConfig(vocab_size=61, dim=32, n_layers=1, n_heads=4, hidden_dim=40, rope_scaling=bad)
+
 
 def test_an_unsupported_architecture_names_the_supported_ones(tmp_path):
     llama().save_pretrained(tmp_path)
