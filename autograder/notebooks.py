@@ -85,7 +85,8 @@ BUNDLES = {
         "top_k_router", "dispatch", "combine", "moe_sorted", "load_balancing_loss", "aux_free_router", "update_bias",
         "MoEConfig", "MoE")],
     "@model": [f"=solutions.model:{n}" for n in (
-        "LlamaConfig", "Block", "_plain", "Transformer")],
+        "LlamaConfig", "LLAMA3_SCALING_KEYS", "check_llama3_scaling", "llama3_inv_freq", "model_rope_cache", "Block",
+        "_plain", "Transformer")],
 }
 
 

@@ -268,21 +268,25 @@ def sft_train(model, examples: list[tuple[list[int], list[int]]], steps: int, ba
 # ---------------------------------------------------------------------------- evaluation
 
 
-def answer_accuracy(model, tokenizer, conversations: list[dict], max_new_tokens: int = 12) -> tuple[float, list[str]]:
+def answer_accuracy(model, tokenizer, conversations: list[dict], max_new_tokens: int = 12,
+                    progress: bool = False) -> tuple[float, list[str]]:
     """Exact-match accuracy of the model's greedy answers; returns ``(accuracy, predictions)``.
 
     For each conversation (a dict with ``"messages"``, or the list of messages itself), the
     prompt is every message but the last, followed by the generation prompt; the model
     writes greedily until ``<|im_end|>`` (or ``<|endoftext|>``, which a model that never
     learned the template may emit) or ``max_new_tokens``. The reply, stripped of surrounding
-    whitespace, is correct if it equals the last message's content exactly.
+    whitespace, is correct if it equals the last message's content exactly. ``progress``: a
+    progress bar over the conversations (tqdm's widget in a notebook).
     """
+    from tqdm.auto import tqdm
+
     stops = {tokenizer.encode_single_token(IM_END), tokenizer.encode_single_token("<|endoftext|>")}
     was_training = model.training
     model.eval()
     dialogues = [c["messages"] if isinstance(c, dict) else c for c in conversations]
     predictions = []
-    for messages in dialogues:
+    for messages in tqdm(dialogues, desc="answering", unit="question", disable=not progress, leave=False):
         prompt = render_chat(tokenizer, messages[:-1], add_generation_prompt=True)
         reply = list(generate(model, prompt, max_new_tokens, stop_tokens=stops))
         predictions.append(tokenizer.decode(reply).strip())

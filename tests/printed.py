@@ -53,12 +53,13 @@ def machine() -> dict:
 
 
 def printed_text(nb) -> list[str]:
-    """The printed text of every code cell, timings masked."""
+    """The printed text (stdout) of every code cell, timings masked."""
     out = []
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        # stdout only: a progress bar outside a notebook front end (tqdm on stderr) shows timings
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream" and o.get("name") == "stdout")
         out.append(TIMING.sub("<time>", text))
     return out
 
