@@ -18,6 +18,7 @@ This module has
 * :func:`lr_at`: linear warm-up then cosine decay to a floor;
 * :func:`clip_grad_norm`: global-norm gradient clipping, as ``torch.nn.utils.clip_grad_norm_``;
 * :func:`save_checkpoint` / :func:`load_checkpoint`: atomic, validated training checkpoints;
+* :func:`copying_probe`: does the model copy a character's name from its context?
 * :func:`train`: the loop, on one process or data-parallel under ``torchrun`` (DDP, gloo on CPU);
 * the command line: ``python -m solutions.train --config solutions/configs/dense.json``
   trains (reproducibly) and exports one of the course's shipped checkpoints.
@@ -309,6 +310,77 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, block_size: int, n_windows:
         total += cross_entropy(logits, y[i:i + batch_size].to(device)).item() * len(x[i:i + batch_size])
     model.train(was_training)
     return total / len(x)
+
+
+# ---------------------------------------------------------------------------- the copying probe
+
+
+def name_mentions(tokenizer, story: str, names: set[str], max_tokens: int) -> tuple[list[int], list[int], list[int]]:
+    """A story's token ids (at most ``max_tokens``) and where a character's name starts: the
+    positions of first mentions and of repeated ones.
+
+    A name counts where a token starts with it (``" Mia"`` as one token, or its first piece);
+    a name that shares its first token with the word before it (no token boundary) is skipped.
+    """
+    import re
+
+    ids = tokenizer.encode(story, disallowed_special=())[:max_tokens]
+    starts, offset = {}, 0
+    for i, t in enumerate(ids):
+        starts[offset] = i  # the byte at which token i starts
+        offset += len(tokenizer.decode_single_token_bytes(t))
+    first, repeat, seen = [], [], set()
+    for m in re.finditer(r"\b\w+", story):
+        if m.group(0) not in names:
+            continue
+        byte = len(story[:m.start()].encode("utf-8"))
+        position = starts.get(byte - 1) if story[m.start() - 1:m.start()] == " " else starts.get(byte)
+        if position is not None and position >= 1:  # position 0 has no context to predict it from
+            (repeat if m.group(0) in seen else first).append(position)
+        seen.add(m.group(0))
+    return ids, first, repeat
+
+
+@torch.no_grad()
+def copying_probe(model: nn.Module, tokenizer, stories: list[str], names: set[str], k: int = 5) -> dict:
+    """Does the model read its context? At each mention of a character's name, the probability
+    it gives the name's first token, and whether that token is in its top ``k``: at first
+    mentions (the name is new: only a guess among names is possible) against repeated
+    mentions (the name is in the context: a model that copies gives it far more).
+
+    Returns ``{"first_logprob", "repeat_logprob", "first_top5", "repeat_top5", "first_mentions",
+    "repeat_mentions", "stories"}``: mean log-probabilities (nats) and hit rates.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    context = getattr(getattr(model, "cfg", None), "max_seq_len", 512)
+    found = {"first": ([], []), "repeat": ([], [])}
+    for story in stories:
+        ids, first, repeat = name_mentions(tokenizer, story, names, context)
+        if not first and not repeat:
+            continue
+        tokens = torch.tensor([ids], device=device)
+        logprobs = F.log_softmax(model(tokens)[0].float(), dim=-1)  # (seq, vocab)
+        for kind, positions in (("first", first), ("repeat", repeat)):
+            for t in positions:
+                row = logprobs[t - 1]  # the prediction of token t
+                found[kind][0].append(row[ids[t]].item())
+                found[kind][1].append(float(ids[t] in row.topk(k).indices.tolist()))
+    model.train(was_training)
+    mean = lambda xs: round(sum(xs) / len(xs), 4) if xs else float("nan")  # noqa: E731
+    return {"first_logprob": mean(found["first"][0]), "repeat_logprob": mean(found["repeat"][0]),
+            f"first_top{k}": mean(found["first"][1]), f"repeat_top{k}": mean(found["repeat"][1]),
+            "first_mentions": len(found["first"][0]), "repeat_mentions": len(found["repeat"][0]),
+            "stories": len(stories)}
+
+
+def character_names() -> set[str]:
+    """The given names and pet names the course's story generator uses (``data/corpus.py``)."""
+    from data import corpus
+
+    return set(corpus.GIRL_NAMES + corpus.BOY_NAMES + corpus.NEUTRAL_NAMES + corpus.ACCENTED_GIRL_NAMES
+               + corpus.ACCENTED_BOY_NAMES + corpus.PET_NAMES)
 
 
 # ---------------------------------------------------------------------------- training config

@@ -278,3 +278,57 @@ def test_shipped_checkpoints_reproduce_their_validation_loss_in_a_fresh_process(
         stated = json.loads((checkpoint_dir(name) / "config.json").read_text())["val_loss"]
         assert abs(loss - stated) < 1e-4, (name, loss, stated)
     assert measured["moe"] < measured["dense"] < measured["draft"]  # MoE beats dense at equal active size
+
+
+# ------------------------------------------------------------------------------ the copying probe
+
+def test_name_mentions_finds_first_and_repeated_names_at_token_starts():
+    from data import course_tokenizer
+    from solutions.train import name_mentions
+
+    enc = course_tokenizer()
+    story = "Once there was a girl named Mia. Mia had a dog called Pip. Pip liked Mia. Leo came too."
+    ids, first, repeat = name_mentions(enc, story, {"Mia", "Pip", "Leo"}, 512)
+    assert [enc.decode(ids[t:t + 1]).strip() for t in first] == ["Mia", "Pip", "Leo"]
+    assert [enc.decode(ids[t:t + 1]).strip() for t in repeat] == ["Mia", "Pip", "Mia"]
+    _, first_short, repeat_short = name_mentions(enc, story, {"Mia", "Pip", "Leo"}, first[0] + 1)
+    assert first_short == first[:1] and repeat_short == []  # only the first "Mia" fits
+
+
+class _Copier(torch.nn.Module):
+    """An oracle that copies: it predicts the next token for sure when that token is already in
+    its context, and knows nothing otherwise."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, tokens):
+        logits = torch.zeros(tokens.shape[0], tokens.shape[1], self.vocab)
+        for b in range(tokens.shape[0]):
+            for t in range(1, tokens.shape[1]):
+                if tokens[b, t] in tokens[b, :t]:
+                    logits[b, t - 1, tokens[b, t]] = 20.0
+        return logits
+
+
+class _Uniform(_Copier):
+    def forward(self, tokens):
+        return torch.zeros(tokens.shape[0], tokens.shape[1], self.vocab)
+
+
+def test_the_copying_probe_tells_a_copier_from_a_guesser():
+    import math
+
+    from data import course_tokenizer
+    from solutions.train import copying_probe
+
+    enc = course_tokenizer()
+    stories = ["Once there was a girl named Mia. Mia had a dog called Pip. Pip liked Mia.",
+               "A boy named Leo lived by the sea. Every day Leo swam."]
+    copier = copying_probe(_Copier(enc.n_vocab), enc, stories, {"Mia", "Pip", "Leo"})
+    assert copier["repeat_top5"] == 1.0 and copier["repeat_logprob"] > copier["first_logprob"] + 5
+    assert (copier["first_mentions"], copier["repeat_mentions"], copier["stories"]) == (3, 4, 2)
+    uniform = copying_probe(_Uniform(enc.n_vocab), enc, stories, {"Mia", "Pip", "Leo"})
+    assert uniform["first_logprob"] == uniform["repeat_logprob"] == round(-math.log(enc.n_vocab), 4)
