@@ -154,9 +154,7 @@ def wait_until_loaded(page, source: Path, timeout: float = 180):
     expected = len(nbformat.read(source, as_version=4).cells)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dialog = page.locator(".jp-Dialog button.jp-mod-accept")
-        if dialog.count():
-            dialog.first.click()
+        accept_dialogs(page)
         cells = page.locator(f"{NB} .jp-Cell").count()
         ready = page.evaluate("() => !!document.querySelector('.jp-Notebook-ExecutionIndicator')")
         if cells == expected and ready and not page.locator(".jp-Dialog").count():
@@ -172,6 +170,7 @@ def wait_for_kernel_idle(page, timeout: float = 300):
     """Until no cell is queued or running ("[*]:") and the kernel says it is idle."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        accept_dialogs(page)
         busy = page.evaluate(
             "() => [...document.querySelectorAll('" + NB + " .jp-InputPrompt')]"
             ".some(p => p.textContent.includes('*'))"
@@ -182,7 +181,7 @@ def wait_for_kernel_idle(page, timeout: float = 300):
         if not busy and idle:
             return
         time.sleep(0.5)
-    raise AssertionError("the kernel was still busy")
+    raise AssertionError(f"the kernel was still busy; dialogs: {DIALOGS}")
 
 
 def code_cells(page) -> list[dict]:
@@ -197,7 +196,25 @@ def code_cells(page) -> list[dict]:
     )
 
 
+DIALOGS: list[str] = []  # every dialog JupyterLab showed, for the failure messages
+
+
+def accept_dialogs(page):
+    """Accept any dialog JupyterLab shows, as a learner would click its default button. On a
+    loaded machine the kernel list can arrive late and JupyterLab then asks which kernel to
+    start (its proposal is the notebook's own Python 3); a dialog left open would take every
+    click that follows."""
+    dialog = page.locator(".jp-Dialog")
+    while dialog.count():
+        DIALOGS.append(" | ".join(dialog.first.inner_text().split("\n")))
+        page.screenshot(path=str(ARTIFACTS / f"dialog_{len(DIALOGS)}.png"))
+        accept = dialog.first.locator("button.jp-mod-accept")
+        (accept.first if accept.count() else dialog.first.locator("button").last).click()
+        time.sleep(0.5)
+
+
 def run_menu(page, item: str):
+    accept_dialogs(page)
     page.click("text=Run >> nth=0")
     page.click(f".lm-Menu-itemLabel:text-is('{item}')")
 
@@ -224,12 +241,14 @@ def wait_until_ran(page, index: int, before: str, again=None, timeout: float = 3
             asked = time.monotonic()
         time.sleep(0.3)
     page.screenshot(path=str(ARTIFACTS / f"did_not_run_{index}.png"), full_page=True)
-    raise AssertionError(f"code cell {index} did not run (its prompt went from {before!r} to {now!r})")
+    raise AssertionError(f"code cell {index} did not run (its prompt went from {before!r} to {now!r}); "
+                         f"dialogs: {DIALOGS}")
 
 
 def run_cell(page, index: int):
     """Run code cell ``index`` (Shift+Enter in its editor) and wait until it has run."""
     before = prompt(page, index)
+    accept_dialogs(page)
     page.locator(f"{NB} .jp-CodeCell").nth(index).locator(".cm-content").click()
     page.keyboard.press("Shift+Enter")
     wait_until_ran(page, index, before)
@@ -239,6 +258,7 @@ def replace_cell_source(page, index: int, text: str):
     """Select the code cell's editor, replace everything in it with ``text``, run it."""
     before = prompt(page, index)
     editor = page.locator(f"{NB} .jp-CodeCell").nth(index).locator(".cm-content")
+    accept_dialogs(page)
     editor.click()
     page.keyboard.press("Control+a")
     page.keyboard.press("Delete")
@@ -252,6 +272,7 @@ def run_checkpoint_cell(page, index: int):
     checkpoint cell itself. Each test stands on its own: it does not rely on an earlier test's
     kernel (on a loaded machine JupyterLab may have restarted it in between)."""
     def run_above():
+        accept_dialogs(page)
         page.locator(f"{NB} .jp-CodeCell").nth(index).locator(".cm-content").click()
         page.keyboard.press("Escape")
         run_menu(page, "Run All Above Selected Cell")
@@ -299,7 +320,7 @@ def test_run_all_reaches_the_end_with_stubs(page):
     page.screenshot(path=str(ARTIFACTS / "02_run_all_with_stubs.png"), full_page=True)
     cells = code_cells(page)
     not_run = [c["first"] for c in cells if not any(ch.isdigit() for ch in c["prompt"])]
-    assert not not_run, f"cells that did not run: {not_run}"
+    assert not not_run, f"cells that did not run: {not_run}; dialogs: {DIALOGS}"
     checks = [c for c in cells if c["first"].startswith("# Checkpoint")]
     assert checks and all(c["output"].startswith("✗") and "not implemented yet" in c["output"] for c in checks), checks
     assert not any("Traceback" in c["output"] for c in cells)
@@ -336,6 +357,7 @@ def test_a_correct_answer_typed_in_the_editor_passes_and_is_recorded(page, lab):
 def test_the_learners_kernel_cannot_import_the_answers(page):
     cells = code_cells(page)
     last = len(cells) - 1
+    accept_dialogs(page)
     page.locator(f"{NB} .jp-CodeCell").nth(last).locator(".cm-content").click()
     page.keyboard.press("Escape")
     page.keyboard.press("b")  # a new cell below, in command mode
