@@ -375,6 +375,18 @@ def copying_probe(model: nn.Module, tokenizer, stories: list[str], names: set[st
             "stories": len(stories)}
 
 
+PROBE_STORIES = 200  # the first held-out stories, for the copying probe of a shipped checkpoint
+
+
+def probe_shipped_model(model: nn.Module) -> dict:
+    """The copying probe on the first ``PROBE_STORIES`` validation stories, as recorded in a
+    shipped checkpoint's ``config.json``."""
+    from data import course_tokenizer, load_corpus
+    from data.corpus import split_stories
+
+    return copying_probe(model, course_tokenizer(), split_stories(load_corpus("val"))[:PROBE_STORIES], character_names())
+
+
 def character_names() -> set[str]:
     """The given names and pet names the course's story generator uses (``data/corpus.py``)."""
     from data import corpus
@@ -622,7 +634,8 @@ def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, 
     """Write a shipped checkpoint: ``model.safetensors`` (weights rounded to ``dtype``, a tied
     embedding stored once), ``config.json``, ``log.json``; then measure the validation loss
     *of the stored weights* on every validation window and record it in ``config.json``, the
-    log and ``data/MANIFEST.json``. Returns that loss."""
+    log and ``data/MANIFEST.json``, with the stored weights' copying probe
+    (:func:`probe_shipped_model`) in ``config.json``. Returns that loss."""
     from safetensors.torch import save_file
 
     export_dir = Path(export_dir)
@@ -638,9 +651,11 @@ def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, 
     if config["model"].get("tie_embeddings"):
         stored.lm_head.weight = stored.embed_tokens.weight
     val_loss = round(evaluate(stored, val_tokens, config["train"]["block_size"]), 6)
+    probe = probe_shipped_model(stored)
     tokens_seen = len(log["step"]) * config["train"]["batch_size"] * config["train"]["grad_accum"] * config["train"]["block_size"]
     meta = {"name": config["name"], "description": config.get("description", ""), "model": config["model"],
             "train": config["train"], "val_loss": val_loss, "val_tokens": int(len(val_tokens)),
+            "copying_probe": probe,
             "params": sum(p.numel() for p in stored.parameters()), "dtype": str(dtype).replace("torch.", ""),
             "train_tokens_seen": tokens_seen, "train_seconds": round(log["seconds"], 1),
             "tokens_per_second": round(tokens_seen / max(log["seconds"], 1e-9)),
