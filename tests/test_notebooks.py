@@ -3,6 +3,8 @@ checkpoint passing, the learner notebooks with every checkpoint failing cleanly 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from autograder.notebooks import chapters, release_path, source_path
@@ -44,6 +46,27 @@ def test_source_notebook_passes_every_checkpoint(executed_source):
     print(f"{chapter}: source notebook ran in {seconds:.1f} s")
 
 
+STRAY_REPR = re.compile(r"<[\w.]+ (object )?at 0x[0-9a-f]+>|^\[?<matplotlib\.|^Text\(|^Result\(|^Verdict\(")
+
+
+def stray_reprs(nb) -> list[str]:
+    """``Out[n]`` reprs a learner should not see: of a set-up call (``<torch._C.Generator at
+    0x...>``, ``[<matplotlib.lines.Line2D ...>]``, ``Text(0.5, ...)``) or of a checkpoint
+    (``Result(...)``)."""
+    found = []
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        for output in cell.outputs:
+            text = output.get("data", {}).get("text/plain", "") if output.output_type == "execute_result" else ""
+            if STRAY_REPR.search(text):
+                found.append(f"{(cell.source.splitlines() or [''])[0]!r} shows {text[:120]!r}")
+    return found
+
+
+def test_no_stray_reprs(executed_source):
+    chapter, nb, _ = executed_source
+    assert not stray_reprs(nb), f"{chapter}: {stray_reprs(nb)}"
+
+
 def test_source_notebook_prints_what_was_recorded(executed_source):
     """Two runs print the same numbers: this run against the recorded one (tests/printed.py),
     identical on the machine that recorded it, within stated tolerances on any other."""
@@ -62,6 +85,7 @@ def test_learner_notebook_runs_to_the_end_showing_each_stub_as_a_failure(chapter
     """While studying (the default mode), Run All goes to the end: every cell runs, and each
     checkpoint on a stub shows its ✗ (red HTML in JupyterLab) without raising."""
     nb, _ = execute_notebook(release_path(chapter), allow_errors=True)
+    assert not stray_reprs(nb), f"{chapter}: {stray_reprs(nb)}"
     for cell in (c for c in nb.cells if c.cell_type == "code"):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"a cell failed in the learner notebook:\n{cell.source[:200]}\n{errors}"
