@@ -64,7 +64,8 @@ def stray_reprs(nb) -> list[str]:
 
 def test_no_stray_reprs(executed_source):
     chapter, nb, _ = executed_source
-    assert not stray_reprs(nb), f"{chapter}: {stray_reprs(nb)}"
+    found = stray_reprs(nb)
+    assert not found, f"{chapter}: {found}"
 
 
 def test_source_notebook_prints_what_was_recorded(executed_source):
@@ -85,7 +86,8 @@ def test_learner_notebook_runs_to_the_end_showing_each_stub_as_a_failure(chapter
     """While studying (the default mode), Run All goes to the end: every cell runs, and each
     checkpoint on a stub shows its ✗ (red HTML in JupyterLab) without raising."""
     nb, _ = execute_notebook(release_path(chapter), allow_errors=True)
-    assert not stray_reprs(nb), f"{chapter}: {stray_reprs(nb)}"
+    found = stray_reprs(nb)
+    assert not found, f"{chapter}: {found}"
     for cell in (c for c in nb.cells if c.cell_type == "code"):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"a cell failed in the learner notebook:\n{cell.source[:200]}\n{errors}"
