@@ -1,0 +1,427 @@
+r"""Speculative decoding: a small draft model guesses, the large target model checks, exactly.
+
+Decoding one token at a time runs the whole target model for every token. **Speculative
+decoding** (Leviathan et al., 2023; Chen et al., 2023) lets a cheap *draft* model propose
+:math:`\gamma` tokens, one at a time with its own KV cache, then runs the *target* once on all
+of them: one forward pass over :math:`\gamma + 1` positions gives the target's distribution
+:math:`p` after each drafted prefix. Drafted token :math:`x_i`, drawn from the draft's
+:math:`q_i`, is **accepted** with probability :math:`\min(1, p_i(x_i) / q_i(x_i))`; at the first
+rejection the token is drawn instead from the **residual**
+
+.. math:: p'(x) = \frac{\max(0,\ p(x) - q(x))}{\sum_y \max(0,\ p(y) - q(y))}
+
+and the step ends; if all :math:`\gamma` are accepted, one **bonus** token is drawn from the
+target's last distribution, for free. Every token so produced is distributed exactly as the
+target's own sample would be: the output is the target's, only faster. Greedy decoding is the
+temperature-0 limit: :math:`p` and :math:`q` are one-hot on their argmax, a draft token is
+accepted when it *is* the target's argmax, and the residual is the target's argmax.
+
+With an acceptance rate :math:`\alpha` (each drafted token accepted independently with
+probability :math:`\alpha`), a step yields on average
+
+.. math:: \mathbb{E}[\text{tokens per step}] = \frac{1 - \alpha^{\gamma + 1}}{1 - \alpha}
+
+tokens, for the cost of :math:`\gamma` draft steps and one target pass. With :math:`c` the cost
+of a draft step relative to a target step (and a target pass over :math:`\gamma + 1` positions
+costing one step), the speed-up over plain decoding is at most
+
+.. math:: S(\alpha, \gamma, c) = \frac{1 - \alpha^{\gamma + 1}}{(1 - \alpha)(\gamma c + 1)}.
+
+This module has, in the order the chapter builds them:
+
+* :func:`check_speculative`: the parameters, validated (a ``ValueError`` says what to change);
+* :func:`to_probs`: logits to the distribution a token is drawn from (one-hot at temperature 0);
+* :func:`accept_draft`: the acceptance step, with its uniform numbers given;
+* :func:`expected_tokens` and :func:`speedup_bound`: the theory;
+* :func:`rollback` and :func:`speculative_generate`: draft, verify, roll both caches back;
+  :func:`speculative_from_weights` runs it on models given as plain data (the checkpoint);
+* :class:`StaticKVCache` and :class:`LeanDecoder`: the lean decode loop (preallocated caches,
+  fused projections) that both models use in the benchmark; :func:`greedy_decode`, the plain
+  loop it is compared with;
+* :func:`acceptance_rate`: :math:`\alpha` measured from a run's statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from solutions.generate import _is_number, apply_temperature, check_sampling, top_k_filter, top_p_filter
+from solutions.layers import apply_rope, causal_mask, rms_norm
+from solutions.model import LlamaConfig, Transformer
+
+# ------------------------------------------------------------------- the parameters
+
+
+def check_speculative(gamma: int, temperature: float, target_vocab: int, draft_vocab: int) -> None:
+    """Raise ``ValueError`` naming the fix if speculative decoding cannot run with these settings.
+
+    ``gamma`` (tokens drafted per step) an int >= 1; ``temperature`` finite and >= 0; the draft
+    and the target must share one vocabulary (same size: the same tokenizer), since the target
+    scores the draft's token ids.
+    """
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 1:
+        raise ValueError(f"gamma (tokens drafted per step) must be an int >= 1, got {gamma!r}: 4 is a good start; "
+                         "for no speculation at all, decode with the target alone (chapter 07's generate)")
+    if not _is_number(temperature) or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if draft_vocab != target_vocab:
+        raise ValueError(f"the draft's vocabulary ({draft_vocab} ids) differs from the target's ({target_vocab}): "
+                         "the target scores the draft's token ids, so both must use the same tokenizer; pick a "
+                         "draft trained with the target's tokenizer")
+
+
+# ------------------------------------------------------------ logits to distributions
+
+
+def to_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None, top_p: float = 1.0) -> torch.Tensor:
+    r"""The distribution the next token is drawn from, in float32: ``(..., vocab)``.
+
+    Temperature 0: one-hot on :math:`\arg\max` (greedy as a distribution). Otherwise chapter
+    07's pipeline: temperature, top-k, top-p, softmax. Draft and target must use the same one,
+    so that :math:`p` and :math:`q` are the distributions each would really sample from.
+    """
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()  # (..., vocab)
+    z = apply_temperature(logits.float(), temperature)
+    if top_k is not None:
+        z = top_k_filter(z, top_k)
+    if top_p < 1:
+        z = top_p_filter(z, top_p)
+    return torch.softmax(z, dim=-1)  # (..., vocab)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: float) -> int:
+    """The first token whose cumulative probability exceeds ``u`` times the total (chapter 07's draw)."""
+    cdf = probs.cumsum(dim=-1)  # (vocab,)
+    return int((cdf <= u * cdf[-1]).sum().clamp(max=probs.shape[-1] - 1))
+
+
+# ------------------------------------------------------------------ the acceptance step
+
+
+def accept_draft(p: torch.Tensor, q: torch.Tensor, drafted: list[int], u: torch.Tensor) -> list[int]:
+    r"""The acceptance step of speculative sampling: the tokens a step produces.
+
+    ``p``: ``(gamma + 1, vocab)``, the target's distribution after each drafted prefix (row
+    :math:`i` is what the target would draw in place of drafted token :math:`i`; the last row,
+    after all of them, is for the bonus token); ``q``: ``(gamma, vocab)``, the draft's
+    distributions that ``drafted`` (``gamma`` ints) were drawn from; ``u``: ``(gamma + 1,)``
+    uniform numbers in [0, 1).
+
+    For :math:`i = 0, 1, \dots`: accept :math:`x_i` if :math:`u_i < p_i(x_i) / q_i(x_i)` (tested
+    as :math:`u_i\, q_i(x_i) < p_i(x_i)`, which needs no division). At the first rejection,
+    draw the last token from the residual :math:`\mathrm{norm}(\max(0, p_i - q_i))` by the inverse
+    CDF with :math:`u_\gamma`, and stop. If all are accepted, draw the bonus token from
+    :math:`p_\gamma` with :math:`u_\gamma`. Returns the accepted tokens and then the drawn one:
+    between 1 and ``gamma + 1`` ints. (A residual that rounds to all zeros, possible only where
+    :math:`p_i = q_i` up to rounding, falls back to :math:`p_i`.)
+    """
+    gamma = len(drafted)
+    if q.shape[0] != gamma or p.shape[0] != gamma + 1 or u.shape[0] != gamma + 1:
+        raise ValueError(f"for gamma = {gamma} drafted tokens, p needs gamma + 1 rows, q and u gamma and gamma + 1: "
+                         f"got p {tuple(p.shape)}, q {tuple(q.shape)}, u {tuple(u.shape)}")
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i, x]:  # accepted with probability min(1, p(x) / q(x))
+            out.append(int(x))
+            continue
+        residual = (p[i] - q[i]).clamp(min=0)  # (vocab,): where the target wants more than the draft gave
+        if not residual.sum() > 0:
+            residual = p[i]
+        out.append(_inverse_cdf(residual, float(u[gamma])))
+        return out
+    out.append(_inverse_cdf(p[gamma], float(u[gamma])))  # the bonus token
+    return out
+
+
+# --------------------------------------------------------------------------- the theory
+
+
+def expected_tokens(alpha: float, gamma: int) -> float:
+    r"""Expected tokens per step, :math:`(1 - \alpha^{\gamma + 1}) / (1 - \alpha)`: the accepted
+    prefix (a truncated geometric number, capped at :math:`\gamma`) plus the one token drawn at
+    the end; :math:`\gamma + 1` when :math:`\alpha = 1`. ``alpha`` in [0, 1], ``gamma`` >= 0."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha is an acceptance probability, in [0, 1]; got {alpha!r}")
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or gamma < 0:
+        raise ValueError(f"gamma must be an int >= 0, got {gamma!r}")
+    if alpha == 1:
+        return float(gamma + 1)
+    return (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def speedup_bound(alpha: float, gamma: int, c: float) -> float:
+    r"""The expected wall-clock speed-up of speculative over plain decoding (Leviathan et al., Theorem 3.8):
+
+    .. math:: S = \frac{1 - \alpha^{\gamma + 1}}{(1 - \alpha)(\gamma c + 1)}
+
+    one step costs :math:`\gamma` draft steps (each :math:`c` target steps) plus one target pass,
+    counted as one step (true while a pass over :math:`\gamma + 1` positions costs what one costs).
+    ``c`` >= 0."""
+    if not _is_number(c) or not c >= 0 or not math.isfinite(c):
+        raise ValueError(f"c (the draft's cost per token relative to the target's) must be a number >= 0, got {c!r}")
+    return expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def rollback(caches, length: int) -> None:
+    """Forget every cached position from ``length`` on, in every layer's cache.
+
+    Works on chapter 03's ``KVCache`` (keys and values sliced) and on :class:`StaticKVCache`
+    (its length set back; the stale entries are overwritten later)."""
+    for cache in caches:
+        if hasattr(cache, "crop"):
+            cache.crop(length)
+        elif cache.k is not None:
+            cache.k, cache.v = cache.k[:, :, :length], cache.v[:, :, :length]
+
+
+def speculative_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: int = 4,
+                         temperature: float = 0.0, top_k: int | None = None, top_p: float = 1.0,
+                         stop_tokens: Iterable[int] = (), generator: torch.Generator | None = None,
+                         stats: list | None = None) -> Iterator[int]:
+    r"""Continue ``prompt_ids`` with the target's own distribution, drafting ``gamma`` tokens per step.
+
+    Both models keep a KV cache. Invariant between steps: both caches hold every committed token
+    but the last, ``last``, which neither has seen. One step:
+
+    1. **draft**: feed ``last`` (and a token the draft missed, see 4) to the draft, draw
+       :math:`x_1` from its last position's :math:`q_1` (``torch.rand(1, generator=generator)``,
+       chapter 07's inverse CDF; the argmax at temperature 0), feed :math:`x_1`, draw :math:`x_2`,
+       ... until ``gamma`` tokens: ``gamma`` draft forwards of one token;
+    2. **verify**: one target forward on ``[last, x_1, ..., x_gamma]`` ``(1, gamma + 1)`` gives
+       :math:`p_1 .. p_{\gamma + 1}`;
+    3. **accept**: :func:`accept_draft` with ``u = torch.rand(gamma + 1, generator=generator)``
+       returns :math:`n` accepted tokens and one more;
+    4. **roll back**: both caches to ``len(committed) - 1`` positions (the target holds drafted
+       tokens past the first rejection, the draft too); if all ``gamma`` were accepted, the draft
+       never saw :math:`x_\gamma`: it is fed first in the next step.
+
+    Yields each new token; stops after ``max_new_tokens`` or at a token of ``stop_tokens`` (not
+    yielded). Near the end, fewer tokens are drafted so that nothing runs past
+    ``max_new_tokens``. ``stats``, if a list, receives ``(drafted, accepted)`` per step.
+    ``target``, ``draft``: models called as ``model(tokens, caches)`` with ``model.new_caches()``
+    and ``model.cfg`` (a :class:`~solutions.model.Transformer` or :class:`LeanDecoder`).
+    ``ValueError`` if ``gamma`` < 1, the temperature or a sampling parameter is out of range, the
+    vocabularies differ, the prompt is empty, or the prompt and the new tokens exceed either
+    model's context (raised when iteration starts, as chapter 07's ``generate``).
+    """
+    check_speculative(gamma, temperature, target.cfg.vocab_size, draft.cfg.vocab_size)
+    check_sampling(temperature, top_k, top_p)
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token (for example the <|endoftext|> id)")
+    context = min(target.cfg.max_seq_len, draft.cfg.max_seq_len)
+    if len(prompt) + max_new_tokens > context:
+        raise ValueError(f"a prompt of {len(prompt)} tokens plus max_new_tokens={max_new_tokens} does not fit the "
+                         f"models' context of {context} positions: ask for at most {max(context - len(prompt), 0)} "
+                         "new tokens or shorten the prompt")
+    stop = set(stop_tokens)
+    t_caches, d_caches = target.new_caches(), draft.new_caches()
+    with torch.no_grad():
+        if len(prompt) > 1:  # prefill: everything but the last token
+            head = torch.tensor([prompt[:-1]])
+            target(head, t_caches)
+            draft(head, d_caches)
+    committed = len(prompt)  # tokens so far
+    last = prompt[-1]
+    draft_todo = [last]  # tokens the draft has not seen yet
+    produced = 0
+    while produced < max_new_tokens:
+        g = min(gamma, max_new_tokens - produced - 1)  # never draft past the end
+        drafted, q_rows = [], []
+        with torch.no_grad():
+            for _ in range(g):
+                logits = draft(torch.tensor([draft_todo]), d_caches)[0, -1]  # (vocab,)
+                if temperature == 0:  # greedy: q is one-hot on the argmax, nothing to draw
+                    x = int(logits.argmax())
+                else:
+                    q = to_probs(logits, temperature, top_k, top_p)
+                    x = _inverse_cdf(q, float(torch.rand(1, generator=generator)))
+                    q_rows.append(q)
+                drafted.append(x)
+                draft_todo = [x]
+            logits = target(torch.tensor([[last] + drafted]), t_caches)[0]  # (g + 1, vocab)
+        if temperature == 0:  # accept_draft on one-hot p and q, without building them
+            best = logits.argmax(dim=-1).tolist()
+            n = next((i for i, x in enumerate(drafted) if x != best[i]), g)
+            new = drafted[:n] + [best[n]]
+        else:
+            p = to_probs(logits, temperature, top_k, top_p)
+            new = accept_draft(p, torch.stack(q_rows) if q_rows else p[:0], drafted,
+                               torch.rand(g + 1, generator=generator))
+        n = len(new) - 1
+        if stats is not None:
+            stats.append((g, n))
+        committed += len(new)
+        rollback(t_caches, committed - 1)
+        if g == 0:  # nothing drafted (the last token): the draft saw nothing this step
+            draft_todo = draft_todo + new
+        elif n == g:  # all accepted: the draft never saw its own last token
+            draft_todo = [drafted[-1], new[-1]]
+        else:
+            rollback(d_caches, committed - 1)
+            draft_todo = [new[-1]]
+        last = new[-1]
+        for token in new:
+            if token in stop:
+                return
+            yield token
+            produced += 1
+
+
+def speculative_from_weights(target_config: dict, target_weights: dict, draft_config: dict, draft_weights: dict,
+                             prompt: list[int], options: dict) -> dict:
+    """:func:`speculative_generate` on models given as plain data: the chapter's checkpoint calls this.
+
+    Builds both ``Transformer`` s, records every position count each model's caches hold after
+    each call, runs ``speculative_generate(target, draft, prompt, **options)`` (``options["seed"]``
+    seeds a ``torch.Generator``) and returns ``{"tokens": [...], "steps": [(drafted, accepted),
+    ...], "target cache": [...], "draft cache": [...]}``: the tokens, the statistics, and the
+    length of the caches at the start of each model call (what a missing rollback changes).
+    """
+    models = {}
+    for name, config, weights in (("target", target_config, target_weights), ("draft", draft_config, draft_weights)):
+        model = Transformer(LlamaConfig(**config))
+        model.load_state_dict(weights)
+        models[name] = model.eval()
+    lengths = {"target": [], "draft": []}
+
+    def recorder(name):
+        def hook(module, args, kwargs):
+            caches = args[1] if len(args) > 1 else kwargs.get("caches")
+            lengths[name].append(len(caches[0]) if caches else 0)
+        return hook
+
+    for name, model in models.items():
+        model.register_forward_pre_hook(recorder(name), with_kwargs=True)
+    options = dict(options)
+    seed = options.pop("seed", None)
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    steps = []
+    tokens = list(speculative_generate(models["target"], models["draft"], prompt, generator=generator, stats=steps,
+                                       **options))
+    return {"tokens": tokens, "steps": steps, "target cache": lengths["target"], "draft cache": lengths["draft"]}
+
+
+def acceptance_rate(steps: list[tuple[int, int]]) -> float:
+    r""":math:`\hat\alpha`: accepted drafted tokens over drafted tokens *tested*.
+
+    A step that accepts :math:`n` of :math:`g` tests :math:`n + 1` tokens when it rejects one
+    (:math:`n < g`) and :math:`g` when it accepts all; later drafts are never tested. Under the
+    model of independent acceptances with probability :math:`\alpha`, this ratio is its maximum
+    likelihood estimate."""
+    accepted = sum(n for _, n in steps)
+    tested = sum(min(n + 1, g) for g, n in steps)
+    return accepted / tested if tested else float("nan")
+
+
+# --------------------------------------------------------------------- the lean loop
+
+
+class StaticKVCache:
+    """A preallocated KV cache: ``(batch, n_kv_heads, max_len, head_dim)`` keys and values, filled
+    from the front. ``update`` writes in place and returns views of the filled part; ``crop(n)``
+    rolls back in O(1). No ``torch.cat`` per token: the cache never reallocates."""
+
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int, dtype=torch.float32, device=None):
+        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.length = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"{end} positions do not fit this cache of {self.k.shape[2]}")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def crop(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+
+class LeanDecoder:
+    """A :class:`~solutions.model.Transformer` (dense) for decoding at batch 1, with less work per call.
+
+    The same arithmetic, in fewer operations: q, k and v projected by one fused matrix, SwiGLU's
+    gate and up by another, :class:`StaticKVCache` s written in place, ``scaled_dot_product_attention``
+    without a mask when a single token is fed (it may see every cached key), plain functions
+    instead of module calls. ``decoder(tokens, caches)`` and ``decoder.new_caches()`` as the
+    model's; ``decoder.cfg`` its config. Logits agree with the model's within float32 rounding.
+    """
+
+    def __init__(self, model: Transformer):
+        cfg = model.cfg
+        if cfg.n_experts:
+            raise ValueError("LeanDecoder takes a dense model (n_experts = 0)")
+        self.cfg, self.eps = cfg, cfg.norm_eps
+        self.nh, self.nkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.embed = model.embed_tokens.weight.detach()
+        self.head = model.lm_head.weight.detach()
+        self.norm = model.norm.weight.detach()
+        self.cos, self.sin = model.rope_cos, model.rope_sin
+        self.layers = []
+        for layer in model.layers:
+            a, m = layer.self_attn, layer.mlp
+            self.layers.append((
+                layer.input_layernorm.weight.detach(),
+                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                a.o_proj.weight.detach(),
+                layer.post_attention_layernorm.weight.detach(),
+                torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(),
+                m.down_proj.weight.detach(),
+            ))
+
+    def new_caches(self) -> list[StaticKVCache]:
+        return [StaticKVCache(1, self.nkv, self.cfg.max_seq_len, self.hd, self.embed.dtype, self.embed.device)
+                for _ in self.layers]
+
+    @torch.no_grad()
+    def __call__(self, tokens: torch.Tensor, caches: list[StaticKVCache]) -> torch.Tensor:
+        batch, seq = tokens.shape
+        past = len(caches[0])
+        if past + seq > self.cfg.max_seq_len:
+            raise ValueError(f"{past + seq} positions do not fit max_seq_len={self.cfg.max_seq_len}")
+        cos, sin = self.cos[past:past + seq], self.sin[past:past + seq]  # (seq, head_dim)
+        mask = None if seq == 1 else causal_mask(seq, past + seq, device=tokens.device)
+        nh, nkv, hd = self.nh, self.nkv, self.hd
+        x = F.embedding(tokens, self.embed)  # (batch, seq, dim)
+        for (g1, w_qkv, w_o, g2, w_gu, w_down), cache in zip(self.layers, caches):
+            qkv = F.linear(rms_norm(x, g1, self.eps), w_qkv)  # (batch, seq, (nh + 2 nkv) hd)
+            q, k, v = qkv.split([nh * hd, nkv * hd, nkv * hd], dim=-1)
+            q = apply_rope(q.view(batch, seq, nh, hd), cos, sin).transpose(1, 2)  # (batch, nh, seq, hd)
+            k = apply_rope(k.view(batch, seq, nkv, hd), cos, sin).transpose(1, 2)  # (batch, nkv, seq, hd)
+            k, v = cache.update(k, v.view(batch, seq, nkv, hd).transpose(1, 2))  # (batch, nkv, past + seq, hd)
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)  # (batch, nh, seq, hd)
+            x = x + F.linear(att.transpose(1, 2).reshape(batch, seq, nh * hd), w_o)
+            gate, up = F.linear(rms_norm(x, g2, self.eps), w_gu).chunk(2, dim=-1)  # (batch, seq, hidden) each
+            x = x + F.linear(F.silu(gate) * up, w_down)
+        return F.linear(rms_norm(x, self.norm, self.eps), self.head)  # (batch, seq, vocab)
+
+
+def greedy_decode(model, prompt_ids, max_new_tokens: int) -> list[int]:
+    """Plain cached greedy decoding, the baseline: the prompt once, then one token per call, argmax."""
+    caches = model.new_caches()
+    out = []
+    with torch.no_grad():
+        logits = model(torch.tensor([list(prompt_ids)]), caches)
+        for _ in range(max_new_tokens):
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+            if len(out) < max_new_tokens:
+                logits = model(torch.tensor([[token]]), caches)
+    return out

@@ -1,0 +1,130 @@
+"""Benchmark: speculative decoding against plain cached decoding of the target, in one run.
+
+Run from the repository root:
+python -m tests.benchmarks.bench_speculative [--new-tokens 200] [--prompt-tokens 256] [--prompts 3] [--gammas 1,2,3,4,5,6,8] [--repeats 3] [--threads 1]
+
+The target is the shipped dense model (``data/checkpoints/dense``, 8 layers, 3.9M parameters),
+the draft the shipped draft model (``data/checkpoints/draft``, 2 layers, 0.9M). Both decode
+through :class:`solutions.speculative.LeanDecoder` (preallocated caches, fused projections),
+so that the baseline and the speculative loop pay the same per-call costs; chapter 07's
+``generate`` on the plain ``Transformer`` is timed too, for reference.
+
+For each of ``--prompts`` prompts (``--prompt-tokens`` tokens of the validation stories, one
+after the other), greedy decoding of ``--new-tokens`` tokens:
+
+* the target alone (the baseline), the draft alone: ``c`` = the draft's time per token over the
+  target's;
+* speculative decoding for each ``gamma``: its output must equal the target's, token for token
+  (the run stops otherwise); the measured acceptance rate ``alpha`` (accepted drafted tokens over
+  tested ones), tokens per step, the bound ``(1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))``
+  and the measured speed-up (baseline time over speculative time, medians of ``--repeats``
+  runs, the methods alternating so that machine load hits all of them), and the share of the
+  bound it reaches.
+
+On a CPU, a decoding step of models this small is mostly fixed cost per operation (kernel
+dispatch, Python), not arithmetic: a target pass over gamma + 1 positions costs little more
+than over one, which is what speculative decoding needs, but the draft's cost per token is not
+its share of the parameters either (``c`` is about the ratio of the layer counts, 2/8, not of
+the parameters, 0.9/3.9). The bound is then low unless alpha is high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from solutions.generate import generate
+from solutions.model import LlamaConfig, Transformer
+from solutions.speculative import LeanDecoder, acceptance_rate, expected_tokens, greedy_decode, speculative_generate
+from solutions.speculative import speedup_bound
+
+
+def load(name: str) -> Transformer:
+    from data import load_checkpoint
+
+    config, state = load_checkpoint(name)
+    model = Transformer(LlamaConfig(**config))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def prompts(n: int, length: int) -> list[list[int]]:
+    from data import course_tokenizer, load_corpus
+
+    ids = course_tokenizer().encode(load_corpus("val", max_chars=25 * n * length), allowed_special="all")
+    if len(ids) < n * length:
+        raise ValueError(f"the validation stories are shorter than {n} x {length} tokens")
+    return [ids[i * length:(i + 1) * length] for i in range(n)]
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--prompts", type=int, default=3)
+    parser.add_argument("--gammas", default="1,2,3,4,5,6,8")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    gammas = [int(g) for g in args.gammas.split(",")]
+
+    target_model, draft_model = load("dense"), load("draft")
+    target, draft = LeanDecoder(target_model), LeanDecoder(draft_model)
+    batch = prompts(args.prompts, args.prompt_tokens)
+    n = args.new_tokens
+    print(f"target: dense, {target.cfg.n_layers} layers, dim {target.cfg.dim}; draft: {draft.cfg.n_layers} layers, "
+          f"dim {draft.cfg.dim}; greedy, {n} new tokens after each of {len(batch)} prompts of {args.prompt_tokens} "
+          f"tokens, {torch.get_num_threads()} thread(s), median of {args.repeats}")
+
+    greedy_decode(target, batch[0], 8)  # warm-up
+    list(speculative_generate(target, draft, batch[0], 8, gamma=2))
+    times = {key: [] for key in ["chapter 07", "target", "draft"] + gammas}
+    reference, stats = None, {}
+    for _ in range(args.repeats):
+        t, reference = timed(lambda: [greedy_decode(target, p, n) for p in batch])
+        times["target"].append(t)
+        times["draft"].append(timed(lambda: [greedy_decode(draft, p, n) for p in batch])[0])
+        times["chapter 07"].append(timed(lambda: [list(generate(target_model, p, n)) for p in batch])[0])
+        for gamma in gammas:
+            steps: list = []
+            t, out = timed(lambda: [list(speculative_generate(target, draft, p, n, gamma=gamma, stats=steps))
+                                    for p in batch])
+            if out != reference:
+                raise SystemExit(f"gamma {gamma}: speculative output differs from the target's greedy output")
+            times[gamma].append(t)
+            stats[gamma] = steps
+    median = {key: statistics.median(v) for key, v in times.items()}
+    base = median["target"]
+    c = median["draft"] / base
+    tokens = n * len(batch)
+    print(f"target alone (lean loop): {1e3 * base / tokens:.2f} ms/token; chapter 07's generate: "
+          f"{1e3 * median['chapter 07'] / tokens:.2f} ms/token; draft alone: {1e3 * median['draft'] / tokens:.2f} ms/token")
+    print(f"c (draft / target time per token) = {c:.3f}")
+    print(f"{'gamma':>5} {'alpha':>6} {'tok/step':>8} {'E[tok/step]':>11} {'bound':>6} {'measured':>8} {'of bound':>8}")
+    best = None
+    for gamma in gammas:
+        alpha = acceptance_rate(stats[gamma])
+        per_step = tokens / len(stats[gamma])
+        bound = speedup_bound(alpha, gamma, c)
+        measured = base / median[gamma]
+        if best is None or measured > best[1]:
+            best = (gamma, measured, bound)
+        print(f"{gamma:>5} {alpha:>6.3f} {per_step:>8.2f} {expected_tokens(alpha, gamma):>11.2f} {bound:>5.2f}x "
+              f"{measured:>7.2f}x {measured / bound:>7.0%}")
+    gamma, measured, bound = best
+    print(f"best: gamma {gamma}, {measured:.2f}x over the cached target ({measured / bound:.0%} of its bound "
+          f"{bound:.2f}x); identical tokens: yes")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Wrong answers to chapter 13's checkpoints, as learners write them.
+
+The acceptance-step mistakes are whole functions in a learner's style (a loop over the drafted
+tokens, ``torch.multinomial``-free draws by the inverse CDF as chapter 07 taught). The loop
+mistakes are whole ``speculative_generate`` functions, each run through the same adapter as the
+notebook's given ``speculative_from_weights``, and each built on the correct ``accept_draft``
+unless the mistake is in the acceptance itself.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from autograder.checks.ch13_speculative import _through_adapter
+from solutions.generate import check_sampling
+from solutions.speculative import accept_draft, check_speculative, expected_tokens, rollback, to_probs
+
+from . import mistake
+
+
+def _draw(probs, u):
+    cdf = probs.cumsum(-1)
+    return min(int((cdf <= u * cdf[-1]).sum()), probs.shape[-1] - 1)
+
+
+# --------------------------------------------------------------------------- 13.accept
+
+
+@mistake("13.accept", "p_only")
+def accept_with_the_target_probability_alone(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] < p[i, x]:  # "the target likes it enough"
+            out.append(x)
+        else:
+            residual = torch.clamp(p[i] - q[i], min=0)
+            out.append(_draw(residual / residual.sum(), float(u[-1])))
+            return out
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+@mistake("13.accept", "p_only")
+def accept_when_the_target_probability_beats_u_with_min(p, q, drafted, u):
+    tokens = []
+    for i in range(len(drafted)):
+        x = drafted[i]
+        if float(u[i]) < min(1.0, float(p[i, x])):
+            tokens.append(int(x))
+            continue
+        r = (p[i] - q[i]).clamp_min(0)
+        tokens.append(_draw(r, float(u[len(drafted)])))
+        return tokens
+    return tokens + [_draw(p[len(drafted)], float(u[len(drafted)]))]
+
+
+@mistake("13.accept", "resample_p")
+def accept_resampling_from_the_target(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] < p[i, x] / q[i, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw(p[i], float(u[-1])))  # "the target decides"
+            return out
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+@mistake("13.accept", "no_bonus")
+def accept_without_the_bonus_token(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] < p[i, x] / q[i, x]:
+            out.append(int(x))
+        else:
+            residual = (p[i] - q[i]).clamp(min=0)
+            out.append(_draw(residual, float(u[-1])))
+            break
+    return out
+
+
+@mistake("13.accept", "inverted")
+def accept_with_the_ratio_upside_down(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] < min(1, q[i, x] / p[i, x]):
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i] - q[i]).clamp(min=0), float(u[-1])))
+            return out
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+@mistake("13.accept", "abs_residual")
+def accept_with_an_absolute_difference(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i] - q[i]).abs(), float(u[-1])))
+            return out
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+@mistake("13.accept", "no_stop")
+def accept_without_stopping_at_the_rejection(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i] - q[i]).clamp(min=0), float(u[-1])))  # and no break
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+@mistake("13.accept", "bonus_row")
+def accept_bonus_from_the_last_drafted_row(p, q, drafted, u):
+    gamma = len(drafted)
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i] - q[i]).clamp(min=0), float(u[gamma])))
+            return out
+    out.append(_draw(p[gamma - 1], float(u[gamma])))
+    return out
+
+
+@mistake("13.accept", "same_u")
+def accept_reusing_the_acceptance_uniform(p, q, drafted, u):
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i] - q[i]).clamp(min=0), float(u[i])))
+            return out
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+@mistake("13.accept", "shift")
+def accept_against_the_next_row_of_p(p, q, drafted, u):
+    # "row i + 1 is the prediction *after* x_i": an off-by-one in the target's rows
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i + 1, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i + 1] - q[i]).clamp(min=0), float(u[-1])))
+            return out
+    out.append(_draw(p[-1], float(u[-1])))
+    return out
+
+
+# ------------------------------------------------------------------ 13.expected_tokens
+
+
+def _check_alpha(alpha):
+    if not 0 <= alpha <= 1:
+        raise ValueError("alpha must be in [0, 1]")
+
+
+@mistake("13.expected_tokens", "exponent")
+def expected_with_exponent_gamma(alpha, gamma):
+    _check_alpha(alpha)
+    if alpha == 1:
+        return float(gamma)
+    return (1 - alpha**gamma) / (1 - alpha)
+
+
+@mistake("13.expected_tokens", "no_bonus")
+def expected_accepted_only(alpha, gamma):
+    _check_alpha(alpha)
+    return sum(alpha**i for i in range(1, gamma + 1))
+
+
+@mistake("13.expected_tokens", "untruncated")
+def expected_untruncated_geometric(alpha, gamma):
+    _check_alpha(alpha)
+    return 1 / (1 - alpha) if alpha < 1 else float("inf")
+
+
+@mistake("13.expected_tokens", "linear")
+def expected_linear_in_gamma(alpha, gamma):
+    _check_alpha(alpha)
+    return 1 + gamma * alpha
+
+
+@mistake("13.expected_tokens", "alpha_one")
+def expected_dividing_by_zero_at_one(alpha, gamma):
+    _check_alpha(alpha)
+    return (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+@mistake("13.expected_tokens", "validate")
+def expected_unvalidated(alpha, gamma):
+    return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+# -------------------------------------------------------------------- 13.speedup_bound
+
+
+def _check_c(c):
+    if c < 0:
+        raise ValueError("c must be >= 0")
+
+
+@mistake("13.speedup_bound", "gamma_plus_one")
+def bound_paying_gamma_plus_one_draft_steps(alpha, gamma, c):
+    _check_c(c)
+    return expected_tokens(alpha, gamma) / ((gamma + 1) * c + 1)
+
+
+@mistake("13.speedup_bound", "no_c")
+def bound_without_the_cost_ratio(alpha, gamma, c):
+    _check_c(c)
+    return expected_tokens(alpha, gamma) / (gamma + 1)
+
+
+@mistake("13.speedup_bound", "c_inverted")
+def bound_with_c_upside_down(alpha, gamma, c):
+    _check_c(c)
+    return expected_tokens(alpha, gamma) / (gamma / c + 1) if c > 0 else float("inf")
+
+
+@mistake("13.speedup_bound", "multiply")
+def bound_multiplying_by_the_cost(alpha, gamma, c):
+    _check_c(c)
+    return expected_tokens(alpha, gamma) * (gamma * c + 1)
+
+
+@mistake("13.speedup_bound", "no_target")
+def bound_forgetting_the_target_pass(alpha, gamma, c):
+    _check_c(c)
+    return expected_tokens(alpha, gamma) / (gamma * c) if c > 0 else float("inf")
+
+
+@mistake("13.speedup_bound", "validate")
+def bound_unvalidated(alpha, gamma, c):
+    return expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+# ---------------------------------------------------------------------- 13.speculative
+
+
+def _loop(target, draft, prompt_ids, max_new_tokens, gamma=4, temperature=0.0, top_k=None, top_p=1.0,
+          stop_tokens=(), generator=None, stats=None, *, roll_target=True, roll_draft=True, feed_missed=True,
+          one_pass=True, clamp=True, validate=True, accept=accept_draft):
+    """A learner's speculative_generate; the keyword-only flags switch one mistake on."""
+    if validate:
+        check_speculative(gamma, temperature, target.cfg.vocab_size, draft.cfg.vocab_size)
+        check_sampling(temperature, top_k, top_p)
+    prompt = list(prompt_ids)
+    if not prompt:
+        raise ValueError("empty prompt")
+    if len(prompt) + max_new_tokens > min(target.cfg.max_seq_len, draft.cfg.max_seq_len):
+        raise ValueError("the prompt and the new tokens do not fit the context")
+    tc, dc = target.new_caches(), draft.new_caches()
+    with torch.no_grad():
+        if len(prompt) > 1:
+            target(torch.tensor([prompt[:-1]]), tc)
+            draft(torch.tensor([prompt[:-1]]), dc)
+    seq = list(prompt)
+    pending = [prompt[-1]]
+    done = 0
+    while done < max_new_tokens:
+        g = min(gamma, max_new_tokens - done - 1) if clamp else gamma
+        xs, qs = [], []
+        with torch.no_grad():
+            for _ in range(g):
+                logits = draft(torch.tensor([pending]), dc)[0, -1]
+                q = to_probs(logits, temperature, top_k, top_p)
+                x = int(q.argmax()) if temperature == 0 else _draw(q, float(torch.rand(1, generator=generator)))
+                xs.append(x)
+                qs.append(q)
+                pending = [x]
+            if one_pass:
+                logits = target(torch.tensor([[seq[-1]] + xs]), tc)[0]
+            else:
+                logits = torch.cat([target(torch.tensor([[t]]), tc)[0] for t in [seq[-1]] + xs])
+        p = to_probs(logits, temperature, top_k, top_p)
+        u = torch.rand(g + 1, generator=generator) if temperature > 0 else torch.zeros(g + 1)
+        new = (accept if g else accept_draft)(p, torch.stack(qs) if qs else p[:0], xs, u)
+        if stats is not None:
+            stats.append((g, len(new) - 1))
+        seq += new
+        if roll_target:
+            rollback(tc, len(seq) - 1)
+        if g == 0:
+            pending = pending + new
+        elif len(new) == g + 1 and new[:g] == xs:
+            pending = [xs[-1], new[-1]] if feed_missed else [new[-1]]
+        else:
+            if roll_draft:
+                rollback(dc, len(seq) - 1)
+            pending = [new[-1]]
+        for t in new:
+            if t in set(stop_tokens):
+                return
+            yield t
+            done += 1
+
+
+def _as_checkpoint(name, **flags):
+    generate = functools.partial(_loop, **flags)
+
+    def wrong(target_config, target_weights, draft_config, draft_weights, prompt, options):
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _through_adapter(generate, target_config, target_weights, draft_config, draft_weights, prompt,
+                                    options)
+        finally:
+            torch.set_num_threads(before)
+
+    wrong.__name__ = name
+    return wrong
+
+
+def _accept_no_bonus(p, q, drafted, u):
+    out = accept_draft(p, q, drafted, u)
+    return out[:-1] if out[:-1] == list(drafted) else out
+
+
+def _accept_resample_p(p, q, drafted, u):
+    return accept_resampling_from_the_target(p, q, drafted, u)
+
+
+SPECULATIVE = [
+    ("speculative_without_target_rollback", "no_rollback", dict(roll_target=False)),
+    ("speculative_without_draft_rollback", "no_draft_rollback", dict(roll_draft=False)),
+    ("speculative_forgets_the_drafts_last_token", "draft_gap", dict(feed_missed=False)),
+    ("speculative_verifying_token_by_token", "per_token", dict(one_pass=False)),
+    ("speculative_drafting_past_the_end", "overrun", dict(clamp=False)),
+    ("speculative_without_validation", "validate", dict(validate=False)),
+    ("speculative_forgetting_the_bonus_token", "no_bonus", dict(accept=_accept_no_bonus)),
+    ("speculative_resampling_from_p", "resample_p", dict(accept=_accept_resample_p)),
+]
+
+for _name, _hint, _flags in SPECULATIVE:
+    mistake("13.speculative", _hint)(_as_checkpoint(_name, **_flags))
