@@ -1832,6 +1832,55 @@ def generate_stories(split: str, count: int | None = None) -> list[str]:
     return stories
 
 
+# ---------------------------------------------------------------------------
+# Renamed copies: a copying curriculum for longer pretraining
+# ---------------------------------------------------------------------------
+#
+# The story names come from pools of a few hundred, so a small model can lower its loss on a
+# name by learning which names are common, and never learn to look back at the one the story
+# already used. A renamed copy of a story gives every character, pet and town an invented
+# name (a fresh one in every copy, from tens of thousands of syllable strings): its first
+# mention is unpredictable, and its later mentions can only be predicted by copying them from
+# the context. Mixed into the training stream, these copies are what teaches the model to
+# read its context (measured in solutions/train.py's ``copying_probe``; see chapter 06).
+
+ONSETS = words("b d f g h k l m n p r s t v w z br dr gr kr st tr sh ch th j y pl")
+VOWELS = words("a e i o u a e i o ai ee oo")
+CODAS = ["", "", "", "n", "r", "l", "s", "m", "th", "x"]
+RENAMED_PEOPLE = frozenset(GIRL_NAMES + BOY_NAMES + NEUTRAL_NAMES + ACCENTED_GIRL_NAMES + ACCENTED_BOY_NAMES
+                           + PET_NAMES + SURNAMES)
+TOWN_RE = re.compile(r"\b(?:%s)(?:%s)\b" % ("|".join(TOWN_PARTS_FIRST), "|".join(TOWN_PARTS_LAST)))
+CAPITALISED_RE = re.compile(r"\b[^\W\d_a-z]\w*")
+
+
+def invented_name(rng: random.Random) -> str:
+    """A pronounceable made-up name of two or three syllables, such as "Zeeto" or "Wuchogrel"."""
+    syllables = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(rng.choice((2, 2, 3))))
+    return (syllables + rng.choice(CODAS)).capitalize()
+
+
+def rename_characters(story: str, rng: random.Random) -> str:
+    """The story with every given name, surname, pet name and town replaced by an invented
+    name, consistently (each old name maps to one new name, all through the story)."""
+    mapping: dict[str, str] = {}
+
+    def new_name(match: re.Match) -> str:
+        old = match.group(0)
+        if old not in mapping:
+            mapping[old] = invented_name(rng)
+        return mapping[old]
+
+    story = TOWN_RE.sub(new_name, story)
+    return CAPITALISED_RE.sub(lambda m: new_name(m) if m.group(0) in RENAMED_PEOPLE else m.group(0), story)
+
+
+def renamed_copies(stories: list[str], copies: int) -> list[str]:
+    """``copies`` renamed versions of every story, copy after copy; each story of each copy has
+    its own ``random.Random`` seed, so the result is the same on every machine."""
+    return [rename_characters(story, random.Random(f"renamed-v{GENERATOR_VERSION}:{copy}:{index}"))
+            for copy in range(copies) for index, story in enumerate(stories)]
+
+
 def join_stories(stories: list[str]) -> str:
     """File layout: stories separated by a line holding only the separator; final newline."""
     return f"\n{SEPARATOR}\n".join(stories) + "\n"

@@ -401,6 +401,7 @@ TRAIN_DEFAULTS = dict(
     seed=1337, batch_size=8, block_size=256, grad_accum=1, max_lr=3e-3, min_lr=3e-4,
     warmup_steps=50, total_steps=600, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
     grad_clip=1.0, aux_loss_coef=0.01, eval_every=100, eval_windows=64, checkpoint_every=100,
+    renamed_copies=0, repeat_drill_tokens=0,
 )
 # Fields that may change between an interrupted run and its resumption: they do not change
 # the numbers the run computes (how often it reports or saves).
@@ -416,6 +417,9 @@ def check_train_config(train_cfg: dict) -> dict:
     for name in ("batch_size", "block_size", "grad_accum", "total_steps", "eval_every", "checkpoint_every"):
         if not isinstance(cfg[name], int) or cfg[name] < 1:
             raise ValueError(f"training setting {name} must be a positive int, got {cfg[name]!r}")
+    for name in ("renamed_copies", "repeat_drill_tokens"):
+        if not isinstance(cfg[name], int) or cfg[name] < 0:
+            raise ValueError(f"training setting {name} must be an int >= 0, got {cfg[name]!r}")
     if not 0 <= cfg["warmup_steps"] < cfg["total_steps"]:
         raise ValueError(f"warmup_steps ({cfg['warmup_steps']}) must be >= 0 and below total_steps ({cfg['total_steps']})")
     if not 0 <= cfg["min_lr"] <= cfg["max_lr"]:
@@ -537,7 +541,7 @@ def train(config: dict, out_dir: str | Path, resume: bool = False, stop_at: int 
         torch.use_deterministic_algorithms(True, warn_only=True)
     out_dir = Path(out_dir)
     if train_tokens is None or val_tokens is None:
-        train_tokens, val_tokens = corpus_tokens()
+        train_tokens, val_tokens = corpus_tokens(cfg["renamed_copies"], cfg["repeat_drill_tokens"])
 
     model = build_model(model_cfg, cfg["seed"]).to(device)
     optimizer = AdamW(decay_groups(model, cfg["weight_decay"]), lr=cfg["max_lr"],
@@ -617,13 +621,46 @@ def train(config: dict, out_dir: str | Path, resume: bool = False, stop_at: int 
     return {"model": model, "log": log}
 
 
-def corpus_tokens() -> tuple[torch.Tensor, torch.Tensor]:
-    """The course corpus as token streams (train, val): stories joined by ``<|endoftext|>``."""
-    from data import course_tokenizer, load_corpus
+def corpus_tokens(renamed_copies: int = 0, repeat_drill_tokens: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The course corpus as token streams (train, val): stories joined by ``<|endoftext|>``.
+
+    For longer pretraining, the training stream can be followed by ``renamed_copies`` copies of
+    the training stories whose characters, pets and towns carry invented names
+    (:func:`data.corpus.renamed_copies`: a later mention can only be predicted by copying it from
+    the context), and by about ``repeat_drill_tokens`` tokens of repeat drills
+    (:func:`repeat_drills`). The validation stream is always the plain validation stories.
+    """
+    from data import corpus, course_tokenizer, load_corpus
 
     enc = course_tokenizer()
-    return tuple(torch.tensor(enc.encode(load_corpus(split), allowed_special={"<|endoftext|>"}), dtype=torch.long)
-                 for split in ("train", "val"))
+    special = {corpus.SEPARATOR}
+    train, val = (enc.encode(load_corpus(split), allowed_special=special) for split in ("train", "val"))
+    if renamed_copies:
+        stories = corpus.split_stories(load_corpus("train"))
+        train += enc.encode(corpus.join_stories([""] + corpus.renamed_copies(stories, renamed_copies)),
+                            allowed_special=special)
+    if repeat_drill_tokens:
+        train += repeat_drills(train, repeat_drill_tokens, enc.encode_single_token(corpus.SEPARATOR))
+    return torch.tensor(train, dtype=torch.long), torch.tensor(val, dtype=torch.long)
+
+
+def repeat_drills(tokens: list[int], n_tokens: int, separator: int, min_len: int = 12, max_len: int = 60,
+                  seed: str = "repeat-drills-v1") -> list[int]:
+    """About ``n_tokens`` tokens of drills ``[separator, *chunk, *chunk]``: a random passage of
+    ``min_len`` to ``max_len`` tokens of ``tokens``, said twice. Its second half is predictable
+    only by finding the passage earlier in the context and copying what followed: the job of
+    an *induction head* (Olsson et al., 2022), which a small model trained on stories alone is
+    slow to form. Deterministic: the passages come from a ``random.Random`` seeded with ``seed``.
+    """
+    import random
+
+    rng, drills = random.Random(seed), []
+    while len(drills) < n_tokens:
+        length = rng.randint(min_len, max_len)
+        start = rng.randrange(len(tokens) - length)
+        chunk = tokens[start:start + length]
+        drills += [separator, *chunk, *chunk]
+    return drills
 
 
 # ---------------------------------------------------------------------------- export, command line
@@ -713,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
               f"val {log['val_loss'][-1] if log['val_loss'] else float('nan'):.4f}, {log['seconds']:.0f} s")
         finished = log["step"] and log["step"][-1] + 1 == config["train"]["total_steps"]
         if finished and config.get("export") and not args.no_export and not args.steps:
-            _, val = corpus_tokens()
+            _, val = corpus_tokens()  # the plain validation stories, whatever the training mix
             loss = export(result["model"], config, log, config["export"], val)
             print(f"exported {config['export']}: validation loss {loss:.4f} on {len(val):,} tokens")
     if world > 1:

@@ -177,6 +177,8 @@ def test_corrupt_mismatched_and_missing_checkpoints_get_clear_errors(tmp_path):
     ({"warmup_steps": 10, "total_steps": 10}, "below total_steps"),
     ({"batch_size": 0}, "batch_size must be a positive int"),
     ({"min_lr": 1.0, "max_lr": 0.1}, "min_lr <= max_lr"),
+    ({"renamed_copies": -1}, "renamed_copies must be an int >= 0"),
+    ({"repeat_drill_tokens": 0.5}, "repeat_drill_tokens must be an int >= 0"),
 ])
 def test_bad_training_configs(train, message):
     with pytest.raises(ValueError, match=message):
@@ -332,3 +334,48 @@ def test_the_copying_probe_tells_a_copier_from_a_guesser():
     assert (copier["first_mentions"], copier["repeat_mentions"], copier["stories"]) == (3, 4, 2)
     uniform = copying_probe(_Uniform(enc.n_vocab), enc, stories, {"Mia", "Pip", "Leo"})
     assert uniform["first_logprob"] == uniform["repeat_logprob"] == round(-math.log(enc.n_vocab), 4)
+
+
+def test_renamed_copies_give_every_character_a_new_name_consistently():
+    import random
+    import re
+
+    from data import corpus
+
+    story = ("Once upon a time, in a town called Colddale, there lived a boy named Remy. His neighbor, "
+             "Doctor Knight, had a cat named Sparky. Remy visited Doctor Knight in Colddale. Sparky slept. "
+             "The Moon was bright.")
+    renamed = corpus.rename_characters(story, random.Random(0))
+    for old in ("Colddale", "Remy", "Knight", "Sparky"):
+        assert old not in renamed
+    assert "Doctor" in renamed and "The Moon was bright." in renamed  # titles and ordinary words stay
+    names = re.findall(r"named (\w+)\. His neighbor, Doctor (\w+),", renamed)[0]
+    assert renamed.count(names[0]) == 2 and renamed.count(names[1]) == 2  # the same new name each time
+    # the copies are seeded per story and copy: the same everywhere, different from copy to copy
+    copies = corpus.renamed_copies([story, story], 2)
+    assert copies == corpus.renamed_copies([story, story], 2)
+    assert len(copies) == 4 and len(set(copies)) == 4
+    assert len({corpus.invented_name(random.Random(i)) for i in range(2000)}) > 1900  # names are rarely reused
+
+
+def test_repeat_drills_say_a_passage_twice_after_a_separator():
+    from solutions.train import repeat_drills
+
+    tokens = list(range(100, 1100))
+    drills = repeat_drills(tokens, 500, separator=7)
+    assert len(drills) >= 500 and drills == repeat_drills(tokens, 500, separator=7)
+    starts = [i for i, t in enumerate(drills) if t == 7]
+    assert starts[0] == 0
+    for start, end in zip(starts, starts[1:] + [len(drills)]):
+        ids = drills[start + 1:end]
+        half = len(ids) // 2
+        assert len(ids) % 2 == 0 and 12 <= half <= 60 and ids[:half] == ids[half:]
+        assert ids[:half] == list(range(ids[0], ids[0] + half))  # a contiguous passage of the stream
+
+
+def test_the_training_stream_appends_renamed_copies_and_drills_and_keeps_validation_plain():
+    plain_train, plain_val = T.corpus_tokens()
+    train, val = T.corpus_tokens(renamed_copies=1, repeat_drill_tokens=10_000)
+    assert torch.equal(val, plain_val) and torch.equal(train[:len(plain_train)], plain_train)
+    extra = len(train) - len(plain_train)
+    assert len(plain_train) < extra - 10_000 < 1.3 * len(plain_train)  # one renamed copy, a little longer
