@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from data import corpus, instructions
+from data import corpus, instructions, preferences
 from data.manifest import DATA_DIR, REBUILD_HINT, update_manifest, verify
 
 
@@ -68,6 +68,11 @@ def build_instructions(out_dir: Path) -> None:
     instructions.write_instructions(out_dir / "instructions")
 
 
+def build_preferences(out_dir: Path) -> None:
+    """Chapters 10–12's preference pairs with their gold judge's scores: preferences/{train,val,test}.jsonl."""
+    preferences.write_preferences(out_dir / "preferences")
+
+
 # Build steps, in the order they run. A step reads its inputs from the directory it is
 # given (not from DATA_DIR), so that ``--check`` rebuilds everything from scratch.
 BUILD_STEPS: list[BuildStep] = [
@@ -79,6 +84,8 @@ BUILD_STEPS: list[BuildStep] = [
     ),
     BuildStep("instruction conversations (chapter 08)",
               tuple(f"instructions/{split}.jsonl" for split in instructions.SPLITS), build_instructions),
+    BuildStep("preference pairs with a gold judge (chapters 10-12)",
+              tuple(f"preferences/{split}.jsonl" for split in preferences.SPLITS), build_preferences),
 ]
 
 
