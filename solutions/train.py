@@ -706,6 +706,30 @@ def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, 
     return val_loss
 
 
+def record_probe(export_dir: str | Path) -> dict:
+    """Measure the copying probe (:func:`probe_shipped_model`) of a shipped checkpoint's stored
+    weights and record it in its ``config.json`` (and the manifest), for a checkpoint exported
+    before :func:`export` measured it. Returns the probe."""
+    from safetensors.torch import load_file
+
+    export_dir = Path(export_dir)
+    meta = json.loads((export_dir / "config.json").read_text())
+    model = build_model(meta["model"], 0)
+    state = {k: v.float() for k, v in load_file(str(export_dir / "model.safetensors")).items()}
+    model.load_state_dict(state, strict=False)
+    if meta["model"].get("tie_embeddings"):
+        model.lm_head.weight = model.embed_tokens.weight
+    probe = probe_shipped_model(model)
+    keys = list(meta)
+    meta = {k: v for k, v in meta.items() if k != "copying_probe"}
+    at = keys.index("val_tokens") + 1 if "val_tokens" in keys else len(keys)
+    items = list(meta.items())
+    items.insert(at, ("copying_probe", probe))
+    (export_dir / "config.json").write_text(json.dumps(dict(items), indent=2) + "\n")
+    register_checkpoint(export_dir)
+    return probe
+
+
 def register_checkpoint(export_dir: str | Path) -> None:
     """Record a shipped checkpoint's files in ``data/MANIFEST.json`` (if it lies under ``data/``),
     with its validation loss beside the weights' sha256: the number a fresh load must reproduce."""
@@ -731,8 +755,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-export", action="store_true", help="do not write the shipped checkpoint")
     parser.add_argument("--device", help="cuda, mps or cpu (default: the first one present)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (part of what makes a rerun bit-identical)")
+    parser.add_argument("--probe", action="store_true",
+                        help="measure the copying probe of the config's exported checkpoint, record it in its "
+                             "config.json, and exit")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.probe:
+        config = read_config(args.config)
+        print(f"{config['export']}: {record_probe(config['export'])}")
+        return 0
     config = read_config(args.config)
     if args.steps:
         warmup = min(config["train"]["warmup_steps"], args.steps // 10)  # keep the schedule's shape

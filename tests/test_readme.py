@@ -50,3 +50,23 @@ def test_learners_jupyterlab_has_no_nbgrader_ui():
         "nbgrader's JupyterLab extension is on: run the README's set-up command "
         "(.venv/bin/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader)"
     )
+
+
+def test_the_checkpoint_table_states_what_each_checkpoint_measured():
+    """The README's numbers for the shipped checkpoints are their config.json's, not typed in."""
+    import json
+    import re
+
+    from data import CHECKPOINT_NAMES, checkpoint_dir
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in CHECKPOINT_NAMES:
+        row = re.search(rf"^\| `{name}` \|(.*)\|$", readme, re.M)
+        assert row, f"the README's checkpoint table has no row for {name}"
+        cells = [c.strip() for c in row.group(1).split("|")]
+        meta = json.loads((checkpoint_dir(name) / "config.json").read_text())
+        assert cells[2] == f"{meta['val_loss']:.4f}", (name, cells[2], meta["val_loss"])
+        assert cells[1].startswith(f"{meta['params'] / 1e6:.2f}M /"), (name, cells[1], meta["params"])
+        probe = meta.get("copying_probe")
+        gain = f"{probe['repeat_logprob'] - probe['first_logprob']:+.2f}" if probe else ""
+        assert cells[3] == gain, (name, cells[3], gain)
