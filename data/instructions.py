@@ -27,14 +27,13 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
 import sys
 from pathlib import Path
 
-from data import corpus
+from data import corpus, jsonl
 
 GENERATOR_VERSION = 1
 INSTRUCTIONS_DIR = Path(__file__).resolve().parent / "instructions"
@@ -140,33 +139,18 @@ def follows_format(task: str, reply: str) -> bool:
 
 def generate_split(split: str, count: int | None = None) -> list[dict]:
     """The first ``count`` (default: all) conversations of ``split``, in order."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+    jsonl.check_split(split, SPLITS)
     return [make_conversation(conversation_rng(split, i)) for i in range(SPLITS[split] if count is None else count)]
 
 
 def write_instructions(out_dir: Path = INSTRUCTIONS_DIR) -> dict[str, Path]:
     """Write ``{split}.jsonl`` (one conversation per line, UTF-8, "\\n") for every split."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split in SPLITS:
-        path = out_dir / f"{split}.jsonl"
-        lines = [json.dumps(c, ensure_ascii=False, sort_keys=True) for c in generate_split(split)]
-        path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
-        paths[split] = path
-    return paths
+    return jsonl.write_splits(out_dir, SPLITS, generate_split)
 
 
 def load_instructions(split: str, count: int | None = None) -> list[dict]:
     """The conversations of a split as written by :func:`write_instructions` (the first ``count``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
-    path = INSTRUCTIONS_DIR / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; regenerate the course data with `python -m data.build`.")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    return [json.loads(line) for line in lines[:count]]
+    return jsonl.read_split(INSTRUCTIONS_DIR, SPLITS, split, count)
 
 
 def main(argv: list[str] | None = None) -> int:

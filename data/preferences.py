@@ -39,13 +39,12 @@ Usage::
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
 from pathlib import Path
 
-from data import corpus, instructions
+from data import corpus, instructions, jsonl
 
 GENERATOR_VERSION = 1
 PREFERENCES_DIR = Path(__file__).resolve().parent / "preferences"
@@ -164,33 +163,18 @@ def answer_slot(task: str, sentence: str) -> str | None:
 
 def generate_split(split: str, count: int | None = None) -> list[dict]:
     """The first ``count`` (default: all) pairs of ``split``, in order."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
+    jsonl.check_split(split, SPLITS)
     return [make_pair(pair_rng(split, i)) for i in range(SPLITS[split] if count is None else count)]
 
 
 def write_preferences(out_dir: Path = PREFERENCES_DIR) -> dict[str, Path]:
     """Write ``{split}.jsonl`` (one pair per line, UTF-8, "\\n") for every split."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split in SPLITS:
-        path = out_dir / f"{split}.jsonl"
-        lines = [json.dumps(p, ensure_ascii=False, sort_keys=True) for p in generate_split(split)]
-        path.write_bytes(("\n".join(lines) + "\n").encode("utf-8"))
-        paths[split] = path
-    return paths
+    return jsonl.write_splits(out_dir, SPLITS, generate_split)
 
 
 def load_preferences(split: str, count: int | None = None) -> list[dict]:
     """The pairs of a split as written by :func:`write_preferences` (the first ``count``)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {sorted(SPLITS)}, not {split!r}")
-    path = PREFERENCES_DIR / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; regenerate the course data with `python -m data.build`.")
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    return [json.loads(line) for line in lines[:count]]
+    return jsonl.read_split(PREFERENCES_DIR, SPLITS, split, count)
 
 
 def main(argv: list[str] | None = None) -> int:
