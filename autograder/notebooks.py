@@ -194,7 +194,7 @@ def rendered_source(module: str, names: list[str]) -> str:
 CHAPTER_OF_MODULE = {
     "solutions.tokenizer": "01", "solutions.layers": "02", "solutions.attention": "03", "solutions.moe": "04",
     "solutions.model": "05", "solutions.train": "06", "solutions.generate": "07", "solutions.sft": "08",
-    "solutions.lora": "09", "solutions.speculative": "13",
+    "solutions.lora": "09", "solutions.reward": "10", "solutions.speculative": "13",
 }
 
 

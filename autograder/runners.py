@@ -9,7 +9,7 @@ object the way the course's own code would.
 Two families:
 
 * value runners (``RUNNERS[kind]``): ``module``, ``seeded``, ``train_steps``, ``resume``,
-  ``tables``;
+  ``tables``, ``reward_model``;
 * gradient probes (``RUNNERS["grad_" + kind]``): call the answer with every floating-point
   tensor argument (or every parameter of a module) requiring grad, backpropagate a fixed,
   seeded projection of every floating-point output, and return the gradients as plain data
@@ -45,6 +45,8 @@ def run_module(cls, init_args, state_dict, forward_args):
 def _namespace(fn):
     """Where a runner finds the notebook's classes: the learner's globals (the notebook), or
     the ``course_namespace`` a checks module gives a known-mistake variant."""
+    while not getattr(fn, "course_namespace", None) and hasattr(fn, "__wrapped__"):
+        fn = fn.__wrapped__  # a decorated function (@torch.no_grad()): the notebook's own globals
     return getattr(fn, "course_namespace", None) or fn.__globals__
 
 
@@ -152,6 +154,27 @@ def run_seeded(fn, seed, *args):
     """``fn(*args, generator)`` with a ``torch.Generator`` seeded by ``seed``: a generator is not
     plain data, so the case carries its seed. Returns ``fn``'s output."""
     return fn(*args, torch_module().Generator().manual_seed(seed))
+
+
+def _reward_parts(fn, model_config, weights):
+    """The notebook's own Transformer (``weights``' ``backbone.*``) and a scalar head
+    ``nn.Linear(dim, 1, bias=False)`` (``weights["score.weight"]``), as chapter 10's given
+    ``RewardModel`` holds them."""
+    torch = torch_module()
+    backbone_state = {k[len("backbone."):]: v for k, v in weights.items() if k.startswith("backbone.")}
+    backbone = _course_model(_namespace(fn), model_config, backbone_state)
+    score = torch.nn.Linear(weights["score.weight"].shape[1], 1, bias=False)
+    score.load_state_dict({"weight": weights["score.weight"]})
+    return backbone, score
+
+
+def run_reward_model(reward_forward, model_config, weights, input_ids, prompt_lengths, pad_id):
+    """Chapter 10: ``reward_forward(backbone, score, input_ids, prompt_lengths, pad_id)`` on the
+    notebook's Transformer built from ``model_config`` and a scalar head, both loaded from
+    ``weights`` (a reward model's state dict). Returns its rewards."""
+    backbone, score = _reward_parts(reward_forward, model_config, weights)
+    with torch_module().no_grad():
+        return reward_forward(backbone, score, input_ids, prompt_lengths, pad_id)
 
 
 # ------------------------------------------------------------------------- gradient probes
@@ -270,6 +293,18 @@ def run_grad_module(cls, init_args, state_dict, forward_args):
     return result
 
 
+def run_grad_reward_model(reward_forward, model_config, weights, input_ids, prompt_lengths, pad_id):
+    """Gradient probe of :func:`run_reward_model`: ``{parameter name: gradient or None}`` over
+    the head (``score.weight``) and the backbone (``backbone.*``)."""
+    torch = torch_module()
+    backbone, score = _reward_parts(reward_forward, model_config, weights)
+    named = [(f"backbone.{n}", p) for n, p in backbone.named_parameters()] + [("score.weight", score.weight)]
+    with torch.enable_grad():
+        grads = _grads(projection_loss(reward_forward(backbone, score, input_ids, prompt_lengths, pad_id)),
+                       [p for _, p in named])
+    return {name: g for (name, _), g in zip(named, grads)}
+
+
 RUNNERS = {
     "module": run_module,
     "seeded": run_seeded,
@@ -279,4 +314,6 @@ RUNNERS = {
     "grad_function": run_grad_function,
     "grad_tables": run_grad_tables,
     "grad_module": run_grad_module,
+    "reward_model": run_reward_model,
+    "grad_reward_model": run_grad_reward_model,
 }
