@@ -47,7 +47,12 @@ def _namespace(fn):
     the ``course_namespace`` a checks module gives a known-mistake variant."""
     while not getattr(fn, "course_namespace", None) and hasattr(fn, "__wrapped__"):
         fn = fn.__wrapped__  # a decorated function (@torch.no_grad()): the notebook's own globals
-    return getattr(fn, "course_namespace", None) or fn.__globals__
+    namespace = getattr(fn, "course_namespace", None) or fn.__globals__
+    if "Transformer" not in namespace and "solutions.model" in sys.modules:
+        # a wrapper written outside any notebook (the course's own tests): the reference model.
+        # Never in the sandbox, where solutions/ cannot be imported.
+        namespace = vars(sys.modules["solutions.model"])
+    return namespace
 
 
 def _course_model(namespace, model_config, state_dict):

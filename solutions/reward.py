@@ -108,7 +108,7 @@ def collate_pairs(chosen: list[tuple[list[int], int]], rejected: list[tuple[list
     """Pairs to one batch: ``(input_ids (2 n, longest), prompt_lengths (2 n,))``, int64.
 
     Rows ``0 .. n-1`` are the chosen replies, rows ``n .. 2n-1`` the rejected ones, in the
-    same order (one forward pass scores both, as TRL's collator does). Padding on the right
+    same order (one forward pass scores both sides). Padding on the right
     with ``pad_id``. ``ValueError`` if the two lists differ in length, or are empty.
     """
     if len(chosen) != len(rejected):

@@ -282,3 +282,19 @@ def test_reward_forward_is_what_the_reward_model_calls():
     with torch.no_grad():
         assert torch.equal(model(ids, torch.tensor([1, 1])),
                            reward_forward(model.backbone, model.score, ids, torch.tensor([1, 1]), PAD_ID))
+
+
+# ------------------------------------------------------------------------------ for chapter 11
+
+
+def test_the_helpers_chapter_11_starts_from_are_deterministic():
+    """sft_policy() and trained_reward_model() rebuild their models from the shipped checkpoint
+    (here with 2 steps each: the chapter's recipe runs 80 and 60): the same weights twice."""
+    from solutions.reward import sft_policy, trained_reward_model
+
+    a, b = sft_policy(steps=2), sft_policy(steps=2)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    assert not a.training
+    r1, r2 = trained_reward_model(steps=2), trained_reward_model(steps=2)
+    assert all(torch.equal(r1.state_dict()[k], r2.state_dict()[k]) for k in r1.state_dict())
+    assert isinstance(r1, RewardModel) and not r1.training

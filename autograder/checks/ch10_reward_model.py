@@ -5,7 +5,7 @@ and reward normalisation.
 ``10.reward_model`` drives a model (``kind="reward_model"``, through
 ``runners.run_reward_model``): the learner's ``reward_forward(backbone, score, input_ids,
 prompt_lengths, pad_id)`` is called on the notebook's own ``Transformer`` and a scalar head,
-loaded with a tiny random reward model's weights (two layers, dimension 16), on right-padded
+loaded with a tiny random reward model's weights (two layers, dimension 8), on right-padded
 batches; its gradient probe backpropagates through every parameter.
 
 How the cases expose mistakes: values drawn at random at every position, so each position
@@ -167,8 +167,8 @@ register(Checkpoint(
 
 # ---------------------------------------------------------------------------- 10.reward_model
 
-MODEL_PAD = 511  # the tiny models' vocabulary is 512 ids (small weights keep the release fixtures small)
-TINY = {"vocab_size": 512, "dim": 16, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "hidden_dim": 32,
+MODEL_PAD = 63  # the tiny models' vocabulary is 64 ids (small weights keep the release fixtures small)
+TINY = {"vocab_size": 64, "dim": 8, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "hidden_dim": 16,
         "max_seq_len": 32, "tie_embeddings": True}
 
 
@@ -221,7 +221,7 @@ def model_cases(rng: random.Random) -> list[Case]:
 
     def case(label, config, lengths, prompts, seq, hint="default", probe=False):
         weights = _model_state(g, config)
-        ids = _ids(g, lengths, seq, MODEL_PAD, high=500)
+        ids = _ids(g, lengths, seq, MODEL_PAD, high=60)
         prompt_lengths = torch.tensor(prompts)
         show = (Label(f"<Transformer dim={config['dim']}, {config['n_layers']} layers>"),
                 Label(f"Linear({config['dim']}, 1, bias=False)"), tensor_label(ids, "input_ids"),
@@ -236,7 +236,7 @@ def model_cases(rng: random.Random) -> list[Case]:
         case("four sequences of different lengths: the head reads the final norm's output", TINY, [12, 7, 10, 5],
              [3, 2, 6, 1], 12, "no_norm", probe=True),
         case("a reward is any real number: large ones too, not squashed into (0, 1)",
-             dict(TINY, dim=24, n_heads=3, n_kv_heads=1), [8, 11, 6], [2, 4, 3], 11, "sigmoid", probe=True),
+             dict(TINY, dim=12, n_heads=3, n_kv_heads=1), [8, 11, 6], [2, 4, 3], 11, "sigmoid", probe=True),
         case("one sequence, not padded", dict(TINY, n_layers=1), [10], [4], 10),
     ]
 
@@ -395,8 +395,9 @@ def _normalize_variant(kind: str):
         ref = reference_rewards.double()
         own = rewards.double()
         mean = own.mean() if kind in ("own_stats", "own_mean") else ref.mean()
-        std = {"own_stats": own.std(unbiased=False), "own_std": own.std(unbiased=False),
-               "unbiased": ref.std(), "variance": ref.var(unbiased=False)}.get(kind, ref.std(unbiased=False))
+        std = {"own_stats": lambda: own.std(unbiased=False), "own_std": lambda: own.std(unbiased=False),
+               "unbiased": lambda: ref.std(), "variance": lambda: ref.var(unbiased=False)}.get(
+            kind, lambda: ref.std(unbiased=False))()
         if kind == "center_only":
             std = torch.ones((), dtype=torch.float64)
         return ((own - mean) / std).float()
