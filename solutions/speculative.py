@@ -396,7 +396,9 @@ class LeanDecoder:
                 for _ in self.layers]
 
     @torch.inference_mode()
-    def __call__(self, tokens: torch.Tensor, caches: list[StaticKVCache]) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, caches: list[StaticKVCache], last_only: bool = False) -> torch.Tensor:
+        """Logits ``(batch, seq, vocab)``; with ``last_only``, of the last position only, ``(batch, 1, vocab)``
+        (a prefill whose other logits nobody reads skips most of the output layer's work)."""
         batch, seq = tokens.shape
         past = len(caches[0])
         end = past + seq
@@ -420,15 +422,20 @@ class LeanDecoder:
             x = x + F.linear(F.silu(gate) * up, w_down)
         for cache in caches:
             cache.length = end
+        if last_only:
+            x = x[:, -1:]
         return F.linear(F.rms_norm(x, (dim,), self.norm, self.eps), self.head)  # (batch, seq, vocab)
 
 
 def greedy_decode(model, prompt_ids, max_new_tokens: int) -> list[int]:
-    """Plain cached greedy decoding, the baseline: the prompt once, then one token per call, argmax."""
+    """Plain cached greedy decoding, the baseline: the prompt once, then one token per call, argmax.
+    ``model``: a :class:`LeanDecoder` (its prefill computes the last position's logits only, as
+    ``transformers``' ``generate`` does) or a :class:`~solutions.model.Transformer`."""
     caches = model.new_caches()
     out = []
     with torch.no_grad():
-        logits = model(torch.tensor([list(prompt_ids)]), caches)
+        prompt = torch.tensor([list(prompt_ids)])
+        logits = model(prompt, caches, last_only=True) if isinstance(model, LeanDecoder) else model(prompt, caches)
         for _ in range(max_new_tokens):
             token = int(logits[0, -1].argmax())
             out.append(token)
