@@ -438,7 +438,7 @@ def speculative_cases(rng: random.Random) -> list[Case]:
         return Case(label, (tc, tw, dc, dw, prompt, options), hint,
                     show=(_label(tc), Label("<weights>"), _label(dc), Label("<weights>"), prompt, options))
 
-    tc = _config(24, 16, 2, 4, 2, 32, False, 40)
+    tc = _config(24, 16, 2, 4, 2, 24, False, 40)
     p1, p2 = [3, 7, 1, 12], [5, 11, 2]
     tw, dw = _models(g, tc, tc, [(p1, 14, 3), (p2, 12, 2), (p1, 10, 5)], noise=0.25)
     small = _config(24, 8, 1, 2, 1, 16, True, 40)
@@ -479,7 +479,7 @@ def speculative_cases(rng: random.Random) -> list[Case]:
         cases.insert(6, case(f"stop token {later[0]}: generation ends there, the stop token not yielded", tc, tw, tc,
                              dw, p1, "stop", max_new_tokens=14, gamma=3, stop_tokens=[later[0]]))
     for n in range(2):
-        tc2 = _config(rng.randint(16, 28), 16, rng.randint(1, 2), 2, rng.choice([1, 2]), 32, rng.random() < 0.5, 48)
+        tc2 = _config(rng.randint(16, 28), 16, rng.randint(1, 2), 2, rng.choice([1, 2]), 24, rng.random() < 0.5, 48)
         prompt = [rng.randrange(tc2["vocab_size"]) for _ in range(rng.randint(1, 6))]
         gamma, new = rng.randint(1, 5), rng.randint(4, 14)
         tw2, dw2 = _models(g, tc2, tc2, [(prompt, new, gamma)], noise=0.3)
