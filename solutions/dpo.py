@@ -1,0 +1,289 @@
+r"""Direct Preference Optimization (DPO): preference pairs to a policy, with no reward model and no sampling.
+
+RLHF (chapters 10 and 11) fits a reward model :math:`r(x, y)` to comparisons, then maximises
+it with PPO under a KL leash to the SFT model :math:`\pi_{\text{ref}}`:
+
+.. math::
+    \max_{\pi}\; \mathbb{E}_{x,\, y \sim \pi}\big[r(x, y)\big]
+        - \beta\, \mathrm{KL}\big(\pi(\cdot \mid x) \,\|\, \pi_{\text{ref}}(\cdot \mid x)\big)
+
+**Deriving DPO** (Rafailov et al., 2023, "Your Language Model is Secretly a Reward Model").
+For each prompt the objective is :math:`\sum_y \pi(y)\,[r(y) - \beta \log \tfrac{\pi(y)}{\pi_{\text{ref}}(y)}]`
+over distributions :math:`\pi`; it equals :math:`-\beta\,\mathrm{KL}(\pi \,\|\, \pi^*) + \text{const}` with
+
+.. math::
+    \pi^*(y \mid x) = \frac{1}{Z(x)}\, \pi_{\text{ref}}(y \mid x)\, e^{r(x, y) / \beta},
+
+so :math:`\pi^*` is the optimum. Solve for the reward:
+:math:`r(x, y) = \beta \log \frac{\pi^*(y \mid x)}{\pi_{\text{ref}}(y \mid x)} + \beta \log Z(x)`.
+The Bradley-Terry model of chapter 10 sees only a *difference* of rewards for the same
+prompt, in which the intractable :math:`\beta \log Z(x)` cancels. Writing the policy being
+trained, :math:`\pi_\theta`, in place of :math:`\pi^*`, the reward model's loss becomes a loss
+on the policy itself:
+
+.. math::
+    \mathcal{L}_{\text{DPO}} = -\frac{1}{N}\sum_i \log \sigma\Big(\beta \big[
+        (\log \pi_\theta(y_c \mid x) - \log \pi_{\text{ref}}(y_c \mid x))
+      - (\log \pi_\theta(y_r \mid x) - \log \pi_{\text{ref}}(y_r \mid x)) \big]\Big)
+
+and :math:`\hat r_\theta(x, y) = \beta \log \frac{\pi_\theta(y \mid x)}{\pi_{\text{ref}}(y \mid x)}`
+is the **implicit reward** the policy assigns (what TRL logs as ``rewards/chosen`` and
+``rewards/rejected``). :math:`\log \pi(y \mid x)` is the sum of the log-probabilities of
+the reply's tokens: the prompt is given, not generated, so its tokens do not count.
+
+Two variants, as TRL's ``DPOTrainer`` has them:
+
+* **label smoothing** (conservative DPO, "cDPO", Mitchell 2023; TRL's ``label_smoothing`` of
+  the ``sigmoid`` loss): each label is assumed flipped with probability :math:`\varepsilon`,
+  :math:`\mathcal{L} = -(1 - \varepsilon)\log\sigma(\beta h) - \varepsilon \log\sigma(-\beta h)`;
+  the loss then has a minimum at a finite margin instead of pushing it to infinity;
+* **IPO** (Azar et al., 2023, "A General Theoretical Paradigm..."):
+  :math:`\mathcal{L} = (h - \tfrac{1}{2\beta})^2`, a squared loss that also stops at a finite
+  margin, :math:`h = 1/(2\beta)`. TRL's ``loss_type="ipo"`` feeds it log-probabilities
+  *averaged* over each reply's tokens; here :func:`dpo_loss` takes whatever log-probabilities it
+  is given (the chapter uses the sums for both, and says so).
+
+Here :math:`h = (\log\pi_\theta(y_c) - \log\pi_{\text{ref}}(y_c)) - (\log\pi_\theta(y_r) - \log\pi_{\text{ref}}(y_r))`.
+
+The reference model is **frozen**: its log-probabilities are computed under
+``torch.no_grad()`` (they are constants of the loss). Letting gradients flow into it (or
+training the policy against itself) removes the KL anchor the derivation rests on.
+
+A known surprise (Rafailov et al. 2024; Pal et al. 2024, "Smaug"; Razin et al. 2024): the loss
+only asks the *margin* :math:`h` to grow, and it often grows by the rejected reply's
+log-probability falling faster than the chosen one's, which may fall too. :func:`dpo_train`
+logs both.
+
+This module has, in the order the chapter builds them:
+
+* :func:`token_logprobs` and :func:`response_mask`: per-token log-probabilities of the tokens
+  that follow, and which of them belong to the reply;
+* :func:`sequence_logprobs`: each sequence's reply log-probability, summed;
+* :func:`dpo_loss`: the DPO loss (``sigmoid``, with label smoothing, or ``ipo``), implicit
+  rewards, reward accuracy and margin;
+* :func:`frozen_copy` and :func:`dpo_train`: the reference model, and the training loop.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from solutions.reward import collate_pairs, reward_example
+from solutions.sft import PAD
+from solutions.train import AdamW, clip_gradients, decay_groups, lr_at
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+# ---------------------------------------------------------------------------- log-probabilities of replies
+
+
+def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    r"""The log-probability of each next token: ``(batch, seq - 1)``.
+
+    Position :math:`t`'s logits score token :math:`t + 1`, so entry ``[b, t]`` is
+    :math:`\log p_\theta(x_{b,t+1} \mid x_{b,\le t}) = z_{b,t,x_{b,t+1}} - \operatorname{logsumexp}(z_{b,t})`.
+    The last position scores nothing (no token follows it) and the first token is never scored.
+    ``logits``: ``(batch, seq, vocab)``; ``input_ids``: ``(batch, seq)`` int64. Computed in float32.
+    """
+    if logits.ndim != 3 or logits.shape[:2] != input_ids.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} do not match: "
+                         "logits must be (batch, seq, vocab) for input_ids (batch, seq)")
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (batch, seq - 1, vocab)
+    targets = input_ids[:, 1:]  # (batch, seq - 1): the token each position predicts
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, seq - 1)
+
+
+def response_mask(input_ids: torch.Tensor, prompt_lengths: torch.Tensor, pad_id: int) -> torch.Tensor:
+    r"""Which entries of :func:`token_logprobs` score a **reply** token: ``(batch, seq - 1)`` bool.
+
+    Entry ``[b, t]`` scores token :math:`j = t + 1`; it is kept when :math:`j \ge` ``prompt_lengths[b]``
+    (the reply starts there: the prompt is given, not generated) and :math:`j < n_b`, the number
+    of real tokens of row :math:`b` (padding, on the right, is not part of the reply).
+    ``ValueError`` if ``prompt_lengths`` is not one per row, a row has a pad before a real token,
+    or a row has no reply token.
+    """
+    prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device)
+    if input_ids.ndim != 2 or prompt_lengths.shape != input_ids.shape[:1]:
+        raise ValueError(f"prompt_lengths has shape {tuple(prompt_lengths.shape)} for input_ids "
+                         f"{tuple(input_ids.shape)}: give one prompt length per row of a (batch, seq) batch")
+    real = input_ids != pad_id  # (batch, seq)
+    n_real = real.sum(dim=1)  # (batch,)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
+    if bool((real != (positions < n_real[:, None])).any()):
+        raise ValueError("a row has a pad token before a real token: pad on the right, so that each "
+                         "sequence's real tokens come first")
+    if bool((n_real <= prompt_lengths).any()):
+        row = int((n_real <= prompt_lengths).nonzero()[0])
+        raise ValueError(f"row {row} has {int(n_real[row])} real tokens and a prompt of {int(prompt_lengths[row])}: "
+                         "its reply has no token to score")
+    target = positions[1:]  # (seq - 1,): the index of the token entry t scores
+    return (target >= prompt_lengths[:, None]) & (target < n_real[:, None])  # (batch, seq - 1)
+
+
+def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
+                      pad_id: int) -> torch.Tensor:
+    r"""Each sequence's reply log-probability under ``model``, summed over the reply's tokens: ``(batch,)``.
+
+    .. math:: \log \pi(y_b \mid x_b) = \sum_{t:\, m_{b,t} = 1} \log p(x_{b,t+1} \mid x_{b,\le t})
+
+    with :math:`m` = :func:`response_mask` (reply tokens only: not the prompt, not the padding)
+    and the terms from :func:`token_logprobs`. ``input_ids``: ``(batch, seq)`` right-padded with
+    ``pad_id``; ``prompt_lengths``: ``(batch,)``. A sum, not a mean: :math:`\log\pi(y \mid x)` of
+    the DPO derivation is the log-probability of the whole reply. Differentiable: call it under
+    ``torch.no_grad()`` for the reference model.
+    """
+    mask = response_mask(input_ids, prompt_lengths, pad_id)  # (batch, seq - 1)
+    logp = token_logprobs(model(input_ids), input_ids)  # (batch, seq - 1)
+    return torch.where(mask, logp, torch.zeros_like(logp)).sum(dim=1)  # (batch,)
+
+
+# ---------------------------------------------------------------------------- the loss
+
+
+def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0,
+             loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    r"""The DPO loss of a batch of pairs: ``(loss, chosen_rewards, rejected_rewards, reward_accuracy, margin)``.
+
+    With :math:`h_i = (\pi^c_i - \rho^c_i) - (\pi^r_i - \rho^r_i)` (policy and reference
+    log-probabilities of the chosen and rejected replies, each ``(N,)``):
+
+    .. math::
+        \texttt{sigmoid}:\; \mathcal{L} = \frac1N \sum_i -(1 - \varepsilon) \log\sigma(\beta h_i)
+                                         - \varepsilon \log\sigma(-\beta h_i),
+        \qquad
+        \texttt{ipo}:\; \mathcal{L} = \frac1N \sum_i \Big(h_i - \frac{1}{2\beta}\Big)^2
+
+    :math:`\varepsilon` = ``label_smoothing`` (0: the original DPO). ``F.logsigmoid`` keeps it
+    finite where ``torch.log(torch.sigmoid(x))`` gives ``-inf`` (from about :math:`x < -104` in float32).
+    :math:`\beta` multiplies :math:`h` once (not also each log-ratio).
+
+    ``chosen_rewards`` :math:`= \beta(\pi^c - \rho^c)` and ``rejected_rewards``
+    :math:`= \beta(\pi^r - \rho^r)`, ``(N,)`` and **detached** (for logging, as TRL's
+    ``rewards/chosen``); ``reward_accuracy``: the share of pairs whose chosen reward is strictly
+    higher; ``margin``: the mean of ``chosen_rewards - rejected_rewards``; both Python floats.
+
+    ``ValueError`` if ``beta <= 0``, the four tensors are not the same 1-d shape, ``N = 0``,
+    ``label_smoothing`` is outside :math:`[0, 0.5)` (at 0.5 every label is a coin flip),
+    label smoothing is asked of IPO, or ``loss_type`` is unknown.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta!r}: it is the strength of the KL leash (TRL's default is 0.1)")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}: it is the probability "
+                         "that a pair's label is flipped")
+    if loss_type == "ipo" and label_smoothing != 0:
+        raise ValueError("label smoothing belongs to the sigmoid loss (cDPO); the IPO loss has none")
+    shapes = {tuple(t.shape) for t in (pi_chosen, pi_rejected, ref_chosen, ref_rejected)}
+    if len(shapes) != 1 or pi_chosen.ndim != 1:
+        raise ValueError(f"the four log-probabilities must be 1-d tensors of one shape, one value per pair; got "
+                         f"{[tuple(t.shape) for t in (pi_chosen, pi_rejected, ref_chosen, ref_rejected)]}")
+    if pi_chosen.shape[0] == 0:
+        raise ValueError("no pairs: the loss of an empty batch is 0 / 0")
+    chosen_logratio = pi_chosen.float() - ref_chosen.float()  # (N,)
+    rejected_logratio = pi_rejected.float() - ref_rejected.float()  # (N,)
+    h = chosen_logratio - rejected_logratio  # (N,)
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    else:
+        losses = (h - 1 / (2 * beta)) ** 2
+    chosen_rewards = beta * chosen_logratio.detach()  # (N,)
+    rejected_rewards = beta * rejected_logratio.detach()  # (N,)
+    accuracy = (chosen_rewards > rejected_rewards).float().mean().item()
+    margin = (chosen_rewards - rejected_rewards).mean().item()
+    return losses.mean(), chosen_rewards, rejected_rewards, accuracy, margin
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` to serve as the reference: same weights, in eval mode, no parameter
+    requiring a gradient (so that nothing can train it, even by mistake)."""
+    reference = copy.deepcopy(model).eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    return reference
+
+
+def dpo_batch(tokenizer, pairs: list[dict], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preference pairs (``data.preferences``) to one right-padded batch ``(input_ids, prompt_lengths)``,
+    rows ``0 .. n-1`` the chosen replies, ``n .. 2n-1`` the rejected ones (chapter 10's
+    :func:`~solutions.reward.reward_example` and :func:`~solutions.reward.collate_pairs`: each
+    sequence ends with the reply's ``<|im_end|>``, a reply token, so the policy learns to stop)."""
+    chosen = [reward_example(tokenizer, p["prompt"], p["chosen"], max_len) for p in pairs]
+    rejected = [reward_example(tokenizer, p["prompt"], p["rejected"], max_len) for p in pairs]
+    return collate_pairs(chosen, rejected, pad_id)
+
+
+def dpo_train(policy: nn.Module, reference: nn.Module, pairs: list[dict], tokenizer=None, steps: int = 40,
+              batch_pairs: int = 8, beta: float = 0.1, max_lr: float = 1e-4, warmup_steps: int = 4,
+              label_smoothing: float = 0.0, loss_type: str = "sigmoid", weight_decay: float = 0.0,
+              grad_clip: float = 1.0, seed: int = 0, progress: bool = False) -> dict[str, list[float]]:
+    """Train ``policy`` on preference ``pairs`` with :func:`dpo_loss` against the frozen ``reference``.
+
+    Each step: ``batch_pairs`` pairs in a shuffled order (from ``seed``; a new permutation each
+    time the pairs run out), one batch of chosen and rejected rows (:func:`dpo_batch`), the
+    reference's :func:`sequence_logprobs` under ``torch.no_grad()``, the policy's with
+    gradients, the loss, chapter 06's AdamW (betas 0.9, 0.95) with warm-up and cosine decay to
+    a tenth of ``max_lr``, global-norm clipping. Returns per-step lists: ``loss``, ``accuracy``
+    and ``margin`` (of the implicit rewards), ``chosen_rewards`` and ``rejected_rewards`` (their
+    means), ``chosen_logps`` and ``rejected_logps`` (the policy's mean summed log-probabilities,
+    before the step: the chosen one may fall while the margin grows).
+
+    ``pairs``: dicts with ``prompt`` (messages), ``chosen`` and ``rejected``; ``tokenizer``: the
+    course tokenizer if ``None``. ``ValueError`` if ``policy`` and ``reference`` are the same
+    object (the reference must be a separate, frozen copy: :func:`frozen_copy`).
+    """
+    if policy is reference:
+        raise ValueError("policy and reference are the same model: pass a frozen copy as the reference "
+                         "(frozen_copy(policy)), taken before training")
+    if not pairs:
+        raise ValueError("no pairs to train on")
+    if tokenizer is None:
+        from data import course_tokenizer
+        tokenizer = course_tokenizer()
+    pad_id = tokenizer.encode_single_token(PAD)
+    max_len = policy.cfg.max_seq_len
+    device = next(policy.parameters()).device
+    optimizer = AdamW(decay_groups(policy, weight_decay), lr=max_lr, betas=(0.9, 0.95))
+    order_generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    keys = ("loss", "accuracy", "margin", "chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps")
+    history: dict[str, list[float]] = {key: [] for key in keys}
+    reference.eval()
+    policy.train()
+    from tqdm.auto import tqdm
+    bar = tqdm(range(steps), desc="DPO", unit="step", disable=not progress)
+    for step in bar:
+        if len(order) < batch_pairs:
+            order += torch.randperm(len(pairs), generator=order_generator).tolist()
+        n = min(batch_pairs, len(pairs))
+        batch, order = [pairs[i] for i in order[:n]], order[n:]
+        input_ids, prompt_lengths = dpo_batch(tokenizer, batch, max_len, pad_id)
+        input_ids, prompt_lengths = input_ids.to(device), prompt_lengths.to(device)
+        with torch.no_grad():  # the reference is a constant of the loss
+            ref = sequence_logprobs(reference, input_ids, prompt_lengths, pad_id)  # (2 n,)
+        pi = sequence_logprobs(policy, input_ids, prompt_lengths, pad_id)  # (2 n,)
+        loss, chosen_rewards, rejected_rewards, accuracy, margin = dpo_loss(
+            pi[:n], pi[n:], ref[:n], ref[n:], beta, label_smoothing, loss_type)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, max_lr, warmup_steps, steps, max_lr / 10)
+        loss.backward()
+        clip_gradients(policy, grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        values = (loss.item(), accuracy, margin, chosen_rewards.mean().item(), rejected_rewards.mean().item(),
+                  pi[:n].mean().item(), pi[n:].mean().item())
+        for key, value in zip(keys, values):
+            history[key].append(value)
+        bar.set_postfix(loss=f"{values[0]:.3f}", acc=f"{accuracy:.2f}", margin=f"{margin:.2f}")
+    policy.eval()
+    return history

@@ -1,0 +1,343 @@
+"""Chapter 12's GRPO reference (solutions/grpo.py): the task and its reward, group advantages, the k3 KL,
+the loss's three aggregations against loops, the common mistakes shown to give other numbers, the
+errors, and short training runs."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from solutions.dpo import frozen_copy
+from solutions.grpo import (arithmetic_problems, group_advantages, grpo_loss, grpo_train, k3_kl, parse_answer,
+                            verifiable_reward)
+from solutions.model import LlamaConfig, Transformer
+
+TOL = 1e-6
+TINY = dict(vocab_size=4096, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, max_seq_len=512,
+            tie_embeddings=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from data import course_tokenizer
+    return course_tokenizer()
+
+
+# ------------------------------------------------------------------------ the task
+
+
+def test_problems_are_deterministic_and_their_answers_right():
+    problems = arithmetic_problems(200, seed=3)
+    assert problems == arithmetic_problems(200, seed=3)
+    assert problems != arithmetic_problems(200, seed=4)
+    assert arithmetic_problems(5, seed=3) == problems[:5]
+    assert {p["kind"] for p in problems} == {"add", "subtract", "give", "double"}
+    for p in problems:
+        a, b = ([int(x) for x in re.findall(r"\d+", p["question"])] + [None])[:2]
+        want = {"add": lambda: a + b, "give": lambda: a + b, "subtract": lambda: a - b, "double": lambda: 2 * a}
+        assert p["answer"] == want[p["kind"]](), p
+        assert 0 <= p["answer"] <= 20 and p["question"].endswith("?")
+        assert p["prompt"] == [{"role": "user", "content": p["question"]}]
+    # the first problem of seed 0, as the chapter prints it
+    first = arithmetic_problems(1, seed=0)[0]
+    assert first["question"] == "Sam had 3 marbles, and Nora had twice as many. How many marbles does Nora have?"
+    assert first["answer"] == 6
+    with pytest.raises(ValueError):
+        arithmetic_problems(-1)
+
+
+@pytest.mark.parametrize("reply, answer, reward", [
+    ("9", 9, 1.0), ("9.", 9, 1.0), ("Ava has 9 cookies now.", 9, 1.0), ("Nine.", 9, 1.0), ("nine", 9, 1.0),
+    ("Nineteen", 19, 1.0), ("nineteen", 9, 0.0), ("Twenty", 20, 1.0), ("twelve apples", 12, 1.0),
+    ("4 + 5 = 9", 9, 0.0),  # only the first number counts
+    ("three or 9", 9, 0.0), ("she has 19", 9, 0.0), ("none", 9, 0.0), ("", 0, 0.0), ("0", 0, 1.0),
+    ("someone", 1, 0.0),  # "one" inside a word is not a number
+])
+def test_verifiable_reward(reply, answer, reward):
+    assert verifiable_reward(reply, answer) == reward
+
+
+def test_parse_answer():
+    assert parse_answer("It is 14, not 15") == 14
+    assert parse_answer("ELEVEN") == 11
+    assert parse_answer("no number") is None
+
+
+# ------------------------------------------------------------------------ advantages
+
+
+def test_group_advantages_against_per_group_mean_and_std():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 1.0, 0.0])
+    adv, zero = group_advantages(rewards, 4)
+    want = []
+    for g in range(3):
+        group = rewards[4 * g: 4 * g + 4]
+        want += ((group - group.mean()) / (group.std() + 1e-4)).tolist()
+    assert torch.allclose(adv, torch.tensor(want), atol=TOL)
+    assert zero == pytest.approx(1 / 3)
+    assert torch.equal(adv[4:8], torch.zeros(4))  # a group of equal rewards teaches nothing
+    none, _ = group_advantages(rewards, 4, scale="none")
+    assert torch.allclose(none, rewards - rewards.view(3, 4).mean(1).repeat_interleave(4), atol=TOL)
+    # the mistake: the std (and mean) of the whole batch instead of each group's
+    batch_wide = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+    assert (adv - batch_wide).abs().max() > 0.1
+    per_group_mean_batch_std = (rewards - rewards.view(3, 4).mean(1).repeat_interleave(4)) / (rewards.std() + 1e-4)
+    assert (adv - per_group_mean_batch_std).abs().max() > 0.1
+
+
+def test_group_advantages_sum_to_zero_per_group_and_zero_variance_fraction():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randint(0, 2, (64,), generator=g).float()
+    adv, zero = group_advantages(rewards, 8)
+    assert torch.allclose(adv.view(8, 8).sum(1), torch.zeros(8), atol=1e-5)
+    grouped = rewards.view(8, 8)
+    assert zero == sum(len(set(r.tolist())) == 1 for r in grouped) / 8
+    assert group_advantages(torch.ones(6), 3)[1] == 1.0
+    assert group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)[1] == 0.5
+
+
+def test_group_advantages_errors():
+    with pytest.raises(ValueError, match="group of one"):
+        group_advantages(torch.ones(4), 1)
+    with pytest.raises(ValueError, match="non-empty"):
+        group_advantages(torch.ones(0), 2)
+    with pytest.raises(ValueError, match="do not split"):
+        group_advantages(torch.ones(7), 2)
+    with pytest.raises(ValueError, match="1-d"):
+        group_advantages(torch.ones(2, 4), 4)
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(torch.ones(4), 2, scale="batch")
+
+
+# ------------------------------------------------------------------------ the KL
+
+
+def test_k3_is_non_negative_and_zero_where_the_models_agree():
+    g = torch.Generator().manual_seed(0)
+    logp, ref = -5 * torch.rand(50, generator=g), -5 * torch.rand(50, generator=g)
+    kl = k3_kl(logp, ref)
+    assert (kl >= 0).all() and (kl > 0).all()
+    assert torch.equal(k3_kl(logp, logp), torch.zeros(50))
+    d = (ref - logp).double()
+    assert torch.allclose(kl.double(), d.exp() - d - 1, atol=1e-6)
+
+
+def test_k3_averaged_under_the_policy_is_the_kl_and_upside_down_it_is_not():
+    g = torch.Generator().manual_seed(1)
+    logp = torch.log_softmax(torch.randn(20, generator=g, dtype=torch.float64), 0)
+    logq = torch.log_softmax(torch.randn(20, generator=g, dtype=torch.float64), 0)
+    kl = (logp.exp() * (logp - logq)).sum()  # KL(pi || ref), brute force over the vocabulary
+    expected_k3 = (logp.exp() * k3_kl(logp, logq)).sum()  # E_{o ~ pi}[k3]
+    assert abs(expected_k3 - kl) < 1e-12
+    upside_down = (logp.exp() * k3_kl(logq, logp)).sum()  # exp(logp - ref) - (logp - ref) - 1
+    assert abs(upside_down - kl) > 0.05
+
+
+def test_k3_shape_error():
+    with pytest.raises(ValueError, match="same shape"):
+        k3_kl(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+# ------------------------------------------------------------------------ the loss
+
+
+def loss_inputs(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    old = -3 * torch.rand(3, 5, generator=g, dtype=torch.float64)
+    logp = old + 0.4 * torch.randn(3, 5, generator=g, dtype=torch.float64)  # ratios from about 0.5 to 2
+    ref = old + 0.3 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    adv = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    return logp, old, ref, adv, mask
+
+
+def per_token_loop(logp, old, ref, adv, mask, eps, beta):
+    """The per-token loss written element by element, None on padding."""
+    out = []
+    for b in range(mask.shape[0]):
+        row = []
+        for t in range(mask.shape[1]):
+            if not mask[b, t]:
+                row.append(None)
+                continue
+            r = math.exp(logp[b, t] - old[b, t])
+            a = float(adv[b])
+            surrogate = min(r * a, min(max(r, 1 - eps), 1 + eps) * a)
+            d = float(ref[b, t] - logp[b, t])
+            row.append(-surrogate + beta * (math.exp(d) - d - 1))
+        out.append(row)
+    return out
+
+
+@pytest.mark.parametrize("eps, beta", [(0.2, 0.04), (0.1, 0.0), (0.3, 0.5)])
+def test_the_three_aggregations_against_loops(eps, beta):
+    logp, old, ref, adv, mask = loss_inputs()
+    tokens = per_token_loop(logp, old, ref, adv, mask, eps, beta)
+    real = [[v for v in row if v is not None] for row in tokens]
+    want = {"sequence": sum(sum(r) / len(r) for r in real) / 3,
+            "token": sum(sum(r) for r in real) / sum(len(r) for r in real),
+            "dr_grpo": sum(sum(r) for r in real) / (3 * 5)}
+    for aggregation, value in want.items():
+        loss, stats = grpo_loss(logp, old, ref, adv, mask, eps, beta, aggregation)
+        assert abs(loss.item() - value) < 1e-9, aggregation
+    assert abs(grpo_loss(logp, old, ref, adv, mask, eps, beta, "dr_grpo", max_length=8)[0].item()
+               - sum(sum(r) for r in real) / (3 * 8)) < 1e-9
+    # the three differ on replies of different lengths
+    assert len({round(v, 6) for v in want.values()}) == 3
+    # stats: the mean k3 over the reply tokens, and a clip that was active somewhere
+    kls = [math.exp(float(ref[b, t] - logp[b, t])) - float(ref[b, t] - logp[b, t]) - 1
+           for b in range(3) for t in range(5) if mask[b, t]]
+    assert stats["kl"] == pytest.approx(sum(kls) / len(kls), abs=1e-9)
+    assert 0 < stats["clip_fraction"] < 1
+
+
+def test_the_common_mistakes_give_other_losses():
+    logp, old, ref, adv, mask = loss_inputs()
+    eps, beta = 0.2, 0.1
+    loss = grpo_loss(logp, old, ref, adv, mask, eps, beta)[0].item()
+    everywhere = torch.ones_like(mask)
+    # advantages broadcast to the padding too
+    on_padding = grpo_loss(logp, old, ref, adv, everywhere, eps, beta)[0].item()
+    assert abs(loss - on_padding) > 1e-2
+    # the KL ratio upside down: exp(logp - ref) - (logp - ref) - 1
+    upside_down = grpo_loss(logp, old, 2 * logp - ref, adv, mask, eps, beta)[0].item()
+    assert abs(loss - upside_down) > 1e-3
+    # no clipping at all
+    unclipped = grpo_loss(logp, old, ref, adv, mask, 1e6, beta)[0].item()
+    assert abs(loss - unclipped) > 1e-2
+
+
+def test_padding_never_reaches_the_loss_or_its_gradient():
+    logp, old, ref, adv, mask = loss_inputs()
+    garbage = logp.clone()
+    garbage[~mask] = float("nan")
+    old_garbage, ref_garbage = old.clone(), ref.clone()
+    old_garbage[~mask], ref_garbage[~mask] = float("-inf"), float("inf")
+    for aggregation in ("sequence", "token", "dr_grpo"):
+        clean = grpo_loss(logp, old, ref, adv, mask, 0.2, 0.1, aggregation)[0]
+        x = garbage.clone().requires_grad_(True)
+        dirty = grpo_loss(x, old_garbage, ref_garbage, adv, mask, 0.2, 0.1, aggregation)[0]
+        dirty.backward()
+        assert abs(clean.item() - dirty.item()) < 1e-12
+        assert torch.isfinite(x.grad).all() and (x.grad[~mask] == 0).all()
+
+
+def test_gradient_at_ratio_one_is_the_advantage_over_the_length():
+    """With logprobs = old (one update per batch) and no KL, d loss / d logp[b, t] = -A_b / (B |o_b|)."""
+    _, old, _, adv, mask = loss_inputs()
+    x = old.clone().requires_grad_(True)
+    loss, stats = grpo_loss(x, old, None, adv, mask, 0.2, 0.0)
+    loss.backward()
+    want = -(adv[:, None] / (3 * mask.sum(1, keepdim=True))) * mask
+    assert torch.allclose(x.grad, want, atol=1e-12)
+    assert stats["clip_fraction"] == 0 and stats["ratio_mean"] == pytest.approx(1.0) and stats["kl"] == 0
+
+
+def test_grpo_loss_errors():
+    logp, old, ref, adv, mask = loss_inputs()
+    with pytest.raises(ValueError, match="aggregation"):
+        grpo_loss(logp, old, ref, adv, mask, aggregation="mean")
+    with pytest.raises(ValueError, match="clip_eps"):
+        grpo_loss(logp, old, ref, adv, mask, clip_eps=0.0)
+    with pytest.raises(ValueError, match="beta"):
+        grpo_loss(logp, old, ref, adv, mask, beta=-0.1)
+    with pytest.raises(ValueError, match="reference"):
+        grpo_loss(logp, old, None, adv, mask, beta=0.1)
+    with pytest.raises(ValueError, match="old_logprobs"):
+        grpo_loss(logp, old[:, :4], ref, adv, mask)
+    with pytest.raises(ValueError, match="mask"):
+        grpo_loss(logp, old, ref, adv, mask[:2])
+    with pytest.raises(ValueError, match="one per reply"):
+        grpo_loss(logp, old, ref, adv[:, None].expand(3, 5), mask)
+    with pytest.raises(ValueError, match="no reply token"):
+        grpo_loss(logp, old, ref, adv, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="max_length"):
+        grpo_loss(logp, old, ref, adv, mask, aggregation="dr_grpo", max_length=4)
+
+
+# ------------------------------------------------------------------------ training
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return Transformer(LlamaConfig(**TINY)).eval()
+
+
+def test_one_step_on_a_tiny_model_is_deterministic_and_leaves_the_reference_alone(tokenizer):
+    problems = arithmetic_problems(4, seed=0)
+    runs = []
+    for _ in range(2):
+        policy = tiny_model()
+        reference = tiny_model(seed=1)  # another model (a KL to pull on), its parameters requiring gradients
+        before = [p.clone() for p in policy.parameters()]
+        history = grpo_train(policy, reference, problems, group_size=3, steps=2, prompts_per_step=2,
+                             max_new_tokens=4, updates_per_batch=2, max_lr=1e-3, tokenizer=tokenizer)
+        assert all(p.grad is None for p in reference.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+        runs.append(history)
+    assert runs[0] == runs[1]
+    history = runs[0]
+    assert set(history) == {"reward", "zero_variance", "kl", "loss", "clip_fraction", "reply_length"}
+    assert len(history["reward"]) == 2 and history["kl"][0] > 0
+    assert all(0 <= v <= 1 for v in history["reward"] + history["zero_variance"])
+    assert all(1 <= v <= 4 for v in history["reply_length"])
+
+
+def test_grpo_train_errors(tokenizer):
+    policy = tiny_model()
+    problems = arithmetic_problems(2)
+    with pytest.raises(ValueError, match="same model"):
+        grpo_train(policy, policy, problems, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="reference"):
+        grpo_train(policy, None, problems, beta=0.1, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="group_size"):
+        grpo_train(policy, frozen_copy(policy), problems, group_size=1, steps=1, max_new_tokens=1,
+                   tokenizer=tokenizer)
+
+
+def test_smoke_one_step_on_the_shipped_dense_model(tokenizer):
+    from data import load_checkpoint
+    config, state = load_checkpoint("dense")
+    policy = Transformer(LlamaConfig(**config))
+    policy.load_state_dict(state)
+    history = grpo_train(policy, frozen_copy(policy), arithmetic_problems(2), group_size=2, steps=1,
+                         prompts_per_step=1, max_new_tokens=6, tokenizer=tokenizer)
+    assert len(history["reward"]) == 1 and all(math.isfinite(v[0]) for v in history.values())
+    assert history["kl"][0] == 0.0  # the policy starts as the reference
+
+
+def scripted_generate(script):
+    """A stand-in for solutions.generate.generate that yields scripted replies in turn (tokens, then
+    stops as if at <|im_end|> when the script is shorter than max_new_tokens)."""
+    calls = iter(script)
+
+    def fake(model, prompt_ids, max_new_tokens, **kwargs):
+        yield from next(calls)[:max_new_tokens]
+    return fake
+
+
+def test_sample_group_keeps_the_stop_token_of_replies_that_stopped(tokenizer, monkeypatch):
+    import solutions.grpo as grpo
+    end = tokenizer.encode_single_token("<|im_end|>")
+    monkeypatch.setattr(grpo, "generate", scripted_generate([[5, 6], [5, 6, 7, 8], [], [1, 2, 3, 4, 5]]))
+    replies = grpo.sample_group(None, tokenizer, [1, 2], 4, 4, 1.0, torch.Generator())
+    assert replies == [[5, 6, end], [5, 6, 7, 8], [end], [1, 2, 3, 4]]
+
+
+def test_the_loop_scores_replies_and_uses_their_advantages(tokenizer, monkeypatch):
+    """Scripted replies, 3 of 8 right: no zero-variance group, and the policy
+    moves with no KL term (beta 0), so only the advantages can have moved it."""
+    import solutions.grpo as grpo
+    problems = arithmetic_problems(1, seed=0) * 2  # the same question twice: the shuffle cannot matter
+    right = tokenizer.encode_ordinary(f"{problems[0]['answer']} marbles")
+    wrong = tokenizer.encode_ordinary("no idea")
+    monkeypatch.setattr(grpo, "generate", scripted_generate([right, wrong, wrong, right, wrong, right, wrong, wrong]))
+    policy = tiny_model()
+    before = [p.clone() for p in policy.parameters()]
+    history = grpo_train(policy, None, problems, group_size=4, steps=1, prompts_per_step=2, beta=0.0,
+                         max_new_tokens=6, max_lr=1e-3, seed=5, tokenizer=tokenizer)
+    assert history["reward"] == [3 / 8] and history["zero_variance"] == [0.0] and history["kl"] == [0.0]
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
