@@ -31,6 +31,8 @@ is the **implicit reward** the policy assigns (what TRL logs as ``rewards/chosen
 ``rewards/rejected``). :math:`\log \pi(y \mid x)` is the sum of the log-probabilities of
 the reply's tokens: the prompt is given, not generated, so its tokens do not count.
 
+Write :math:`h = (\log\pi_\theta(y_c) - \log\pi_{\text{ref}}(y_c)) - (\log\pi_\theta(y_r) - \log\pi_{\text{ref}}(y_r))`,
+the log-ratio margin, so that :math:`\mathcal{L}_{\text{DPO}} = -\frac1N\sum_i \log\sigma(\beta h_i)`.
 Two variants, as TRL's ``DPOTrainer`` has them:
 
 * **label smoothing** (conservative DPO, "cDPO", Mitchell 2023; TRL's ``label_smoothing`` of
@@ -41,9 +43,12 @@ Two variants, as TRL's ``DPOTrainer`` has them:
   :math:`\mathcal{L} = (h - \tfrac{1}{2\beta})^2`, a squared loss that also stops at a finite
   margin, :math:`h = 1/(2\beta)`. TRL's ``loss_type="ipo"`` feeds it log-probabilities
   *averaged* over each reply's tokens; here :func:`dpo_loss` takes whatever log-probabilities it
-  is given (the chapter uses the sums for both, and says so).
+  is given (sums, unless the caller divides each by its reply's length).
 
-Here :math:`h = (\log\pi_\theta(y_c) - \log\pi_{\text{ref}}(y_c)) - (\log\pi_\theta(y_r) - \log\pi_{\text{ref}}(y_r))`.
+As TRL: ``beta`` 0.1 by default, chosen and rejected scored in one forward pass, the reply's
+closing ``<|im_end|>`` counted as a reply token, accuracy a strict ``chosen_rewards > rejected_rewards``.
+Where the course differs: IPO with label smoothing is an error (TRL ignores the smoothing), and the
+other loss types of TRL (``hinge``, ``robust``, ``bco_pair``, ...) and its ``rpo_alpha`` are not here.
 
 The reference model is **frozen**: its log-probabilities are computed under
 ``torch.no_grad()`` (they are constants of the loss). Letting gradients flow into it (or

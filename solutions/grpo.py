@@ -36,10 +36,13 @@ How the per-token losses become one number matters, and the literature differs (
 A group whose rewards are all equal (all right or all wrong) has advantages 0: it teaches
 nothing but its KL term. :func:`group_advantages` reports the share of such groups.
 
-Where the course differs from TRL: the std is the unbiased one, as TRL (``torch.std``) and ``eps``
-is 1e-4, as TRL; the advantages are computed per group only (TRL's ``scale_rewards="batch"``
-option is not here); ``grpo_train`` takes one gradient step per batch of rollouts by default
-(TRL's ``num_iterations=1``), so :math:`\rho = 1` and the clip only acts with ``updates_per_batch > 1``.
+As TRL: the std is the unbiased one (``torch.std``), ``eps`` = 1e-4 is added to it, the k3 term is
+added to the loss per token, and the stop token is part of the reply. Where the course differs:
+advantages are normalised per group only (TRL's ``scale_rewards="batch"`` is not here); the clip is
+symmetric (no DAPO "clip-higher" ``epsilon_high``); :func:`grpo_train` samples with the course's
+own :func:`~solutions.generate.generate`, one reply at a time, and takes one gradient step per batch
+of rollouts by default (TRL's ``num_iterations=1``), so :math:`\rho = 1` and the clip only acts
+with ``updates_per_batch > 1``.
 
 This module has, in the order the chapter builds them:
 
@@ -189,8 +192,8 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} must "
                          "have the same shape: one log-probability per sampled token under each model")
-    d = ref_logprobs - logprobs
-    return torch.exp(d) - d - 1
+    d = ref_logprobs - logprobs  # log(pi_ref / pi)
+    return torch.expm1(d) - d  # e^d - 1 - d; expm1 keeps it exact near d = 0
 
 
 def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None,
@@ -204,8 +207,9 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     ``advantages``: ``(batch,)``, one per reply; ``mask``: ``(batch, T)`` bool, True on reply
     tokens. Per token,
 
-    .. math:: \ell_{b,t} = -\min\big(\rho_{b,t} A_b,\ \operatorname{clip}(\rho_{b,t}, 1 - \varepsilon, 1 + \varepsilon)\, A_b\big)
-        + \beta\, k_3(b, t), \qquad \rho_{b,t} = e^{\log\pi_\theta - \log\pi_{\text{old}}}
+    .. math:: \ell_{b,t} = -\min\big(\rho_{b,t} A_b,\
+        \operatorname{clip}(\rho_{b,t}, 1 - \varepsilon, 1 + \varepsilon)\, A_b\big) + \beta\, k_3(b, t),
+        \qquad \rho_{b,t} = e^{\log\pi_\theta - \log\pi_{\text{old}}}
 
     the advantage broadcast to the reply tokens of its row only (padding gets nothing, even
     where its log-probabilities are garbage). Aggregated, with :math:`m` the mask, :math:`B` the
@@ -241,7 +245,8 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
         tensors["ref_logprobs"] = ref_logprobs
     for name, t in tensors.items():
         if t.shape != logprobs.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)} but logprobs {tuple(logprobs.shape)}: one value per token")
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but logprobs {tuple(logprobs.shape)}: "
+                             "one value per token")
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages has shape {tuple(advantages.shape)}: give one per reply, "
                          f"({logprobs.shape[0]},), broadcast to its tokens here")
@@ -296,8 +301,6 @@ def sample_group(policy: nn.Module, tokenizer, prompt_ids: list[int], group_size
                               generator=generator))
         if len(reply) < max_new_tokens:  # generation stopped at <|im_end|>, which generate does not yield
             reply.append(end)
-        if not reply:  # max_new_tokens == 0 cannot happen (checked by the caller)
-            reply = [end]
         replies.append(reply)
     return replies
 

@@ -110,8 +110,10 @@ def log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
 
 
-LOGPS = dict(pi_chosen=torch.tensor([-10.0, -12.0, -5.0, -30.0]), pi_rejected=torch.tensor([-11.0, -9.0, -5.0, -20.0]),
-             ref_chosen=torch.tensor([-10.5, -11.0, -6.0, -31.0]), ref_rejected=torch.tensor([-10.0, -10.0, -4.0, -22.0]))
+LOGPS = dict(pi_chosen=torch.tensor([-10.0, -12.0, -5.0, -30.0]),
+             pi_rejected=torch.tensor([-11.0, -9.0, -5.0, -20.0]),
+             ref_chosen=torch.tensor([-10.5, -11.0, -6.0, -31.0]),
+             ref_rejected=torch.tensor([-10.0, -10.0, -4.0, -22.0]))
 
 
 def hs():
@@ -250,3 +252,11 @@ def test_smoke_two_steps_on_the_shipped_dense_model(tokenizer, pairs):
     history = dpo_train(policy, frozen_copy(policy), pairs, tokenizer, steps=2, batch_pairs=1)
     assert len(history["loss"]) == 2 and all(math.isfinite(v) for v in history["loss"])
     assert abs(history["loss"][0] - math.log(2)) < 1e-5
+
+
+def test_ipo_and_label_smoothing_train_too(tokenizer, pairs):
+    for options in (dict(loss_type="ipo"), dict(label_smoothing=0.1)):
+        policy = model_of(TINY)
+        history = dpo_train(policy, frozen_copy(policy), pairs[:2], tokenizer, steps=2, batch_pairs=2, **options)
+        assert all(math.isfinite(v) for v in history["loss"])
+    assert abs(history["loss"][0] - math.log(2)) < 1e-6  # h = 0: both sides of the smoothed loss are log 2
