@@ -79,41 +79,58 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 FIRST_NUMBER = re.compile(r"\d+|\b(?:" + "|".join(NUMBER_WORDS) + r")\b", re.IGNORECASE)
 
 
+def counted(n: int, thing: str) -> str:
+    """``"3 apples"``, ``"1 apple"``: a count and a plural noun, singular for one."""
+    return f"{n} {thing[:-1] if n == 1 else thing}"
+
+
 def make_problem(rng: random.Random) -> dict:
-    """One question about a story-like sentence, and its integer answer (0 to 20)."""
+    """One question about a story-like sentence, its integer answer (1 to 20), and a model reply."""
     name, friend = rng.sample(NAMES, 2)
     thing = rng.choice(THINGS)
     kind = rng.choice(("add", "subtract", "give", "double"))
+    who = name
     if kind == "add":
         a, b = rng.randint(1, 10), rng.randint(1, 10)
-        story = f"{name} had {a} {thing} and found {b} more."
+        story = f"{name} had {counted(a, thing)} and found {b} more."
         question, answer = f"How many {thing} does {name} have now?", a + b
     elif kind == "subtract":
         a = rng.randint(2, 12)
         b = rng.randint(1, a - 1)
-        story = f"{name} had {a} {thing} and lost {b} of them."
+        story = f"{name} had {counted(a, thing)} and lost {b} of them."
         question, answer = f"How many {thing} does {name} have left?", a - b
     elif kind == "give":
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        story = f"{name} had {a} {thing}. Then {friend} gave {name} {b} {thing}."
+        story = f"{name} had {counted(a, thing)}. Then {friend} gave {name} {counted(b, thing)}."
         question, answer = f"How many {thing} does {name} have now?", a + b
     else:
         a = rng.randint(1, 10)
-        story = f"{name} had {a} {thing}, and {friend} had twice as many."
+        story = f"{name} had {counted(a, thing)}, and {friend} had twice as many."
         question, answer = f"How many {thing} does {friend} have?", 2 * a
+        who = friend
     text = f"{story} {question}"
-    return {"prompt": [{"role": "user", "content": text}], "question": text, "answer": answer, "kind": kind}
+    return {"prompt": [{"role": "user", "content": text}], "question": text, "answer": answer, "kind": kind,
+            "reply": f"{who} has {counted(answer, thing)}."}
 
 
 def arithmetic_problems(n: int, seed: int = 0) -> list[dict]:
     """``n`` counting questions, deterministic from ``seed``: dicts with ``prompt`` (one user
     message, for :func:`~solutions.sft.render_chat`), ``question`` (its text), ``answer`` (an int,
-    0 to 20) and ``kind``. Drawn by ``random.Random(f"grpo-arithmetic-{seed}")``: a string seed
+    1 to 20), ``kind`` and ``reply`` (a right answer in the course's answer style, "Nora has 6
+    marbles.", for a short SFT warm-up: :func:`problem_conversation`). Drawn by ``random.Random(f"grpo-arithmetic-{seed}")``: a string seed
     gives the same sequence on every Python version and machine."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}")
     rng = random.Random(f"grpo-arithmetic-{seed}")
     return [make_problem(rng) for _ in range(n)]
+
+
+def problem_conversation(problem: dict) -> dict:
+    """A problem as an SFT conversation, ``{"messages": prompt + [the assistant's right reply]}``
+    (``sft_example`` takes its ``"messages"``): a cold start teaching the answer's form before
+    GRPO, as DeepSeek-R1 does, since a policy that never writes a number gets reward 0 on every
+    sample and zero-variance groups only."""
+    return {"messages": list(problem["prompt"]) + [{"role": "assistant", "content": problem["reply"]}]}
 
 
 def parse_answer(reply: str) -> int | None:

@@ -39,7 +39,9 @@ def test_problems_are_deterministic_and_their_answers_right():
         a, b = ([int(x) for x in re.findall(r"\d+", p["question"])] + [None])[:2]
         want = {"add": lambda: a + b, "give": lambda: a + b, "subtract": lambda: a - b, "double": lambda: 2 * a}
         assert p["answer"] == want[p["kind"]](), p
-        assert 0 <= p["answer"] <= 20 and p["question"].endswith("?")
+        assert 1 <= p["answer"] <= 20 and p["question"].endswith("?")
+        assert verifiable_reward(p["reply"], p["answer"]) == 1.0
+        assert not re.search(r"\b1 \w+s\b", p["question"] + p["reply"]), p  # "1 apple", not "1 apples"
         assert p["prompt"] == [{"role": "user", "content": p["question"]}]
     # the first problem of seed 0, as the chapter prints it
     first = arithmetic_problems(1, seed=0)[0]
