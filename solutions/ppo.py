@@ -22,7 +22,7 @@ and PPO (Schulman et al., 2017) improves the policy on these rewards with a lear
 surrogate losses, a few epochs over each batch of samples.
 
 Conventions follow TRL's ``PPOTrainer`` and "The N Implementation Details of RLHF with PPO"
-(Huang et al., 2024): the penalty ``-kl_coef * kl`` at every response token with the score
+(Huang, Liu & von Werra, 2023, a reproduction of OpenAI's lm-human-preferences): the penalty ``-kl_coef * kl`` at every response token with the score
 added at the last one; GAE computed backwards with the value after the last token 0;
 advantages whitened over the real tokens of the whole batch; the value loss
 ``0.5 * max((v - R)^2, (clip(v, v_old ± eps_v) - R)^2)``; the policy loss
@@ -31,18 +31,24 @@ means over the mask; the sampling temperature also divides the logits whose log-
 are scored (Huang et al.'s detail: else the ratio compares two different distributions).
 Where the course differs, the function says so; in short:
 
-* one network: the value head sits on the **policy's** final hidden states (TRL's older
+* one network: the value head sits on the **policy's** final hidden states, starting at zero
+  (lm-human-preferences as Huang et al. 2023 describe it; TRL's older
   ``AutoModelForCausalLMWithValueHead``), not a separate value model initialised from the
-  reward model (InstructGPT, TRL's current trainer, Huang et al.): half the CPU time;
-* the value head starts at **zero** (see :class:`PolicyWithValue`);
+  reward model (InstructGPT; TRL's current trainer; "The N+ Implementation Details", Huang et
+  al., 2024): half the CPU time (see :class:`PolicyWithValue`);
+* advantages are whitened over the whole rollout batch (TRL), not per minibatch
+  (lm-human-preferences);
+* a fixed KL coefficient :math:`\beta` (TRL's current trainer), not the adaptive controller
+  of Ziegler et al. that lm-human-preferences uses; no reward whitening (TRL's default);
 * ``<|pad|>`` is never sampled, and its logit is removed from the scored distribution too;
 * statistics such as clipfrac and approx-KL are masked means over the real tokens (TRL takes
-  some of them over the padded tensor);
-* no reward whitening or adaptive KL controller (TRL's defaults have neither either).
+  some of them over the padded tensor, where its log-ratio is 0).
 
-"Secrets of RLHF" (Zheng et al., 2023, PPO-max) adds score normalisation and clipping, a
-global-statistics value normalisation and a token-level KL penalty; of these the course keeps
-the token-level KL penalty and the advantage whitening.
+"Secrets of RLHF" (Zheng et al., 2023) assembles "PPO-max" from such choices (among them
+score normalisation and clipping, advantage whitening, a token-level KL penalty, gradient
+clipping and a critic initialised from the reward model); the course keeps the token-level
+KL penalty, advantage whitening, value clipping and gradient clipping, and leaves score
+normalisation (chapter 10's :func:`~solutions.reward.normalize_rewards`) to the caller.
 
 This module has, in the order the chapter builds them:
 
@@ -77,11 +83,6 @@ from solutions.sft import IM_END, PAD, render_chat
 from solutions.train import AdamW, clip_gradients, decay_groups
 
 KL_KINDS = ("k1", "k2", "k3")
-
-# TRL's PPOConfig defaults, where they exist (kl_coef, cliprange, cliprange_value, vf_coef,
-# gamma, lam, num_ppo_epochs); the learning rate is this course's tiny model's, not tuned yet.
-PPO_DEFAULTS = dict(beta=0.05, clip_eps=0.2, clip_eps_v=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, ppo_epochs=4,
-                    lr=1e-5)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -446,13 +447,16 @@ class PolicyWithValue(nn.Module):
     :math:`p` is :math:`V` of the state "everything up to :math:`p`", the state from which the
     token at :math:`p + 1` is chosen.
 
-    The head starts at **zero** (weight and bias): every value is 0 at first, so the first
-    advantages are the plain rewards-to-go, and the value loss does not push random gradients
-    into the policy's backbone before the head has learned anything. The reward model's head
-    is no better a start here: it was trained on another backbone (the base model), and it
-    scores whole replies, not partial ones. InstructGPT and Huang et al. instead train a
-    separate value network initialised from the reward model: closer to PPO's theory, twice
-    the compute.
+    The head starts at **zero** (weight and bias), as lm-human-preferences' value head does
+    (Huang et al., 2023): every value is 0 at first, so the first advantages are the plain
+    rewards-to-go, and the value loss does not push random gradients into the policy's
+    backbone before the head has learned anything. The reward model's head is no better a
+    start on this backbone: it was trained on another one (the base model, not the SFT
+    model), and it scores whole replies, not partial ones. InstructGPT, TRL's current
+    ``PPOTrainer`` and Huang et al. (2024) instead train a separate value network initialised
+    from the whole reward model: values that start informative, twice the compute. Sharing
+    the backbone also means the value loss moves the policy's weights (``vf_coef`` keeps
+    that small).
     """
 
     def __init__(self, model: Transformer):
@@ -553,7 +557,10 @@ def rollout(policy: PolicyWithValue, reference: Transformer, reward_model: nn.Mo
     that the first PPO minibatch sees a ratio of exactly 1), the reference model's
     log-probabilities (:func:`response_logprobs`, same temperature) and the reward model's
     score of each whole conversation (``reward_model(input_ids, prompt_lengths)``, chapter 10's
-    :class:`~solutions.reward.RewardModel`, read at the last token).
+    :class:`~solutions.reward.RewardModel`, read at the last token; any callable that maps
+    those to ``(batch,)`` scores will do, such as one that normalises the reward model's scores
+    with :func:`~solutions.reward.normalize_rewards`: unnormalised scores of about 13 leave
+    the zero-initialised value head far from its targets for many steps).
 
     ``ValueError`` if ``temperature <= 0``, ``max_new_tokens < 1``, ``prompts`` is empty, or a
     prompt plus ``max_new_tokens`` does not fit the model's context.
@@ -665,6 +672,11 @@ def train_ppo(policy: PolicyWithValue, reference: Transformer, reward_model: nn.
     ``response_length`` (mean tokens), ``finished`` (share ending with ``<|im_end|>``), and
     :func:`ppo_step`'s ``policy_loss``, ``value_loss``, ``clipfrac``, ``value_clipfrac``,
     ``approx_kl``. Seeded: the same arguments give the same numbers.
+
+    The defaults of ``beta``, ``gamma``, ``lam``, ``clip_eps``, ``clip_eps_v``, ``vf_coef`` and
+    ``ppo_epochs`` are TRL's ``PPOConfig`` ones (``kl_coef``, ``gamma``, ``lam``, ``cliprange``,
+    ``cliprange_value``, ``vf_coef``, ``num_ppo_epochs``); ``lr``, ``batch_size`` and
+    ``max_new_tokens`` are placeholders for the course's tiny models, not tuned yet.
     """
     from tqdm.auto import tqdm
 
