@@ -22,8 +22,8 @@ and PPO (Schulman et al., 2017) improves the policy on these rewards with a lear
 surrogate losses, a few epochs over each batch of samples.
 
 Conventions follow TRL's ``PPOTrainer`` and "The N Implementation Details of RLHF with PPO"
-(Huang, Liu & von Werra, 2023, a reproduction of OpenAI's lm-human-preferences): the penalty ``-kl_coef * kl`` at every response token with the score
-added at the last one; GAE computed backwards with the value after the last token 0;
+(Huang, Liu & von Werra, 2023, a reproduction of OpenAI's lm-human-preferences): the penalty
+``-kl_coef * kl`` at every response token with the score added at the last one; GAE computed backwards with the value after the last token 0;
 advantages whitened over the real tokens of the whole batch; the value loss
 ``0.5 * max((v - R)^2, (clip(v, v_old ± eps_v) - R)^2)``; the policy loss
 ``max(-A ratio, -A clip(ratio, 1 ± eps))``; ``approxkl = 0.5 mean((log ratio)^2)``; token-level
@@ -73,7 +73,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from solutions.generate import sample_next

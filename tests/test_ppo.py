@@ -15,9 +15,10 @@ import torch
 
 from solutions.model import LlamaConfig, Transformer
 from solutions.ppo import (PolicyWithValue, Rollout, gae, kl_penalty, logprobs_from_logits, masked_mean, masked_var,
-                           masked_whiten, policy_loss, ppo_models, ppo_step, response_index, response_logprobs,
-                           rollout, sample_reply, train_ppo, value_loss, per_token_rewards)
+                           masked_whiten, per_token_rewards, policy_loss, ppo_models, ppo_step, response_index,
+                           response_logprobs, rollout, sample_reply, train_ppo, value_loss)
 from solutions.reward import RewardModel, init_score
+from solutions.train import AdamW
 
 EXACT = 1e-10
 TOL = 1e-5
@@ -411,13 +412,13 @@ def test_ppo_step_first_minibatch_has_ratio_one(tiny_setup):
                     generator=torch.Generator().manual_seed(0))
     rewards, _ = per_token_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, batch.mask, 0.05)
     advantages, returns = gae(rewards, batch.values, batch.mask)
-    from solutions.train import AdamW
-
     optimizer = AdamW(policy.parameters(), lr=1e-3)
     stats = ppo_step(policy, optimizer, batch, masked_whiten(advantages, batch.mask), returns,
                      tokenizer.encode_single_token("<|pad|>"), ppo_epochs=1, minibatch_size=2)
     assert stats["approx_kl"] < 1e-10 and stats["clipfrac"] == 0.0 and stats["value_clipfrac"] == 0.0
     assert policy.value_head.bias.item() != 0  # the value head learned something
+    with pytest.raises(ValueError, match="ppo_epochs"):
+        ppo_step(policy, optimizer, batch, advantages, returns, 0, ppo_epochs=0)
 
 
 def test_train_ppo_two_steps_is_seeded_and_changes_the_policy(tiny_setup):
