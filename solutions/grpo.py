@@ -46,7 +46,8 @@ with ``updates_per_batch > 1``.
 
 This module has, in the order the chapter builds them:
 
-* :func:`arithmetic_problems` and :func:`verifiable_reward`: a task with answers a rule can check;
+* :func:`arithmetic_problems` and :func:`verifiable_reward`: a task with answers a rule can check
+  (and :func:`problem_conversation`, its problems as SFT conversations for a cold start);
 * :func:`group_advantages`: group-normalised advantages and the zero-variance share;
 * :func:`k3_kl`: the per-token KL estimate;
 * :func:`grpo_loss`: the clipped surrogate plus KL, with three aggregations;
