@@ -74,6 +74,7 @@ AGGREGATIONS = ("sequence", "token", "dr_grpo")
 
 NAMES = ("Mia", "Leo", "Ava", "Sam", "Nora", "Finn", "Lily", "Omar", "Zoe", "Ben", "Ivy", "Max")
 THINGS = ("apples", "marbles", "shells", "stickers", "pencils", "cookies", "stones", "buttons")
+KINDS = ("recall", "add", "subtract", "give", "double")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
                 "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
                 "twenty")
@@ -85,13 +86,21 @@ def counted(n: int, thing: str) -> str:
     return f"{n} {thing[:-1] if n == 1 else thing}"
 
 
-def make_problem(rng: random.Random) -> dict:
-    """One question about a story-like sentence, its integer answer (1 to 20), and a model reply."""
+def make_problem(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> dict:
+    """One question about a story-like sentence, its integer answer (1 to 20), and a model reply.
+
+    Kinds: ``recall`` (two counts in the sentence, the question asks for one: reading, no
+    arithmetic), ``add``, ``subtract``, ``give`` (an addition told as a gift), ``double``.
+    """
     name, friend = rng.sample(NAMES, 2)
-    thing = rng.choice(THINGS)
-    kind = rng.choice(("add", "subtract", "give", "double"))
+    thing, other = rng.sample(THINGS, 2)
+    kind = rng.choice(kinds)
     who = name
-    if kind == "add":
+    if kind == "recall":
+        a, b = rng.sample(range(1, 11), 2)
+        story = f"{name} had {counted(a, other)} and {counted(b, thing)}."
+        question, answer = f"How many {thing} does {name} have?", b
+    elif kind == "add":
         a, b = rng.randint(1, 10), rng.randint(1, 10)
         story = f"{name} had {counted(a, thing)} and found {b} more."
         question, answer = f"How many {thing} does {name} have now?", a + b
@@ -114,16 +123,20 @@ def make_problem(rng: random.Random) -> dict:
             "reply": f"{who} has {counted(answer, thing)}."}
 
 
-def arithmetic_problems(n: int, seed: int = 0) -> list[dict]:
+def arithmetic_problems(n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> list[dict]:
     """``n`` counting questions, deterministic from ``seed``: dicts with ``prompt`` (one user
     message, for :func:`~solutions.sft.render_chat`), ``question`` (its text), ``answer`` (an int,
     1 to 20), ``kind`` and ``reply`` (a right answer in the course's answer style, "Nora has 6
     marbles.", for a short SFT warm-up: :func:`problem_conversation`). Drawn by ``random.Random(f"grpo-arithmetic-{seed}")``: a string seed
-    gives the same sequence on every Python version and machine."""
+    gives the same sequence on every Python version and machine. ``kinds``: the kinds of
+    :func:`make_problem` to draw from, uniformly (``recall`` is within a small model's reach, the
+    arithmetic kinds much less so)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}")
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise ValueError(f"kinds must be a non-empty selection of {KINDS}, got {kinds!r}")
     rng = random.Random(f"grpo-arithmetic-{seed}")
-    return [make_problem(rng) for _ in range(n)]
+    return [make_problem(rng, tuple(kinds)) for _ in range(n)]
 
 
 def problem_conversation(problem: dict) -> dict:

@@ -34,10 +34,10 @@ def test_problems_are_deterministic_and_their_answers_right():
     assert problems == arithmetic_problems(200, seed=3)
     assert problems != arithmetic_problems(200, seed=4)
     assert arithmetic_problems(5, seed=3) == problems[:5]
-    assert {p["kind"] for p in problems} == {"add", "subtract", "give", "double"}
+    assert {p["kind"] for p in problems} == {"recall", "add", "subtract", "give", "double"}
     for p in problems:
         a, b = ([int(x) for x in re.findall(r"\d+", p["question"])] + [None])[:2]
-        want = {"add": lambda: a + b, "give": lambda: a + b, "subtract": lambda: a - b, "double": lambda: 2 * a}
+        want = {"recall": lambda: b, "add": lambda: a + b, "give": lambda: a + b, "subtract": lambda: a - b, "double": lambda: 2 * a}
         assert p["answer"] == want[p["kind"]](), p
         assert 1 <= p["answer"] <= 20 and p["question"].endswith("?")
         assert verifiable_reward(p["reply"], p["answer"]) == 1.0
@@ -45,10 +45,15 @@ def test_problems_are_deterministic_and_their_answers_right():
         assert p["prompt"] == [{"role": "user", "content": p["question"]}]
     # the first problem of seed 0, as the chapter prints it
     first = arithmetic_problems(1, seed=0)[0]
-    assert first["question"] == "Sam had 3 marbles, and Nora had twice as many. How many marbles does Nora have?"
-    assert first["answer"] == 6
+    assert first["question"] == "Sam had 3 marbles. Then Nora gave Sam 3 marbles. How many marbles does Sam have now?"
+    assert first["answer"] == 6 and first["reply"] == "Sam has 6 marbles."
+    recall = arithmetic_problems(20, seed=0, kinds=("recall",))
+    assert {p["kind"] for p in recall} == {"recall"}
+    assert recall[0]["question"] == "Sam had 3 stones and 10 marbles. How many marbles does Sam have?"
     with pytest.raises(ValueError):
         arithmetic_problems(-1)
+    with pytest.raises(ValueError, match="kinds"):
+        arithmetic_problems(3, kinds=("multiply",))
 
 
 @pytest.mark.parametrize("reply, answer, reward", [
