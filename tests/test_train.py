@@ -256,6 +256,21 @@ def test_shipped_checkpoints_are_in_the_manifest_and_small():
     assert total < 30 * 2**20, f"checkpoints take {total / 2**20:.1f} MiB"
 
 
+def test_each_shipped_checkpoint_was_trained_with_its_run_config():
+    """A checkpoint is declared once, in solutions/configs/<name>.json: what it was trained with
+    (config.json's model and training settings, defaults filled in) is that file's. Changing a
+    recipe means training and exporting the checkpoint again."""
+    from data import CHECKPOINT_NAMES, checkpoint_dir
+
+    for name in CHECKPOINT_NAMES:
+        declared = T.read_config(ROOT / "solutions" / "configs" / f"{name}.json")
+        trained = json.loads((checkpoint_dir(name) / "config.json").read_text())
+        assert trained["model"] == declared["model"], name
+        assert T.check_train_config(trained["train"]) == declared["train"], (
+            f"{name}: solutions/configs/{name}.json differs from the settings the shipped checkpoint was trained "
+            f"with; retrain and export it (python -m solutions.train --config solutions/configs/{name}.json)")
+
+
 def test_shipped_checkpoints_reproduce_their_validation_loss_in_a_fresh_process():
     script = (
         "import json, torch\n"
