@@ -221,22 +221,10 @@ def test_shipped_models_greedy_identical_plain_and_lean(shipped):
 
 
 def test_same_output_as_transformers_assisted_generation(shipped):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from tests.benchmarks.bench_generate import to_transformers as to_hf
+
     target, draft, prompts = shipped
-
-    def to_hf(model):
-        cfg = model.cfg
-        config = transformers.LlamaConfig(
-            vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.hidden_dim,
-            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
-            max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-            tie_word_embeddings=cfg.tie_embeddings, eos_token_id=None, bos_token_id=None, pad_token_id=0)
-        hf = transformers.LlamaForCausalLM(config).eval()
-        state = {("" if k.startswith("lm_head") else "model.") + k: v for k, v in model.state_dict().items()}
-        missing, unexpected = hf.load_state_dict(state, strict=False)
-        assert not unexpected and all("lm_head" in k or "rotary" in k for k in missing)
-        return hf
-
     hf_target, hf_draft = to_hf(target), to_hf(draft)
     prompt = prompts[0]
     with torch.no_grad():

@@ -95,7 +95,10 @@ def to_transformers(model: Transformer):
         tie_word_embeddings=cfg.tie_embeddings, eos_token_id=None, bos_token_id=None, pad_token_id=0)
     hf = transformers.LlamaForCausalLM(config).eval()
     state = {("" if k.startswith("lm_head") else "model.") + k: v for k, v in model.state_dict().items()}
-    hf.load_state_dict(state, strict=False)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or not all("lm_head" in k or "rotary" in k for k in missing):  # tied head, RoPE buffers
+        raise ValueError(f"the course's weights do not map onto LlamaForCausalLM: unexpected {unexpected}, "
+                         f"missing {missing}")
     return hf.to(model.embed_tokens.weight.device)
 
 
