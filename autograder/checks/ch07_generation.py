@@ -39,6 +39,9 @@ from ..compare import difference
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
 from .inputs import generator as _gen
+from .inputs import model_config as _config
+from .inputs import random_model_weights as _weights
+from .inputs import spread as _spread
 from .inputs import rand, tensor_label
 
 gen = functools.partial(reference, "solutions.generate")
@@ -49,12 +52,6 @@ INF = float("-inf")
 
 def _shown(t: torch.Tensor, name: str = "logits"):
     return tensor_label(t, name, small=12)
-
-
-def _spread(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
-    """Uniform numbers of mean 0 and standard deviation ``scale``: the same bits on every CPU, which
-    torch.randn's vectorised transform does not promise (so fixtures made here hold elsewhere)."""
-    return rand(g, *shape, low=-math.sqrt(3) * scale, high=math.sqrt(3) * scale)
 
 
 def _realistic(g: torch.Generator, rows: int, vocab: int) -> torch.Tensor:
@@ -564,28 +561,6 @@ register(Checkpoint(
 
 
 # ------------------------------------------------------------------------ 07.generate
-
-def _config(vocab, dim, n_layers, n_heads, n_kv_heads, hidden, tied, max_seq_len) -> dict:
-    return {"vocab_size": vocab, "dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
-            "hidden_dim": hidden, "tie_embeddings": tied, "max_seq_len": max_seq_len}
-
-
-def _weights(g: torch.Generator, config: dict) -> dict[str, torch.Tensor]:
-    """Random weights of a tiny model, large enough that greedy choices are clear-cut."""
-    model = mdl("Transformer")(mdl("LlamaConfig")(**config))
-    weights = {}
-    for name, p in model.state_dict().items():
-        if name.endswith("norm.weight"):
-            weights[name] = 1 + _spread(g, *p.shape, scale=0.3)
-        elif name == "lm_head.weight" and config["tie_embeddings"]:
-            continue
-        else:
-            fan_in = p.shape[-1] if not name.startswith("embed") else 1
-            weights[name] = _spread(g, *p.shape, scale=1 / math.sqrt(fan_in))
-    if config["tie_embeddings"]:
-        weights["lm_head.weight"] = weights["embed_tokens.weight"]  # one tensor, as the model shares it
-    return weights
-
 
 def _greedy_margin(config: dict, weights: dict, prompt: list[int], n: int) -> float:
     """The smallest lead of the best logit over the second, over n greedy steps (uncached)."""

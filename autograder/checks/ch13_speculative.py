@@ -32,6 +32,9 @@ import torch
 from ..core import Case, Checkpoint, Label, register
 from ..reference import reference
 from .inputs import generator as _gen
+from .inputs import model_config as _config
+from .inputs import random_model_weights as _weights
+from .inputs import spread as _spread
 from .inputs import rand, randn, tensor_label
 
 spec = functools.partial(reference, "solutions.speculative")
@@ -351,31 +354,6 @@ register(Checkpoint(
 
 
 # ----------------------------------------------------------------------- 13.speculative
-
-def _config(vocab, dim, n_layers, n_heads, n_kv_heads, hidden, tied, max_seq_len) -> dict:
-    return {"vocab_size": vocab, "dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
-            "hidden_dim": hidden, "tie_embeddings": tied, "max_seq_len": max_seq_len}
-
-
-def _spread(g, *shape, scale=1.0):
-    return rand(g, *shape, low=-math.sqrt(3) * scale, high=math.sqrt(3) * scale)
-
-
-def _weights(g: torch.Generator, config: dict) -> dict[str, torch.Tensor]:
-    model = mdl("Transformer")(mdl("LlamaConfig")(**config))
-    weights = {}
-    for name, p in model.state_dict().items():
-        if name.endswith("norm.weight"):
-            weights[name] = 1 + _spread(g, *p.shape, scale=0.3)
-        elif name == "lm_head.weight" and config["tie_embeddings"]:
-            continue
-        else:
-            fan_in = p.shape[-1] if not name.startswith("embed") else 1
-            weights[name] = _spread(g, *p.shape, scale=1 / math.sqrt(fan_in))
-    if config["tie_embeddings"]:
-        weights["lm_head.weight"] = weights["embed_tokens.weight"]
-    return weights
-
 
 def _noisy(g: torch.Generator, weights: dict, config: dict, scale: float) -> dict:
     """A draft: the target's weights plus noise (same config), so that some drafted tokens are accepted."""

@@ -7,11 +7,13 @@ gives the same inputs, and the visible and hidden seeds draw from the same distr
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
 
 from ..core import Case, Label
+from ..reference import reference
 
 
 def generator(rng: random.Random) -> torch.Generator:
@@ -67,3 +69,33 @@ def tensor_label(value, name: str | None = None, small: int = 8):
 def case(label: str, args: tuple, hint: str = "default", **fields) -> Case:
     """A case whose tensor arguments are shown by :func:`tensor_label`."""
     return Case(label, args, hint, show=tuple(tensor_label(a) for a in args), **fields)
+
+
+def spread(g: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tensor:
+    """Uniform numbers of mean 0 and standard deviation ``scale``: the same bits on every CPU, which
+    torch.randn's vectorised transform does not promise (so fixtures made here hold elsewhere)."""
+    return rand(g, *shape, low=-math.sqrt(3) * scale, high=math.sqrt(3) * scale)
+
+
+def model_config(vocab, dim, n_layers, n_heads, n_kv_heads, hidden, tied, max_seq_len) -> dict:
+    """A ``LlamaConfig``'s fields as a dict, for the tiny models of the decoding checks (07, 13)."""
+    return {"vocab_size": vocab, "dim": dim, "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv_heads,
+            "hidden_dim": hidden, "tie_embeddings": tied, "max_seq_len": max_seq_len}
+
+
+def random_model_weights(g: torch.Generator, config: dict) -> dict[str, torch.Tensor]:
+    """Random weights of a tiny model (the notebook's ``Transformer`` names), large enough that
+    greedy choices are clear-cut: norms near 1, matrices scaled by their fan-in."""
+    model = reference("solutions.model", "Transformer")(reference("solutions.model", "LlamaConfig")(**config))
+    weights = {}
+    for name, p in model.state_dict().items():
+        if name.endswith("norm.weight"):
+            weights[name] = 1 + spread(g, *p.shape, scale=0.3)
+        elif name == "lm_head.weight" and config["tie_embeddings"]:
+            continue
+        else:
+            fan_in = p.shape[-1] if not name.startswith("embed") else 1
+            weights[name] = spread(g, *p.shape, scale=1 / math.sqrt(fan_in))
+    if config["tie_embeddings"]:
+        weights["lm_head.weight"] = weights["embed_tokens.weight"]  # one tensor, as the model shares it
+    return weights
