@@ -61,9 +61,9 @@ logs both.
 
 This module has, in the order the chapter builds them:
 
-* :func:`token_logprobs` and :func:`response_mask`: per-token log-probabilities of the tokens
-  that follow, and which of them belong to the reply;
-* :func:`sequence_logprobs`: each sequence's reply log-probability, summed;
+* :func:`sequence_logprobs`: each sequence's reply log-probability, summed over the reply's
+  tokens (and :func:`policy_logprobs`, the same from a model; :func:`token_logprobs` and
+  :func:`response_mask`, its two halves, which GRPO uses per token);
 * :func:`dpo_loss`: the DPO loss (``sigmoid``, with label smoothing, or ``ipo``), implicit
   rewards, reward accuracy and margin;
 * :func:`frozen_copy` and :func:`dpo_train`: the reference model, and the training loop.
@@ -122,6 +122,9 @@ def response_mask(input_ids: torch.Tensor, prompt_lengths: torch.Tensor, pad_id:
     if bool((real != (positions < n_real[:, None])).any()):
         raise ValueError("a row has a pad token before a real token: pad on the right, so that each "
                          "sequence's real tokens come first")
+    if bool((prompt_lengths < 1).any()):
+        raise ValueError(f"prompt_lengths {prompt_lengths.tolist()}: every prompt has at least one token "
+                         "(the first token is never scored: nothing comes before it)")
     if bool((n_real <= prompt_lengths).any()):
         row = int((n_real <= prompt_lengths).nonzero()[0])
         raise ValueError(f"row {row} has {int(n_real[row])} real tokens and a prompt of {int(prompt_lengths[row])}: "
@@ -130,21 +133,39 @@ def response_mask(input_ids: torch.Tensor, prompt_lengths: torch.Tensor, pad_id:
     return (target >= prompt_lengths[:, None]) & (target < n_real[:, None])  # (batch, seq - 1)
 
 
-def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
+def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
                       pad_id: int) -> torch.Tensor:
-    r"""Each sequence's reply log-probability under ``model``, summed over the reply's tokens: ``(batch,)``.
+    r"""Each sequence's reply log-probability, summed over the reply's tokens only: ``(batch,)`` float32.
 
-    .. math:: \log \pi(y_b \mid x_b) = \sum_{t:\, m_{b,t} = 1} \log p(x_{b,t+1} \mid x_{b,\le t})
+    .. math:: \log \pi(y_b \mid x_b) = \sum_{j = p_b}^{n_b - 1} \log \operatorname{softmax}(z_{b,\,j-1})_{x_{b,j}}
 
-    with :math:`m` = :func:`response_mask` (reply tokens only: not the prompt, not the padding)
-    and the terms from :func:`token_logprobs`. ``input_ids``: ``(batch, seq)`` right-padded with
-    ``pad_id``; ``prompt_lengths``: ``(batch,)``. A sum, not a mean: :math:`\log\pi(y \mid x)` of
-    the DPO derivation is the log-probability of the whole reply. Differentiable: call it under
-    ``torch.no_grad()`` for the reference model.
+    ``logits``: ``(batch, seq, vocab)``, the model's output on ``input_ids``: position
+    :math:`j - 1` predicts token :math:`j` (shift by one). ``input_ids``: ``(batch, seq)``,
+    right-padded with ``pad_id``; ``prompt_lengths``: ``(batch,)``, :math:`p_b`, the reply
+    starting at token :math:`p_b`; :math:`n_b`: row :math:`b`'s number of real (non-pad) tokens.
+    Only reply tokens count: the prompt is given, not generated, and padding is not text. The
+    reply's closing ``<|im_end|>`` is a reply token. A sum, not a mean: :math:`\log\pi(y \mid x)`
+    of the DPO derivation is the log-probability of the whole reply. The log-softmax is taken in
+    float32. Differentiable (the policy is trained through it).
+
+    ``ValueError`` if ``logits`` is not ``(batch, seq, vocab)`` for ``input_ids`` ``(batch, seq)``,
+    ``prompt_lengths`` is not one per row, a pad comes before a real token, a prompt is empty,
+    or a row has no reply token (:math:`n_b \le p_b`).
     """
-    mask = response_mask(input_ids, prompt_lengths, pad_id)  # (batch, seq - 1)
-    logp = token_logprobs(model(input_ids), input_ids)  # (batch, seq - 1)
-    return torch.where(mask, logp, torch.zeros_like(logp)).sum(dim=1)  # (batch,)
+    if logits.ndim != 3 or logits.shape[:2] != input_ids.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} do not match: "
+                         "logits must be (batch, seq, vocab) for input_ids (batch, seq)")
+    mask = response_mask(input_ids, prompt_lengths, pad_id)  # (batch, seq - 1): entry t scores token t + 1
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (batch, seq - 1, vocab)
+    picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (batch, seq - 1)
+    return torch.where(mask, picked, torch.zeros_like(picked)).sum(dim=1)  # (batch,)
+
+
+def policy_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
+                    pad_id: int) -> torch.Tensor:
+    """:func:`sequence_logprobs` of ``model``'s logits on ``input_ids``: ``(batch,)``. Differentiable:
+    call it under ``torch.no_grad()`` for the reference model."""
+    return sequence_logprobs(model(input_ids), input_ids, prompt_lengths, pad_id)
 
 
 # ---------------------------------------------------------------------------- the loss
@@ -167,6 +188,9 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     :math:`\varepsilon` = ``label_smoothing`` (0: the original DPO). ``F.logsigmoid`` keeps it
     finite where ``torch.log(torch.sigmoid(x))`` gives ``-inf`` (from about :math:`x < -104` in float32).
     :math:`\beta` multiplies :math:`h` once (not also each log-ratio).
+
+    The reference's log-probabilities are constants (TRL computes them under ``torch.no_grad()``):
+    they are detached here, so that no gradient reaches the reference even if the caller forgot.
 
     ``chosen_rewards`` :math:`= \beta(\pi^c - \rho^c)` and ``rejected_rewards``
     :math:`= \beta(\pi^r - \rho^r)`, ``(N,)`` and **detached** (for logging, as TRL's
@@ -192,8 +216,9 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
                          f"{[tuple(t.shape) for t in (pi_chosen, pi_rejected, ref_chosen, ref_rejected)]}")
     if pi_chosen.shape[0] == 0:
         raise ValueError("no pairs: the loss of an empty batch is 0 / 0")
-    chosen_logratio = pi_chosen.float() - ref_chosen.float()  # (N,)
-    rejected_logratio = pi_rejected.float() - ref_rejected.float()  # (N,)
+    # the reference's log-probabilities are constants of the loss: no gradient flows into them
+    chosen_logratio = pi_chosen.float() - ref_chosen.detach().float()  # (N,)
+    rejected_logratio = pi_rejected.float() - ref_rejected.detach().float()  # (N,)
     h = chosen_logratio - rejected_logratio  # (N,)
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
@@ -275,8 +300,8 @@ def dpo_train(policy: nn.Module, reference: nn.Module, pairs: list[dict], tokeni
         input_ids, prompt_lengths = dpo_batch(tokenizer, batch, max_len, pad_id)
         input_ids, prompt_lengths = input_ids.to(device), prompt_lengths.to(device)
         with torch.no_grad():  # the reference is a constant of the loss
-            ref = sequence_logprobs(reference, input_ids, prompt_lengths, pad_id)  # (2 n,)
-        pi = sequence_logprobs(policy, input_ids, prompt_lengths, pad_id)  # (2 n,)
+            ref = policy_logprobs(reference, input_ids, prompt_lengths, pad_id)  # (2 n,)
+        pi = policy_logprobs(policy, input_ids, prompt_lengths, pad_id)  # (2 n,)
         loss, chosen_rewards, rejected_rewards, accuracy, margin = dpo_loss(
             pi[:n], pi[n:], ref[:n], ref[n:], beta, label_smoothing, loss_type)
         for group in optimizer.param_groups:
@@ -292,3 +317,78 @@ def dpo_train(policy: nn.Module, reference: nn.Module, pairs: list[dict], tokeni
         bar.set_postfix(loss=f"{values[0]:.3f}", acc=f"{accuracy:.2f}", margin=f"{margin:.2f}")
     policy.eval()
     return history
+
+
+# ---------------------------------------------------------------------------- measuring a policy
+
+
+def pad_rows(prompts: list[list[int]], replies: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt + reply rows, right-padded with ``pad_id``: ``(input_ids (n, longest), prompt_lengths (n,))``."""
+    if len(prompts) != len(replies) or not prompts:
+        raise ValueError(f"{len(prompts)} prompts and {len(replies)} replies: give one reply per prompt, at least one")
+    rows = [list(p) + list(r) for p, r in zip(prompts, replies)]
+    longest = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return input_ids, torch.tensor([len(p) for p in prompts], dtype=torch.long)
+
+
+@torch.no_grad()
+def sample_replies(model: nn.Module, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 24,
+                   temperature: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """One reply to each conversation of ``prompts`` (ChatML with the generation prompt), from
+    chapter 07's :func:`~solutions.generate.generate` with its KV cache: sampled at ``temperature``
+    from one ``torch.Generator`` seeded by ``seed`` (0: greedy). A reply that stopped at
+    ``<|im_end|>`` ends with it (a reply token, as in training); one cut at ``max_new_tokens`` does not."""
+    from solutions.generate import generate
+    from solutions.sft import IM_END, render_chat
+
+    end = tokenizer.encode_single_token(IM_END)
+    generator = torch.Generator().manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    replies = []
+    for messages in prompts:
+        prompt = render_chat(tokenizer, messages, add_generation_prompt=True)
+        reply = list(generate(model, prompt, max_new_tokens, temperature=temperature, stop_tokens={end},
+                              generator=generator))
+        replies.append(reply + [end] if len(reply) < max_new_tokens else reply)
+    model.train(was_training)
+    return replies
+
+
+@torch.no_grad()
+def policy_report(policy: nn.Module, reference: nn.Module, tokenizer, pairs: list[dict], max_new_tokens: int = 24,
+                  temperature: float = 1.0, seed: int = 0, batch_size: int = 16) -> dict[str, float]:
+    r"""How a policy answers the questions of preference ``pairs`` (held out), judged by the gold judge.
+
+    One reply per question, sampled by :func:`sample_replies`; returns means over the questions:
+    ``gold`` (:func:`data.preferences.gold_score`), ``kl`` (the summed log-ratio of the reply,
+    :math:`\log\pi(y \mid x) - \log\pi_{\text{ref}}(y \mid x)`, whose mean over replies sampled from
+    :math:`\pi` estimates :math:`\mathrm{KL}(\pi \,\|\, \pi_{\text{ref}})` per reply; exact at
+    ``temperature`` 1, the distribution itself), ``length`` (reply tokens), ``chosen_logp`` (the
+    policy's summed log-probability of the pairs' chosen replies, :func:`policy_logprobs`), and
+    ``replies``, the texts.
+    """
+    from data.preferences import gold_score
+    from solutions.sft import IM_END, PAD, render_chat
+
+    pad_id, end = tokenizer.encode_single_token(PAD), tokenizer.encode_single_token(IM_END)
+    prompts = [pair["prompt"] for pair in pairs]
+    replies = sample_replies(policy, tokenizer, prompts, max_new_tokens, temperature, seed)
+    texts = [tokenizer.decode([t for t in reply if t != end]).strip() for reply in replies]
+    golds = [gold_score(pair, text) for pair, text in zip(pairs, texts)]
+    prompt_ids = [render_chat(tokenizer, messages, add_generation_prompt=True) for messages in prompts]
+    log_ratios, chosen = [], []
+    policy.eval()
+    for start in range(0, len(pairs), batch_size):
+        rows = slice(start, start + batch_size)
+        input_ids, prompt_lengths = pad_rows(prompt_ids[rows], replies[rows], pad_id)
+        log_ratios += (policy_logprobs(policy, input_ids, prompt_lengths, pad_id)
+                       - policy_logprobs(reference, input_ids, prompt_lengths, pad_id)).tolist()
+        input_ids, prompt_lengths = dpo_batch(tokenizer, pairs[rows], policy.cfg.max_seq_len, pad_id)
+        chosen += policy_logprobs(policy, input_ids, prompt_lengths, pad_id)[: len(pairs[rows])].tolist()
+    n = len(pairs)
+    return {"gold": sum(golds) / n, "kl": sum(log_ratios) / n, "length": sum(len(r) for r in replies) / n,
+            "chosen_logp": sum(chosen) / n, "replies": texts}

@@ -8,10 +8,11 @@ PPO (chapter 11) needs a value model to tell a good reply from a lucky one. GRPO
     A_i = \frac{r_i - \operatorname{mean}(r_1, \dots, r_G)}{\operatorname{std}(r_1, \dots, r_G) + \epsilon},
 
 the same advantage for every token of reply :math:`i` ("outcome supervision"). The rewards
-here are **verifiable**: a rule checks the answer (DeepSeek-R1's accuracy reward), so there is
-no reward model to hack. The loss is PPO's clipped surrogate per token, with the KL to the
-reference model added to the loss (not folded into the reward, as PPO does) through the
-**k3 estimator** (Schulman, 2020, "Approximating KL divergence"), unbiased and never negative:
+here are **verifiable**: a rule checks the answer against the truth (DeepSeek-R1's accuracy
+reward), so there is no reward model to hack. The loss is PPO's clipped surrogate per token,
+with the KL to the reference model added to the loss (not folded into the reward, as PPO does)
+through the **k3 estimator** (Schulman, 2020, "Approximating KL divergence"), unbiased and never
+negative:
 
 .. math::
     \mathcal{L}_{i,t} = -\min\big(\rho_{i,t} A_i,\ \operatorname{clip}(\rho_{i,t}, 1-\varepsilon, 1+\varepsilon) A_i\big)
@@ -34,36 +35,41 @@ How the per-token losses become one number matters, and the literature differs (
   ``max_length`` (default: the width of the batch's mask).
 
 A group whose rewards are all equal (all right or all wrong) has advantages 0: it teaches
-nothing but its KL term. :func:`group_advantages` reports the share of such groups.
+nothing but its KL term. :func:`zero_variance_fraction` measures the share of such groups: a
+task the policy never solves (pass@G = 0) gives GRPO nothing to learn from.
+
+**The task.** Chapter 08's questions about a story (``data/instructions.py``): the SFT model
+answers some of them right and some wrong, so groups of sampled replies disagree. The
+verifiable reward (:func:`verifiable_reward`) parses the fact the reply states, the last word
+of its first sentence (every answer sentence of the course ends with its fact: "Robin lives in
+Elmford."), and compares it with the story's fact.
 
 As TRL: the std is the unbiased one (``torch.std``), ``eps`` = 1e-4 is added to it, the k3 term is
 added to the loss per token, and the stop token is part of the reply. Where the course differs:
 advantages are normalised per group only (TRL's ``scale_rewards="batch"`` is not here); the clip is
-symmetric (no DAPO "clip-higher" ``epsilon_high``); :func:`grpo_train` samples with the course's
-own :func:`~solutions.generate.generate`, one reply at a time, and takes one gradient step per batch
-of rollouts by default (TRL's ``num_iterations=1``), so :math:`\rho = 1` and the clip only acts
-with ``updates_per_batch > 1``.
+symmetric (no DAPO "clip-higher" ``epsilon_high``); :func:`grpo_train` samples each group in one
+batch (the prompt run once, its keys and values shared by the group's rows) and takes one gradient
+step per batch of rollouts by default (TRL's ``num_iterations=1``), so :math:`\rho = 1` and the clip
+only acts with ``updates_per_batch > 1``.
 
 This module has, in the order the chapter builds them:
 
-* :func:`arithmetic_problems` and :func:`verifiable_reward`: a task with answers a rule can check
-  (and :func:`problem_conversation`, its problems as SFT conversations for a cold start);
-* :func:`group_advantages`: group-normalised advantages and the zero-variance share;
-* :func:`k3_kl`: the per-token KL estimate;
-* :func:`grpo_loss`: the clipped surrogate plus KL, with three aggregations;
-* :func:`sample_group` and :func:`grpo_train`: sampling groups of replies, and the loop.
+* :func:`qa_problems` and :func:`verifiable_reward`: the task and its rule-checked reward;
+* :func:`group_advantages` and :func:`zero_variance_fraction`: group-relative advantages, and
+  the share of groups that carry no gradient;
+* :func:`k3_kl` and :func:`grpo_loss`: the per-token KL estimate, and the clipped surrogate
+  plus KL, with three aggregations;
+* :func:`sample_group`, :func:`grpo_train`, :func:`accuracy` and :func:`pass_at_k`: sampling a
+  group of replies, the loop, and the measures before and after.
 """
 
 from __future__ import annotations
 
-import random
-import re
-
 import torch
 from torch import nn
 
-from solutions.dpo import response_mask, token_logprobs
-from solutions.generate import generate
+from solutions.dpo import pad_rows, response_mask, token_logprobs
+from solutions.generate import sample_next
 from solutions.sft import IM_END, PAD, render_chat
 from solutions.train import AdamW, clip_gradients, decay_groups, lr_at
 
@@ -72,104 +78,65 @@ AGGREGATIONS = ("sequence", "token", "dr_grpo")
 
 # ---------------------------------------------------------------------------- a verifiable task
 
-NAMES = ("Mia", "Leo", "Ava", "Sam", "Nora", "Finn", "Lily", "Omar", "Zoe", "Ben", "Ivy", "Max")
-THINGS = ("apples", "marbles", "shells", "stickers", "pencils", "cookies", "stones", "buttons")
-KINDS = ("recall", "add", "subtract", "give", "double")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-                "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-                "twenty")
-FIRST_NUMBER = re.compile(r"\d+|\b(?:" + "|".join(NUMBER_WORDS) + r")\b", re.IGNORECASE)
+
+def qa_problems(split: str, count: int | None = None) -> list[dict]:
+    """Chapter 08's conversations (``data.instructions``) as problems: dicts with ``prompt``
+    (every message but the last: the story, the question and any earlier turn), ``answer`` (the
+    answer sentence), ``fact`` (the word it must state) and ``task`` (what is asked)."""
+    from data.instructions import load_instructions
+
+    return [{"prompt": c["messages"][:-1], "answer": c["answer"], "fact": c["fact"], "task": c["task"]}
+            for c in load_instructions(split, count)]
 
 
-def counted(n: int, thing: str) -> str:
-    """``"3 apples"``, ``"1 apple"``: a count and a plural noun, singular for one."""
-    return f"{n} {thing[:-1] if n == 1 else thing}"
+def verifiable_reward(reply: str, fact: str) -> float:
+    """1.0 if the fact ``reply`` states is ``fact``, else 0.0: a rule, not a model.
 
+    The stated fact is the **last word of the reply's first sentence**: the course's answer
+    sentences end with their fact ("Robin lives in Elmford.", "Rusty is a hamster."). The
+    first sentence ends at the first ``.``, ``!`` or ``?`` followed by whitespace (or at the end
+    of the reply); its closing punctuation is not part of the word; words are split on
+    whitespace, and the reply's surrounding whitespace is ignored. Compared exactly: case and
+    accents count ("renée" is not "Renée"), and a word that merely contains the fact
+    ("Hugoline" for "Hugo") is another word. A reply that names the fact only later, after a
+    first sentence stating something else, scores 0: the answer is what it says first. An empty
+    reply scores 0.
 
-def make_problem(rng: random.Random, kinds: tuple[str, ...] = KINDS) -> dict:
-    """One question about a story-like sentence, its integer answer (1 to 20), and a model reply.
-
-    Kinds: ``recall`` (two counts in the sentence, the question asks for one: reading, no
-    arithmetic), ``add``, ``subtract``, ``give`` (an addition told as a gift), ``double``.
+    ``ValueError`` if ``reply`` is not a string, or ``fact`` is not a non-empty single word.
     """
-    name, friend = rng.sample(NAMES, 2)
-    thing, other = rng.sample(THINGS, 2)
-    kind = rng.choice(kinds)
-    who = name
-    if kind == "recall":
-        a, b = rng.sample(range(1, 11), 2)
-        story = f"{name} had {counted(a, other)} and {counted(b, thing)}."
-        question, answer = f"How many {thing} does {name} have?", b
-    elif kind == "add":
-        a, b = rng.randint(1, 10), rng.randint(1, 10)
-        story = f"{name} had {counted(a, thing)} and found {b} more."
-        question, answer = f"How many {thing} does {name} have now?", a + b
-    elif kind == "subtract":
-        a = rng.randint(2, 12)
-        b = rng.randint(1, a - 1)
-        story = f"{name} had {counted(a, thing)} and lost {b} of them."
-        question, answer = f"How many {thing} does {name} have left?", a - b
-    elif kind == "give":
-        a, b = rng.randint(1, 9), rng.randint(1, 9)
-        story = f"{name} had {counted(a, thing)}. Then {friend} gave {name} {counted(b, thing)}."
-        question, answer = f"How many {thing} does {name} have now?", a + b
-    else:
-        a = rng.randint(1, 10)
-        story = f"{name} had {counted(a, thing)}, and {friend} had twice as many."
-        question, answer = f"How many {thing} does {friend} have?", 2 * a
-        who = friend
-    text = f"{story} {question}"
-    return {"prompt": [{"role": "user", "content": text}], "question": text, "answer": answer, "kind": kind,
-            "reply": f"{who} has {counted(answer, thing)}."}
-
-
-def arithmetic_problems(n: int, seed: int = 0, kinds: tuple[str, ...] = KINDS) -> list[dict]:
-    """``n`` counting questions, deterministic from ``seed``: dicts with ``prompt`` (one user
-    message, for :func:`~solutions.sft.render_chat`), ``question`` (its text), ``answer`` (an int,
-    1 to 20), ``kind`` and ``reply`` (a right answer in the course's answer style, "Nora has 6
-    marbles.", for a short SFT warm-up: :func:`problem_conversation`). Drawn by ``random.Random(f"grpo-arithmetic-{seed}")``: a string seed
-    gives the same sequence on every Python version and machine. ``kinds``: the kinds of
-    :func:`make_problem` to draw from, uniformly (``recall`` is within a small model's reach, the
-    arithmetic kinds much less so)."""
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n!r}")
-    if not kinds or any(k not in KINDS for k in kinds):
-        raise ValueError(f"kinds must be a non-empty selection of {KINDS}, got {kinds!r}")
-    rng = random.Random(f"grpo-arithmetic-{seed}")
-    return [make_problem(rng, tuple(kinds)) for _ in range(n)]
-
-
-def problem_conversation(problem: dict) -> dict:
-    """A problem as an SFT conversation, ``{"messages": prompt + [the assistant's right reply]}``
-    (``sft_example`` takes its ``"messages"``): a cold start teaching the answer's form before
-    GRPO, as DeepSeek-R1 does, since a policy that never writes a number gets reward 0 on every
-    sample and zero-variance groups only."""
-    return {"messages": list(problem["prompt"]) + [{"role": "assistant", "content": problem["reply"]}]}
-
-
-def parse_answer(reply: str) -> int | None:
-    """The first integer in ``reply``: digits (``"12"``), or a number word from zero to twenty
-    (``"Five"``), whichever comes first; ``None`` if there is none. (``"twenty-one"`` reads as 20:
-    only single words are numbers here.)"""
-    match = FIRST_NUMBER.search(reply)
-    if match is None:
-        return None
-    word = match.group(0)
-    return int(word) if word.isdigit() else NUMBER_WORDS.index(word.lower())
-
-
-def verifiable_reward(reply: str, answer: int) -> float:
-    """1.0 if the first integer in ``reply`` (:func:`parse_answer`) equals ``answer``, else 0.0
-    (no number: 0.0). Only the first number counts, so a reply listing every number cannot win."""
-    return 1.0 if parse_answer(reply) == answer else 0.0
+    if not isinstance(reply, str):
+        raise ValueError(f"reply must be a string (the decoded reply), got {type(reply).__name__}")
+    if not isinstance(fact, str) or not fact or fact != fact.strip() or len(fact.split()) != 1:
+        raise ValueError(f"fact must be one word, such as 'Elmford', got {fact!r}")
+    text = reply.strip()
+    end = len(text)
+    for i, char in enumerate(text):  # the first sentence ends at . ! or ? followed by whitespace
+        if char in ".!?" and (i + 1 == len(text) or text[i + 1].isspace()):
+            end = i + 1
+            break
+    words = text[:end].rstrip(".!?").split()  # the first sentence, without its closing punctuation
+    return 1.0 if words and words[-1] == fact else 0.0
 
 
 # ---------------------------------------------------------------------------- advantages
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std",
-                     eps: float = 1e-4) -> tuple[torch.Tensor, float]:
-    r"""Group-relative advantages ``(n_prompts * group_size,)`` and the share of groups with zero variance.
+def _check_groups(rewards: torch.Tensor, group_size: int) -> None:
+    if not isinstance(rewards, torch.Tensor) or rewards.ndim != 1:
+        raise ValueError(f"rewards must be a 1-d tensor, one reward per reply, got "
+                         f"{tuple(rewards.shape) if isinstance(rewards, torch.Tensor) else type(rewards).__name__}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}: a reply is judged against the "
+                         "others of its group, and a group of one has none")
+    if rewards.numel() == 0:
+        raise ValueError("no rewards: an empty batch has no group")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}: give each prompt "
+                         "exactly group_size replies, consecutive")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std", eps: float = 1e-4) -> torch.Tensor:
+    r"""Group-relative advantages: ``(n_prompts * group_size,)`` float32.
 
     ``rewards``: ``(n_prompts * group_size,)``, each prompt's replies **consecutive**
     (``rewards[g * G:(g + 1) * G]`` is group :math:`g`). Within each group,
@@ -178,33 +145,34 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std",
               A_i = r_i - \bar r_g \quad (\texttt{scale="none"}: \text{Dr. GRPO})
 
     with :math:`\bar r_g` the group's mean and :math:`s_g` its **unbiased** standard deviation
-    (``torch.std``, as TRL), never the batch's: each prompt is its own baseline. The second value
-    is the fraction of groups whose rewards are all equal: their advantages are 0 and they
-    carry no policy gradient. Returns ``(advantages float32, zero_variance_fraction float)``.
+    (``torch.std``, dividing by :math:`G - 1`, as TRL), never the whole batch's: each prompt is
+    its own baseline. :math:`\epsilon` (``eps``) keeps a group of equal rewards at 0 instead of
+    0 / 0. Computed in float32 whatever the rewards' dtype.
 
-    ``ValueError`` if ``rewards`` is not 1-d or empty, ``group_size < 2`` (one reply has nothing to
-    be compared with, and its std is undefined), its length is not a multiple of
-    ``group_size``, ``eps < 0``, or ``scale`` is unknown.
+    ``ValueError`` if ``rewards`` is not 1-d or is empty, ``group_size`` is not an int >= 2 (one
+    reply has nothing to be compared with, and its std is undefined), the number of rewards is
+    not a multiple of ``group_size``, ``eps < 0``, or ``scale`` is not ``"std"`` or ``"none"``.
     """
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if rewards.ndim != 1 or rewards.numel() == 0:
-        raise ValueError(f"rewards has shape {tuple(rewards.shape)}: give a non-empty 1-d tensor, one reward per reply")
-    if not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}: a reply is judged against the "
-                         "others of its group, and a group of one has none")
-    if rewards.numel() % group_size != 0:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}: give each prompt "
-                         "exactly group_size replies, consecutive")
-    grouped = rewards.float().view(-1, group_size)  # (n_prompts, G)
-    mean = grouped.mean(dim=1, keepdim=True)  # (n_prompts, 1)
-    advantages = grouped - mean  # (n_prompts, G)
+    _check_groups(rewards, group_size)
+    grouped = rewards.float().view(-1, group_size)  # (n_prompts, G): row g is group g
+    advantages = grouped - grouped.mean(dim=1, keepdim=True)  # (n_prompts, G)
     if scale == "std":
         advantages = advantages / (grouped.std(dim=1, keepdim=True) + eps)  # unbiased std, per group
-    zero_variance = (grouped.amax(dim=1) == grouped.amin(dim=1)).float().mean().item()
-    return advantages.reshape(-1), zero_variance  # (n_prompts * G,)
+    return advantages.reshape(-1)  # (n_prompts * G,)
+
+
+def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
+    """The share of groups whose rewards are all equal (all right, or all wrong): a Python float.
+
+    Their advantages are 0, so they carry no policy gradient (only the KL term acts on them).
+    ``rewards`` as in :func:`group_advantages` (groups consecutive); the same ``ValueError``s."""
+    _check_groups(rewards, group_size)
+    grouped = rewards.view(-1, group_size)  # (n_prompts, G)
+    return (grouped.amax(dim=1) == grouped.amin(dim=1)).float().mean().item()
 
 
 # ---------------------------------------------------------------------------- the loss
@@ -235,31 +203,31 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     ``logprobs``, ``old_logprobs``, ``ref_logprobs``: ``(batch, T)``, the log-probability of each
     sampled token under the policy being trained (with gradients), the policy that sampled
     (constants) and the reference (constants; may be ``None`` when ``beta == 0``);
-    ``advantages``: ``(batch,)``, one per reply; ``mask``: ``(batch, T)`` bool, True on reply
-    tokens. Per token,
+    ``advantages``: ``(batch,)``, one per reply (constants); ``mask``: ``(batch, T)`` bool, True on
+    reply tokens. Per token,
 
     .. math:: \ell_{b,t} = -\min\big(\rho_{b,t} A_b,\
         \operatorname{clip}(\rho_{b,t}, 1 - \varepsilon, 1 + \varepsilon)\, A_b\big) + \beta\, k_3(b, t),
         \qquad \rho_{b,t} = e^{\log\pi_\theta - \log\pi_{\text{old}}}
 
-    the advantage broadcast to the reply tokens of its row only (padding gets nothing, even
-    where its log-probabilities are garbage). Aggregated, with :math:`m` the mask, :math:`B` the
-    batch and :math:`L` = ``max_length`` (default ``T``):
+    with :func:`k3_kl`, the advantage broadcast to the reply tokens of its row only (padding gets
+    nothing, even where its log-probabilities are garbage). Aggregated, with :math:`m` the mask,
+    :math:`B` the batch and :math:`L` = ``max_length`` (default ``T``):
 
     .. math::
-        \texttt{sequence}: \frac1B \sum_b \frac{\sum_t m_{b,t}\ell_{b,t}}{\max(1, \sum_t m_{b,t})}
+        \texttt{sequence}: \frac1B \sum_b \frac{\sum_t m_{b,t}\ell_{b,t}}{\sum_t m_{b,t}}
         \qquad
         \texttt{token}: \frac{\sum_{b,t} m_{b,t}\ell_{b,t}}{\sum_{b,t} m_{b,t}}
         \qquad
         \texttt{dr\_grpo}: \frac{\sum_{b,t} m_{b,t}\ell_{b,t}}{B\,L}
 
-    ``stats`` (Python floats): ``kl`` (mean :math:`k_3` over reply tokens; 0 without a reference),
-    ``clip_fraction`` (the share of reply tokens where the clipped term is the one taken and
-    differs), ``ratio_mean``.
+    ``stats``, Python floats: ``kl``, the mean :math:`k_3` over the reply tokens (0 without a
+    reference); ``clip_fraction``, the share of reply tokens where the clipped term is the one
+    taken (strictly below the unclipped one).
 
-    ``ValueError`` for shapes that differ, no reply token in the batch, ``clip_eps <= 0``,
-    ``beta < 0``, ``beta > 0`` without reference log-probabilities, ``max_length`` below ``T``'s
-    longest reply, or an unknown ``aggregation``.
+    ``ValueError`` for shapes that differ, a row without a reply token, no reply token at all,
+    ``clip_eps <= 0``, ``beta < 0``, ``beta > 0`` without reference log-probabilities, ``max_length``
+    below the longest reply, or an unknown ``aggregation``.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
@@ -282,21 +250,21 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
         raise ValueError(f"advantages has shape {tuple(advantages.shape)}: give one per reply, "
                          f"({logprobs.shape[0]},), broadcast to its tokens here")
     mask = mask.bool()
-    n_tokens = int(mask.sum())
-    if n_tokens == 0:
-        raise ValueError("the mask has no reply token: nothing to train")
     lengths = mask.sum(dim=1)  # (batch,)
+    if bool((lengths == 0).any()):
+        raise ValueError(f"row {int((lengths == 0).nonzero()[0])} of the mask has no reply token: every sampled "
+                         "reply has at least one token (its <|im_end|>)")
+    n_tokens = int(lengths.sum())
     if max_length is not None and max_length < int(lengths.max()):
         raise ValueError(f"max_length={max_length} is shorter than a reply of {int(lengths.max())} tokens")
     zeros = torch.zeros_like(logprobs)
     # Padding can hold anything (even NaN or -inf): select with where, never multiply by the mask,
     # and compute on values that are finite everywhere, so that no NaN reaches the gradient.
     logprobs = torch.where(mask, logprobs, zeros)  # (batch, T)
-    log_ratio = logprobs - torch.where(mask, old_logprobs.detach(), zeros)  # (batch, T)
-    ratio = torch.exp(log_ratio)  # (batch, T); 1 on padding
+    ratio = torch.exp(logprobs - torch.where(mask, old_logprobs.detach(), zeros))  # (batch, T); 1 on padding
     adv = advantages.detach().float()[:, None]  # (batch, 1), broadcast along the tokens
-    unclipped = ratio * adv
-    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv
+    unclipped = ratio * adv  # (batch, T)
+    clipped = torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv  # (batch, T)
     per_token = -torch.minimum(unclipped, clipped)  # (batch, T)
     kl = zeros
     if ref_logprobs is not None:
@@ -305,81 +273,94 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
             per_token = per_token + beta * kl
     per_token = torch.where(mask, per_token, zeros)  # (batch, T): no loss on padding
     if aggregation == "sequence":
-        loss = (per_token.sum(dim=1) / lengths.clamp(min=1)).mean()
+        loss = (per_token.sum(dim=1) / lengths).mean()
     elif aggregation == "token":
         loss = per_token.sum() / n_tokens
     else:
         loss = per_token.sum() / (logprobs.shape[0] * (max_length if max_length is not None else logprobs.shape[1]))
     with torch.no_grad():
-        clip_active = (clipped < unclipped) & mask
-        stats = {"kl": float(kl.sum() / n_tokens), "clip_fraction": float(clip_active.sum()) / n_tokens,
-                 "ratio_mean": float(torch.where(mask, ratio, zeros).sum() / n_tokens)}
+        stats = {"kl": float(kl.sum()) / n_tokens, "clip_fraction": float(((clipped < unclipped) & mask).sum()) / n_tokens}
     return loss, stats
 
 
 # ---------------------------------------------------------------------------- sampling and training
 
 
-def sample_group(policy: nn.Module, tokenizer, prompt_ids: list[int], group_size: int, max_new_tokens: int,
-                 temperature: float, generator: torch.Generator) -> list[list[int]]:
-    """``group_size`` sampled replies to ``prompt_ids``, each a list of token ids. A reply that
-    stopped at ``<|im_end|>`` ends with it (the policy is trained to stop, so the stop token is
-    part of the reply); one cut at ``max_new_tokens`` does not."""
-    end = tokenizer.encode_single_token(IM_END)
-    replies = []
-    for _ in range(group_size):
-        reply = list(generate(policy, prompt_ids, max_new_tokens, temperature=temperature, stop_tokens={end},
-                              generator=generator))
-        if len(reply) < max_new_tokens:  # generation stopped at <|im_end|>, which generate does not yield
-            reply.append(end)
-        replies.append(reply)
+@torch.no_grad()
+def sample_group(model: nn.Module, prompt_ids: list[int], group_size: int, max_new_tokens: int, temperature: float,
+                 end_id: int, pad_id: int, generator: torch.Generator | None = None) -> list[list[int]]:
+    """``group_size`` replies to one prompt, sampled in one batch; each a list of token ids.
+
+    The prompt runs once (batch 1); its keys and values (chapter 07's KV cache) are then shared by
+    the group's rows, which decode side by side, one token per step, each drawn by chapter 07's
+    :func:`~solutions.generate.sample_next` with one uniform number per row from ``generator``
+    (``<|pad|>`` is never drawn: it would read as padding). A reply that stopped at ``end_id``
+    (``<|im_end|>``) ends with it: the policy is trained to stop, so the stop token is part of the
+    reply. One cut at ``max_new_tokens`` does not end with it. Decoding stops when every row has."""
+    if not prompt_ids or group_size < 1 or max_new_tokens < 1 or not temperature > 0:
+        raise ValueError("give a non-empty prompt, group_size >= 1, max_new_tokens >= 1 and temperature > 0")
+    was_training = model.training
+    model.eval()
+    device = model.embed_tokens.weight.device
+    caches = model.new_caches()
+    logits = model(torch.tensor([prompt_ids], dtype=torch.long, device=device), caches)[:, -1]  # (1, vocab)
+    for cache in caches:  # the prompt's keys and values, one copy shared by every row of the group
+        cache.k, cache.v = cache.k.expand(group_size, -1, -1, -1), cache.v.expand(group_size, -1, -1, -1)
+    logits = logits.expand(group_size, -1)  # (G, vocab)
+    replies: list[list[int]] = [[] for _ in range(group_size)]
+    done = [False] * group_size
+    for _ in range(max_new_tokens):
+        logits = logits.float().clone()
+        logits[:, pad_id] = float("-inf")
+        u = torch.rand(group_size, generator=generator)  # (G,): one draw per row, finished rows too
+        tokens = sample_next(logits, temperature, None, 1.0, u.to(device))  # (G,)
+        for row, token in enumerate(tokens.tolist()):
+            if not done[row]:
+                replies[row].append(token)
+                done[row] = token == end_id
+        if all(done):
+            break
+        logits = model(tokens[:, None], caches)[:, -1]  # (G, vocab)
+    model.train(was_training)
     return replies
 
 
-def rollout_batch(prompts: list[list[int]], replies: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt + reply rows, right-padded: ``(input_ids (n, longest), prompt_lengths (n,))``."""
-    rows = [p + r for p, r in zip(prompts, replies)]
-    longest = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return input_ids, torch.tensor([len(p) for p in prompts], dtype=torch.long)
-
-
-def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[dict], group_size: int = 8,
-               steps: int = 20, prompts_per_step: int = 4, beta: float = 0.04, clip_eps: float = 0.2,
-               max_lr: float = 1e-5, warmup_steps: int = 0, max_new_tokens: int = 8, temperature: float = 1.0,
-               aggregation: str = "sequence", scale: str = "std", updates_per_batch: int = 1,
-               grad_clip: float = 1.0, tokenizer=None, seed: int = 0,
+def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[dict], tokenizer=None,
+               group_size: int = 8, steps: int = 20, prompts_per_step: int = 4, beta: float = 0.04,
+               clip_eps: float = 0.2, max_lr: float = 1e-5, warmup_steps: int = 0, max_new_tokens: int = 16,
+               temperature: float = 1.0, aggregation: str = "sequence", scale: str = "std",
+               updates_per_batch: int = 1, grad_clip: float = 1.0, seed: int = 0,
                progress: bool = False) -> dict[str, list[float]]:
-    """Train ``policy`` with GRPO on ``problems`` (from :func:`arithmetic_problems`); return per-step stats.
+    """Train ``policy`` with GRPO on ``problems`` (:func:`qa_problems`); return per-step stats.
 
     Each step: ``prompts_per_step`` problems (a shuffled order from ``seed``); for each,
-    ``group_size`` replies sampled at ``temperature`` from the current policy (a
-    ``torch.Generator`` seeded from ``seed``: two runs sample the same replies), scored by
-    :func:`verifiable_reward`, turned into :func:`group_advantages`. The sampling policy's
-    log-probabilities (``old``) and the reference's are computed under ``torch.no_grad()``;
-    then ``updates_per_batch`` gradient steps on :func:`grpo_loss` (the first has ratio 1),
-    chapter 06's AdamW with warm-up and cosine decay, clipping.
+    :func:`sample_group` of ``group_size`` replies at ``temperature`` from the current policy
+    (one ``torch.Generator`` seeded from ``seed``: two runs sample the same replies), scored by
+    :func:`verifiable_reward`, turned into :func:`group_advantages`. The reference's
+    log-probabilities are computed under ``torch.no_grad()``; so are the sampling policy's
+    (``old``), except with one update per batch, where they are the first forward pass's own,
+    detached (ratio 1: the same numbers, one forward pass fewer). Then ``updates_per_batch``
+    gradient steps on :func:`grpo_loss`, chapter 06's AdamW (betas 0.9, 0.95, no weight decay)
+    with warm-up and cosine decay to a tenth of ``max_lr``, global-norm clipping.
 
     Returns per-step lists: ``reward`` (mean over the step's replies), ``zero_variance``
-    (the share of groups with equal rewards), ``kl`` (mean k3 per reply token, first update),
-    ``loss``, ``clip_fraction``, ``reply_length`` (mean tokens). ``reference`` may be ``None``
-    only with ``beta == 0``.
+    (:func:`zero_variance_fraction`), ``kl`` (mean k3 per reply token, first update), ``loss``,
+    ``clip_fraction``, ``reply_length`` (mean tokens). ``reference`` may be ``None`` only with
+    ``beta == 0``.
     """
     if reference is policy:
         raise ValueError("policy and reference are the same model: pass a frozen copy as the reference "
-                         "(solutions.dpo.frozen_copy(policy)), taken before training")
+                         "(frozen_copy(policy)), taken before training")
     if reference is None and beta > 0:
         raise ValueError("beta > 0 needs a reference model")
     if not problems:
         raise ValueError("no problems to train on")
-    if max_new_tokens < 1 or updates_per_batch < 1:
-        raise ValueError("max_new_tokens and updates_per_batch must be >= 1")
+    if max_new_tokens < 1 or updates_per_batch < 1 or prompts_per_step < 1:
+        raise ValueError("max_new_tokens, updates_per_batch and prompts_per_step must be >= 1")
     if tokenizer is None:
         from data import course_tokenizer
         tokenizer = course_tokenizer()
-    pad_id = tokenizer.encode_single_token(PAD)
+    pad_id, end_id = tokenizer.encode_single_token(PAD), tokenizer.encode_single_token(IM_END)
     device = next(policy.parameters()).device
     optimizer = AdamW(decay_groups(policy, 0.0), lr=max_lr, betas=(0.9, 0.95))
     order_generator = torch.Generator().manual_seed(seed)
@@ -392,29 +373,27 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
     from tqdm.auto import tqdm
     bar = tqdm(range(steps), desc="GRPO", unit="step", disable=not progress)
     for step in bar:
-        if len(order) < prompts_per_step:
+        while len(order) < prompts_per_step:
             order += torch.randperm(len(problems), generator=order_generator).tolist()
-        n = min(prompts_per_step, len(problems))
-        batch, order = [problems[i] for i in order[:n]], order[n:]
+        batch, order = [problems[i] for i in order[:prompts_per_step]], order[prompts_per_step:]
         # 1. rollouts: a group of replies per prompt, consecutive
-        policy.eval()
         prompts, replies, rewards = [], [], []
         for problem in batch:
             prompt_ids = render_chat(tokenizer, problem["prompt"], add_generation_prompt=True)
-            for reply in sample_group(policy, tokenizer, prompt_ids, group_size, max_new_tokens, temperature,
+            for reply in sample_group(policy, prompt_ids, group_size, max_new_tokens, temperature, end_id, pad_id,
                                       sample_generator):
                 prompts.append(prompt_ids)
                 replies.append(reply)
-                text = tokenizer.decode([t for t in reply if t != tokenizer.encode_single_token(IM_END)])
-                rewards.append(verifiable_reward(text, problem["answer"]))
+                rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["fact"]))
         rewards_t = torch.tensor(rewards)  # (n * G,)
-        advantages, zero_variance = group_advantages(rewards_t, group_size, scale)  # (n * G,)
-        input_ids, prompt_lengths = rollout_batch(prompts, replies, pad_id)
+        advantages = group_advantages(rewards_t, group_size, scale).to(device)  # (n * G,)
+        zero_variance = zero_variance_fraction(rewards_t, group_size)
+        input_ids, prompt_lengths = pad_rows(prompts, replies, pad_id)
         input_ids, prompt_lengths = input_ids.to(device), prompt_lengths.to(device)
         mask = response_mask(input_ids, prompt_lengths, pad_id)  # (n * G, seq - 1)
-        with torch.no_grad():  # the sampling policy and the reference are constants of the loss
-            old = token_logprobs(policy(input_ids), input_ids)  # (n * G, seq - 1)
+        with torch.no_grad():  # the reference and the sampling policy are constants of the loss
             ref = token_logprobs(reference(input_ids), input_ids) if reference is not None else None
+            old = token_logprobs(policy(input_ids), input_ids) if updates_per_batch > 1 else None
         # 2. updates
         policy.train()
         for group in optimizer.param_groups:
@@ -422,18 +401,67 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
         first = None
         for _ in range(updates_per_batch):
             logprobs = token_logprobs(policy(input_ids), input_ids)  # (n * G, seq - 1)
-            loss, stats = grpo_loss(logprobs, old, ref, advantages.to(device), mask, clip_eps, beta, aggregation,
-                                    max_length=max_new_tokens)
+            loss, stats = grpo_loss(logprobs, logprobs.detach() if old is None else old, ref, advantages, mask,
+                                    clip_eps, beta, aggregation, max_length=max_new_tokens)
             loss.backward()
             clip_gradients(policy, grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if first is None:
                 first = (loss.item(), stats)
+        policy.eval()
         values = (rewards_t.mean().item(), zero_variance, first[1]["kl"], first[0], first[1]["clip_fraction"],
                   sum(len(r) for r in replies) / len(replies))
         for key, value in zip(keys, values):
             history[key].append(value)
         bar.set_postfix(reward=f"{values[0]:.2f}", kl=f"{values[2]:.3f}")
-    policy.eval()
     return history
+
+
+# ---------------------------------------------------------------------------- measures
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, tokenizer, problems: list[dict], max_new_tokens: int = 16,
+             progress: bool = False) -> tuple[float, float, list[str]]:
+    """Greedy answers to ``problems``: ``(reward accuracy, exact-match accuracy, replies)``.
+
+    The reward accuracy is the mean :func:`verifiable_reward` (the stated fact is right); exact
+    match compares the whole reply with the answer sentence, as chapter 08 does."""
+    from solutions.generate import generate
+    from tqdm.auto import tqdm
+
+    end_id = tokenizer.encode_single_token(IM_END)
+    was_training = model.training
+    model.eval()
+    replies = []
+    for problem in tqdm(problems, desc="answering", unit="question", disable=not progress, leave=False):
+        prompt_ids = render_chat(tokenizer, problem["prompt"], add_generation_prompt=True)
+        replies.append(tokenizer.decode(list(generate(model, prompt_ids, max_new_tokens, stop_tokens={end_id}))).strip())
+    model.train(was_training)
+    n = max(len(problems), 1)
+    right = sum(verifiable_reward(r, p["fact"]) for r, p in zip(replies, problems)) / n
+    exact = sum(r == p["answer"] for r, p in zip(replies, problems)) / n
+    return right, exact, replies
+
+
+@torch.no_grad()
+def pass_at_k(model: nn.Module, tokenizer, problems: list[dict], k: int = 8, max_new_tokens: int = 16,
+              temperature: float = 1.0, seed: int = 0, progress: bool = False) -> tuple[float, float, float]:
+    """``k`` sampled replies per problem (:func:`sample_group`): ``(pass@k, mean reward, zero-variance share)``.
+
+    pass@k is the share of problems with at least one right reply among the ``k`` (the problems
+    GRPO can learn from: the others have all-zero groups), the mean reward is pass@1 estimated from
+    the samples, and the zero-variance share is :func:`zero_variance_fraction` of those groups."""
+    from tqdm.auto import tqdm
+
+    end_id, pad_id = tokenizer.encode_single_token(IM_END), tokenizer.encode_single_token(PAD)
+    generator = torch.Generator().manual_seed(seed)
+    rewards = []
+    for problem in tqdm(problems, desc=f"pass@{k}", unit="question", disable=not progress, leave=False):
+        prompt_ids = render_chat(tokenizer, problem["prompt"], add_generation_prompt=True)
+        for reply in sample_group(model, prompt_ids, k, max_new_tokens, temperature, end_id, pad_id, generator):
+            rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["fact"]))
+    grouped = torch.tensor(rewards).view(-1, k)  # (n, k)
+    zero = zero_variance_fraction(grouped.reshape(-1), k) if k >= 2 else 1.0
+    return (grouped.amax(dim=1) > 0).float().mean().item(), grouped.mean().item(), zero

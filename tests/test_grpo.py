@@ -5,14 +5,13 @@ errors, and short training runs."""
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
 
 from solutions.dpo import frozen_copy
-from solutions.grpo import (arithmetic_problems, group_advantages, grpo_loss, grpo_train, k3_kl, parse_answer,
-                            verifiable_reward)
+from solutions.grpo import (accuracy, group_advantages, grpo_loss, grpo_train, k3_kl, pass_at_k, qa_problems,
+                            sample_group, verifiable_reward, zero_variance_fraction)
 from solutions.model import LlamaConfig, Transformer
 
 TOL = 1e-6
@@ -29,48 +28,37 @@ def tokenizer():
 # ------------------------------------------------------------------------ the task
 
 
-def test_problems_are_deterministic_and_their_answers_right():
-    problems = arithmetic_problems(200, seed=3)
-    assert problems == arithmetic_problems(200, seed=3)
-    assert problems != arithmetic_problems(200, seed=4)
-    assert arithmetic_problems(5, seed=3) == problems[:5]
-    assert {p["kind"] for p in problems} == {"recall", "add", "subtract", "give", "double"}
-    for p in problems:
-        a, b = ([int(x) for x in re.findall(r"\d+", p["question"])] + [None])[:2]
-        want = {"recall": lambda: b, "add": lambda: a + b, "give": lambda: a + b, "subtract": lambda: a - b, "double": lambda: 2 * a}
-        assert p["answer"] == want[p["kind"]](), p
-        assert 1 <= p["answer"] <= 20 and p["question"].endswith("?")
-        assert verifiable_reward(p["reply"], p["answer"]) == 1.0
-        assert not re.search(r"\b1 \w+s\b", p["question"] + p["reply"]), p  # "1 apple", not "1 apples"
-        assert p["prompt"] == [{"role": "user", "content": p["question"]}]
-    # the first problem of seed 0, as the chapter prints it
-    first = arithmetic_problems(1, seed=0)[0]
-    assert first["question"] == "Sam had 3 marbles. Then Nora gave Sam 3 marbles. How many marbles does Sam have now?"
-    assert first["answer"] == 6 and first["reply"] == "Sam has 6 marbles."
-    recall = arithmetic_problems(20, seed=0, kinds=("recall",))
-    assert {p["kind"] for p in recall} == {"recall"}
-    assert recall[0]["question"] == "Sam had 3 stones and 10 marbles. How many marbles does Sam have?"
-    with pytest.raises(ValueError):
-        arithmetic_problems(-1)
-    with pytest.raises(ValueError, match="kinds"):
-        arithmetic_problems(3, kinds=("multiply",))
+def test_qa_problems_are_chapter_08s_questions():
+    from data.instructions import load_instructions
+
+    problems = qa_problems("test", 20)
+    conversations = load_instructions("test", 20)
+    assert len(problems) == 20
+    for p, c in zip(problems, conversations):
+        assert p["prompt"] == c["messages"][:-1] and p["prompt"][-1]["role"] == "user"
+        assert p["answer"] == c["messages"][-1]["content"] and p["fact"] == c["fact"] and p["task"] == c["task"]
+        # the answer sentence states its fact as its last word: the verifiable reward's rule
+        assert verifiable_reward(p["answer"], p["fact"]) == 1.0
 
 
-@pytest.mark.parametrize("reply, answer, reward", [
-    ("9", 9, 1.0), ("9.", 9, 1.0), ("Ava has 9 cookies now.", 9, 1.0), ("Nine.", 9, 1.0), ("nine", 9, 1.0),
-    ("Nineteen", 19, 1.0), ("nineteen", 9, 0.0), ("Twenty", 20, 1.0), ("twelve apples", 12, 1.0),
-    ("4 + 5 = 9", 9, 0.0),  # only the first number counts
-    ("three or 9", 9, 0.0), ("she has 19", 9, 0.0), ("none", 9, 0.0), ("", 0, 0.0), ("0", 0, 1.0),
-    ("someone", 1, 0.0),  # "one" inside a word is not a number
+@pytest.mark.parametrize("reply, fact, reward", [
+    ("Robin lives in Elmford.", "Elmford", 1.0), ("Elmford.", "Elmford", 1.0), ("  Rusty is a hamster \n", "hamster", 1.0),
+    ("Rusty is a parrot! What a bird.", "parrot", 1.0), ("The story is about Ned. Mia lives in Elmford.", "Ned", 1.0),
+    ("Lucia's best friend is Nedra.", "Ned", 0.0), ("Lucia's best friend is Mia. Ned is next door.", "Ned", 0.0),
+    ("The story is about ned.", "Ned", 0.0), ("The story is about Renee.", "Renée", 0.0),
+    ("The story is about Renée.", "Renée", 1.0), ("", "Ned", 0.0), ("...", "Ned", 0.0),
+    ("Ned lives in Elmford", "Ned", 0.0),
 ])
-def test_verifiable_reward(reply, answer, reward):
-    assert verifiable_reward(reply, answer) == reward
+def test_verifiable_reward(reply, fact, reward):
+    assert verifiable_reward(reply, fact) == reward
 
 
-def test_parse_answer():
-    assert parse_answer("It is 14, not 15") == 14
-    assert parse_answer("ELEVEN") == 11
-    assert parse_answer("no number") is None
+def test_verifiable_reward_errors():
+    for fact in ("", "Elm Ford", " Ned", None):
+        with pytest.raises(ValueError, match="fact"):
+            verifiable_reward("Ned.", fact)
+    with pytest.raises(ValueError, match="string"):
+        verifiable_reward(None, "Ned")
 
 
 # ------------------------------------------------------------------------ advantages
@@ -78,15 +66,15 @@ def test_parse_answer():
 
 def test_group_advantages_against_per_group_mean_and_std():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0, 1.0, 0.0])
-    adv, zero = group_advantages(rewards, 4)
+    adv = group_advantages(rewards, 4)
     want = []
     for g in range(3):
         group = rewards[4 * g: 4 * g + 4]
         want += ((group - group.mean()) / (group.std() + 1e-4)).tolist()
     assert torch.allclose(adv, torch.tensor(want), atol=TOL)
-    assert zero == pytest.approx(1 / 3)
+    assert zero_variance_fraction(rewards, 4) == pytest.approx(1 / 3)
     assert torch.equal(adv[4:8], torch.zeros(4))  # a group of equal rewards teaches nothing
-    none, _ = group_advantages(rewards, 4, scale="none")
+    none = group_advantages(rewards, 4, scale="none")
     assert torch.allclose(none, rewards - rewards.view(3, 4).mean(1).repeat_interleave(4), atol=TOL)
     # the mistake: the std (and mean) of the whole batch instead of each group's
     batch_wide = (rewards - rewards.mean()) / (rewards.std() + 1e-4)
@@ -98,23 +86,27 @@ def test_group_advantages_against_per_group_mean_and_std():
 def test_group_advantages_sum_to_zero_per_group_and_zero_variance_fraction():
     g = torch.Generator().manual_seed(0)
     rewards = torch.randint(0, 2, (64,), generator=g).float()
-    adv, zero = group_advantages(rewards, 8)
+    adv = group_advantages(rewards, 8)
     assert torch.allclose(adv.view(8, 8).sum(1), torch.zeros(8), atol=1e-5)
     grouped = rewards.view(8, 8)
-    assert zero == sum(len(set(r.tolist())) == 1 for r in grouped) / 8
-    assert group_advantages(torch.ones(6), 3)[1] == 1.0
-    assert group_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2)[1] == 0.5
+    assert zero_variance_fraction(rewards, 8) == sum(len(set(r.tolist())) == 1 for r in grouped) / 8
+    assert zero_variance_fraction(torch.ones(6), 3) == 1.0
+    assert zero_variance_fraction(torch.tensor([1.0, 0.0, 1.0, 1.0]), 2) == 0.5
 
 
-def test_group_advantages_errors():
+@pytest.mark.parametrize("fn", [group_advantages, zero_variance_fraction])
+def test_group_errors(fn):
     with pytest.raises(ValueError, match="group of one"):
-        group_advantages(torch.ones(4), 1)
-    with pytest.raises(ValueError, match="non-empty"):
-        group_advantages(torch.ones(0), 2)
+        fn(torch.ones(4), 1)
+    with pytest.raises(ValueError, match="empty"):
+        fn(torch.ones(0), 2)
     with pytest.raises(ValueError, match="do not split"):
-        group_advantages(torch.ones(7), 2)
+        fn(torch.ones(7), 2)
     with pytest.raises(ValueError, match="1-d"):
-        group_advantages(torch.ones(2, 4), 4)
+        fn(torch.ones(2, 4), 4)
+
+
+def test_group_advantages_scale_error():
     with pytest.raises(ValueError, match="scale"):
         group_advantages(torch.ones(4), 2, scale="batch")
 
@@ -240,7 +232,7 @@ def test_gradient_at_ratio_one_is_the_advantage_over_the_length():
     loss.backward()
     want = -(adv[:, None] / (3 * mask.sum(1, keepdim=True))) * mask
     assert torch.allclose(x.grad, want, atol=1e-12)
-    assert stats["clip_fraction"] == 0 and stats["ratio_mean"] == pytest.approx(1.0) and stats["kl"] == 0
+    assert stats["clip_fraction"] == 0 and stats["kl"] == 0
 
 
 def test_grpo_loss_errors():
@@ -261,6 +253,8 @@ def test_grpo_loss_errors():
         grpo_loss(logp, old, ref, adv[:, None].expand(3, 5), mask)
     with pytest.raises(ValueError, match="no reply token"):
         grpo_loss(logp, old, ref, adv, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="row 1"):
+        grpo_loss(logp, old, ref, adv, mask & torch.tensor([True, False, True])[:, None])
     with pytest.raises(ValueError, match="max_length"):
         grpo_loss(logp, old, ref, adv, mask, aggregation="dr_grpo", max_length=4)
 
@@ -274,14 +268,14 @@ def tiny_model(seed=0):
 
 
 def test_one_step_on_a_tiny_model_is_deterministic_and_leaves_the_reference_alone(tokenizer):
-    problems = arithmetic_problems(4, seed=0)
+    problems = qa_problems("train", 4)
     runs = []
     for _ in range(2):
         policy = tiny_model()
         reference = tiny_model(seed=1)  # another model (a KL to pull on), its parameters requiring gradients
         before = [p.clone() for p in policy.parameters()]
-        history = grpo_train(policy, reference, problems, group_size=3, steps=2, prompts_per_step=2,
-                             max_new_tokens=4, updates_per_batch=2, max_lr=1e-3, tokenizer=tokenizer)
+        history = grpo_train(policy, reference, problems, tokenizer, group_size=3, steps=2, prompts_per_step=2,
+                             max_new_tokens=4, updates_per_batch=2, max_lr=1e-3)
         assert all(p.grad is None for p in reference.parameters())
         assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
         runs.append(history)
@@ -295,14 +289,15 @@ def test_one_step_on_a_tiny_model_is_deterministic_and_leaves_the_reference_alon
 
 def test_grpo_train_errors(tokenizer):
     policy = tiny_model()
-    problems = arithmetic_problems(2)
+    problems = qa_problems("train", 2)
     with pytest.raises(ValueError, match="same model"):
-        grpo_train(policy, policy, problems, tokenizer=tokenizer)
+        grpo_train(policy, policy, problems, tokenizer)
     with pytest.raises(ValueError, match="reference"):
-        grpo_train(policy, None, problems, beta=0.1, tokenizer=tokenizer)
+        grpo_train(policy, None, problems, tokenizer, beta=0.1)
     with pytest.raises(ValueError, match="group_size"):
-        grpo_train(policy, frozen_copy(policy), problems, group_size=1, steps=1, max_new_tokens=1,
-                   tokenizer=tokenizer)
+        grpo_train(policy, frozen_copy(policy), problems, tokenizer, group_size=1, steps=1, max_new_tokens=1)
+    with pytest.raises(ValueError, match="no problems"):
+        grpo_train(policy, frozen_copy(policy), [], tokenizer)
 
 
 def test_smoke_one_step_on_the_shipped_dense_model(tokenizer):
@@ -310,41 +305,127 @@ def test_smoke_one_step_on_the_shipped_dense_model(tokenizer):
     config, state = load_checkpoint("dense")
     policy = Transformer(LlamaConfig(**config))
     policy.load_state_dict(state)
-    history = grpo_train(policy, frozen_copy(policy), arithmetic_problems(2), group_size=2, steps=1,
-                         prompts_per_step=1, max_new_tokens=6, tokenizer=tokenizer)
+    history = grpo_train(policy, frozen_copy(policy), qa_problems("train", 2), tokenizer, group_size=2, steps=1,
+                         prompts_per_step=1, max_new_tokens=6)
     assert len(history["reward"]) == 1 and all(math.isfinite(v[0]) for v in history.values())
     assert history["kl"][0] == 0.0  # the policy starts as the reference
 
 
-def scripted_generate(script):
-    """A stand-in for solutions.generate.generate that yields scripted replies in turn (tokens, then
-    stops as if at <|im_end|> when the script is shorter than max_new_tokens)."""
-    calls = iter(script)
+def test_sample_group_decodes_each_row_as_one_reply_alone(tokenizer):
+    """The group shares the prompt's keys and values; each row is what decoding it alone, with the same
+    uniform numbers, gives; a reply that stopped ends with <|im_end|>, one cut at max_new_tokens does not."""
+    from solutions.generate import sample_next
 
-    def fake(model, prompt_ids, max_new_tokens, **kwargs):
-        yield from next(calls)[:max_new_tokens]
-    return fake
-
-
-def test_sample_group_keeps_the_stop_token_of_replies_that_stopped(tokenizer, monkeypatch):
-    import solutions.grpo as grpo
-    end = tokenizer.encode_single_token("<|im_end|>")
-    monkeypatch.setattr(grpo, "generate", scripted_generate([[5, 6], [5, 6, 7, 8], [], [1, 2, 3, 4, 5]]))
-    replies = grpo.sample_group(None, tokenizer, [1, 2], 4, 4, 1.0, torch.Generator())
-    assert replies == [[5, 6, end], [5, 6, 7, 8], [end], [1, 2, 3, 4]]
+    model = tiny_model()
+    end, pad = tokenizer.encode_single_token("<|im_end|>"), tokenizer.encode_single_token("<|pad|>")
+    prompt = tokenizer.encode_ordinary("Once upon a time")
+    g = torch.Generator().manual_seed(3)
+    replies = sample_group(model, prompt, 4, 6, 1.0, end, pad, torch.Generator().manual_seed(3))
+    draws = torch.rand(6, 4, generator=g)  # (step, row): the draws sample_group makes
+    for row, reply in enumerate(replies):
+        tokens, alone = list(prompt), []
+        for step in range(6):
+            logits = model(torch.tensor([tokens]))[:, -1].float()
+            logits[:, pad] = float("-inf")
+            token = int(sample_next(logits, 1.0, None, 1.0, draws[step, row:row + 1]))
+            alone.append(token)
+            tokens.append(token)
+            if token == end:
+                break
+        assert reply == alone, row
+        assert len(reply) == 6 or reply[-1] == end
 
 
 def test_the_loop_scores_replies_and_uses_their_advantages(tokenizer, monkeypatch):
-    """Scripted replies, 3 of 8 right: no zero-variance group, and the policy
-    moves with no KL term (beta 0), so only the advantages can have moved it."""
+    """Scripted replies, 3 of 8 right: no zero-variance group, and the policy moves with no KL
+    term (beta 0), so only the advantages can have moved it."""
     import solutions.grpo as grpo
-    problems = arithmetic_problems(1, seed=0) * 2  # the same question twice: the shuffle cannot matter
-    right = tokenizer.encode_ordinary(f"{problems[0]['answer']} marbles")
-    wrong = tokenizer.encode_ordinary("no idea")
-    monkeypatch.setattr(grpo, "generate", scripted_generate([right, wrong, wrong, right, wrong, right, wrong, wrong]))
+    problems = qa_problems("train", 1) * 2  # the same question twice: the shuffle cannot matter
+    end = tokenizer.encode_single_token("<|im_end|>")
+    right = tokenizer.encode_ordinary(problems[0]["answer"]) + [end]
+    wrong = tokenizer.encode_ordinary("no idea.") + [end]
+    script = iter([[right, wrong, wrong, right], [wrong, right, wrong, wrong]])
+    monkeypatch.setattr(grpo, "sample_group", lambda *args, **kwargs: next(script))
     policy = tiny_model()
     before = [p.clone() for p in policy.parameters()]
-    history = grpo_train(policy, None, problems, group_size=4, steps=1, prompts_per_step=2, beta=0.0,
-                         max_new_tokens=6, max_lr=1e-3, seed=5, tokenizer=tokenizer)
+    history = grpo_train(policy, None, problems, tokenizer, group_size=4, steps=1, prompts_per_step=2, beta=0.0,
+                         max_new_tokens=16, max_lr=1e-3, seed=5)
     assert history["reward"] == [3 / 8] and history["zero_variance"] == [0.0] and history["kl"] == [0.0]
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_accuracy_and_pass_at_k_on_scripted_replies(tokenizer, monkeypatch):
+    import solutions.grpo as grpo
+    problems = qa_problems("test", 3)
+    end = tokenizer.encode_single_token("<|im_end|>")
+    groups = iter([[tokenizer.encode_ordinary(problems[0]["answer"]) + [end], tokenizer.encode_ordinary("no.")],
+                   [tokenizer.encode_ordinary("no."), tokenizer.encode_ordinary("no.")],
+                   [tokenizer.encode_ordinary(problems[2]["answer"]) + [end]] * 2])
+    monkeypatch.setattr(grpo, "sample_group", lambda *args, **kwargs: next(groups))
+    passed, mean, zero = pass_at_k(tiny_model(), tokenizer, problems, k=2)
+    assert passed == pytest.approx(2 / 3) and mean == pytest.approx(3 / 6) and zero == pytest.approx(2 / 3)
+    right, exact, replies = accuracy(tiny_model(), tokenizer, problems, max_new_tokens=2)
+    assert len(replies) == 3 and 0 <= exact <= right <= 1
+
+
+# ------------------------------------------------------------------------ the checks
+
+
+@pytest.mark.parametrize("checkpoint_id", ["12.verifiable_reward", "12.group_advantages", "12.zero_variance",
+                                           "12.grpo_loss"])
+def test_correct_rewrites_are_accepted(checkpoint_id):
+    """Other right answers than the reference's pass: a rewrite of each GRPO checkpoint."""
+    import re
+
+    from autograder.core import lookup, run
+
+    def reward_by_regex(reply, fact):
+        verifiable_reward("", fact)  # the checks
+        first = re.match(r"\s*(.*?[.!?])(?:\s|$)", reply + " ", re.S)
+        sentence = (first.group(1) if first else reply).strip().rstrip(".!?")
+        return float(bool(sentence.split()) and sentence.split()[-1] == fact)
+
+    def advantages_by_loop(rewards, group_size, scale="std"):
+        group_advantages(rewards, group_size, scale)  # the checks
+        out = []
+        for start in range(0, len(rewards), group_size):
+            group = rewards[start:start + group_size].double()
+            mean = group.sum() / group_size
+            adv = group - mean
+            if scale == "std":
+                adv = adv / (((group - mean) ** 2).sum() / (group_size - 1)).sqrt().add(1e-4)
+            out.append(adv)
+        return torch.cat(out).float()
+
+    def zero_variance_by_sets(rewards, group_size):
+        zero_variance_fraction(rewards, group_size)  # the checks
+        groups = [rewards[i:i + group_size].tolist() for i in range(0, len(rewards), group_size)]
+        return sum(len(set(g)) == 1 for g in groups) / len(groups)
+
+    def loss_with_masked_sums(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps=0.2, beta=0.04,
+                              aggregation="sequence", max_length=None):
+        grpo_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, beta, aggregation, max_length)
+        m = mask.float()
+        lp = logprobs.masked_fill(~mask, 0.0)
+        log_ratio = lp - old_logprobs.detach().masked_fill(~mask, 0.0)
+        ratio = log_ratio.exp()
+        a = advantages.detach().unsqueeze(1)
+        per_token = torch.max(-a * ratio, -a * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+        kl = torch.zeros_like(lp)
+        if ref_logprobs is not None:
+            log_r = ref_logprobs.detach().masked_fill(~mask, 0.0) - lp
+            kl = (log_r.exp() - 1 - log_r) * m
+        per_token = (per_token + beta * kl) * m
+        if aggregation == "sequence":
+            loss = ((per_token.sum(-1) / m.sum(-1)).sum()) / len(m)
+        elif aggregation == "token":
+            loss = per_token.sum() / m.sum()
+        else:
+            loss = per_token.sum() / (m.shape[0] * (max_length or m.shape[1]))
+        clipped = ((ratio > 1 + clip_eps) & (a > 0)) | ((ratio < 1 - clip_eps) & (a < 0))
+        return loss, {"kl": (kl.sum() / m.sum()).item(), "clip_fraction": ((clipped & mask).sum() / m.sum()).item()}
+
+    answers = {"12.verifiable_reward": reward_by_regex, "12.group_advantages": advantages_by_loop,
+               "12.zero_variance": zero_variance_by_sets, "12.grpo_loss": loss_with_masked_sums}
+    result = run(lookup(checkpoint_id), answers[checkpoint_id])
+    assert result.passed, result.report()
