@@ -194,7 +194,8 @@ def rendered_source(module: str, names: list[str]) -> str:
 CHAPTER_OF_MODULE = {
     "solutions.tokenizer": "01", "solutions.layers": "02", "solutions.attention": "03", "solutions.moe": "04",
     "solutions.model": "05", "solutions.train": "06", "solutions.generate": "07", "solutions.sft": "08",
-    "solutions.lora": "09", "solutions.reward": "10", "solutions.speculative": "13",
+    "solutions.lora": "09", "solutions.reward": "10", "solutions.ppo": "11", "solutions.speculative": "13",
+    "solutions.dpo": "12", "solutions.grpo": "12",
 }
 
 
@@ -204,7 +205,7 @@ def earlier_chapters_code(module: str, names: list[str]) -> str | None:
     by_chapter: dict[str, list[str]] = {}
     for entry in expand_bundles(names):
         source_module, _, name = entry.lstrip("=").rpartition(":")
-        if source_module and source_module != module:
+        if source_module and CHAPTER_OF_MODULE.get(source_module, source_module) != CHAPTER_OF_MODULE.get(module, module):
             chapter = CHAPTER_OF_MODULE.get(source_module, source_module)
             by_chapter.setdefault(chapter, []).append(name)
     if not by_chapter:

@@ -9,7 +9,7 @@ object the way the course's own code would.
 Two families:
 
 * value runners (``RUNNERS[kind]``): ``module``, ``seeded``, ``train_steps``, ``resume``,
-  ``tables``, ``reward_model``;
+  ``tables``, ``reward_model``, ``masked``, ``rollout``;
 * gradient probes (``RUNNERS["grad_" + kind]``): call the answer with every floating-point
   tensor argument (or every parameter of a module) requiring grad, backpropagate a fixed,
   seeded projection of every floating-point output, and return the gradients as plain data
@@ -182,6 +182,57 @@ def run_reward_model(reward_forward, model_config, weights, input_ids, prompt_le
         return reward_forward(backbone, score, input_ids, prompt_lengths, pad_id)
 
 
+def _course_class(namespace, name, module):
+    """A class the notebook gives (``PolicyWithValue``, ``RewardModel``): from the learner's
+    namespace, or, for a wrapper written in the course's own tests, from the reference module
+    (never in the sandbox, where solutions/ cannot be imported)."""
+    if name in namespace:
+        return namespace[name]
+    if module in sys.modules:
+        return getattr(sys.modules[module], name)
+    raise NameError(f"name {name!r} is not defined: run the notebook's cell that gives {name} before this check")
+
+
+ROLLOUT_FIELDS = ("input_ids", "prompt_lengths", "mask", "logprobs", "ref_logprobs", "values", "scores", "finished")
+
+
+def run_rollout(rollout, model_config, policy_weights, reference_weights, reward_config, reward_weights, prompt_ids,
+                max_new_tokens, temperature, stop_id, pad_id, seed):
+    """Chapter 11: ``rollout(policy, reference, reward_model, prompt_ids, max_new_tokens,
+    temperature, stop_id, pad_id, generator)`` on the notebook's ``PolicyWithValue`` (its
+    ``Transformer`` built from ``model_config``, both loaded from ``policy_weights``), a
+    reference ``Transformer`` (``reference_weights``) and a ``RewardModel`` (``reward_config``,
+    ``reward_weights``), with a ``torch.Generator`` seeded by ``seed``. Returns the rollout's
+    fields (``ROLLOUT_FIELDS``) as a dict of tensors."""
+    torch = torch_module()
+    namespace = dict(_namespace(rollout))
+    for name in ("Transformer", "LlamaConfig"):
+        namespace[name] = _course_class(namespace, name, "solutions.model")
+    policy_class = _course_class(namespace, "PolicyWithValue", "solutions.ppo")
+    reward_class = _course_class(namespace, "RewardModel", "solutions.reward")
+    model_state = {k[len("model."):]: v for k, v in policy_weights.items() if k.startswith("model.")}
+    policy = policy_class(_course_model(namespace, model_config, model_state))
+    policy.load_state_dict(policy_weights)
+    reference = _course_model(namespace, model_config, reference_weights).eval()
+    reward_model = reward_class(reward_config, pad_id)
+    reward_model.load_state_dict(reward_weights)
+    reward_model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        batch = rollout(policy, reference, reward_model, prompt_ids, max_new_tokens, temperature, stop_id, pad_id,
+                        generator)
+    missing = [name for name in ROLLOUT_FIELDS if not hasattr(batch, name)]
+    if missing:
+        raise TypeError(f"rollout returned {type(batch).__name__}, which has no {', '.join(missing)}: return a "
+                        "Rollout(input_ids, prompt_lengths, mask, logprobs, ref_logprobs, values, scores, finished)")
+    return {name: getattr(batch, name) for name in ROLLOUT_FIELDS}
+
+
+def run_masked(fn, *args):
+    """A function of tensors and a 0/1 mask: ``fn(*args)`` (see :func:`run_grad_masked`)."""
+    return fn(*args)
+
+
 # ------------------------------------------------------------------------- gradient probes
 
 def _float_tensors(value, found):
@@ -298,6 +349,24 @@ def run_grad_module(cls, init_args, state_dict, forward_args):
     return result
 
 
+def _is_mask(value):
+    torch = torch_module()
+    return isinstance(value, torch.Tensor) and value.is_floating_point() and bool(((value == 0) | (value == 1)).all())
+
+
+def run_grad_masked(fn, *args):
+    """Gradient probe of a :func:`run_masked` function: through every floating-point argument
+    except the mask (a tensor of 0s and 1s), whose gradient is ``None``. A mask is data, not
+    something trained: an answer that indexes with ``mask.bool()`` is as right as one that
+    multiplies by it, though only the second passes a gradient to the mask."""
+    torch = torch_module()
+    leaves = []
+    probed = [a if _is_mask(a) else _with_grad(a, leaves) for a in args]
+    with torch.enable_grad():
+        grads = iter(_grads(projection_loss(fn(*probed)), leaves))
+    return [None if _is_mask(a) else _grads_like(a, grads) for a in args]
+
+
 def run_grad_reward_model(reward_forward, model_config, weights, input_ids, prompt_lengths, pad_id):
     """Gradient probe of :func:`run_reward_model`: ``{parameter name: gradient or None}`` over
     the head (``score.weight``) and the backbone (``backbone.*``)."""
@@ -321,4 +390,7 @@ RUNNERS = {
     "grad_module": run_grad_module,
     "reward_model": run_reward_model,
     "grad_reward_model": run_grad_reward_model,
+    "masked": run_masked,
+    "grad_masked": run_grad_masked,
+    "rollout": run_rollout,
 }

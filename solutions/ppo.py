@@ -527,8 +527,7 @@ class Rollout:
     ``input_ids`` ``(batch, seq)``: prompt + reply, right-padded with ``<|pad|>``;
     ``prompt_lengths`` ``(batch,)``; ``mask``, ``logprobs`` (the policy's at sampling time,
     "old"), ``ref_logprobs``, ``values`` ``(batch, resp_len)``; ``scores`` ``(batch,)``, the
-    reward model's; ``finished`` ``(batch,)`` bool, whether the reply ended with
-    ``<|im_end|>``; ``replies``: the replies' text (without ``<|im_end|>``).
+    reward model's; ``finished`` ``(batch,)`` bool, whether the reply ended with the stop token.
     """
 
     input_ids: torch.Tensor
@@ -539,63 +538,75 @@ class Rollout:
     values: torch.Tensor
     scores: torch.Tensor
     finished: torch.Tensor
-    replies: list[str]
 
 
 @torch.no_grad()
-def rollout(policy: PolicyWithValue, reference: Transformer, reward_model: nn.Module, tokenizer,
-            prompts: list[list[dict]], max_new_tokens: int = 24, temperature: float = 1.0,
+def rollout(policy: PolicyWithValue, reference: Transformer, reward_model: nn.Module, prompt_ids: list[list[int]],
+            max_new_tokens: int, temperature: float, stop_id: int, pad_id: int,
             generator: torch.Generator | None = None) -> Rollout:
-    """Sample one reply to each conversation in ``prompts`` and record a :class:`Rollout`.
+    """Sample one reply to each prompt in ``prompt_ids`` and record a :class:`Rollout`.
 
-    Each prompt is rendered in ChatML with the generation prompt
-    (:func:`~solutions.sft.render_chat`), a reply sampled by :func:`sample_reply` (no
-    ``<|pad|>``, stop after ``<|im_end|>``), and the batch right-padded with ``<|pad|>``. Then
-    one forward pass each: the policy's log-probabilities and values
-    (:meth:`PolicyWithValue.response_outputs`; recomputed rather than kept from sampling, so
-    that the first PPO minibatch sees a ratio of exactly 1), the reference model's
-    log-probabilities (:func:`response_logprobs`, same temperature) and the reward model's
-    score of each whole conversation (``reward_model(input_ids, prompt_lengths)``, chapter 10's
-    :class:`~solutions.reward.RewardModel`, read at the last token; any callable that maps
-    those to ``(batch,)`` scores will do, such as one that normalises the reward model's scores
-    with :func:`~solutions.reward.normalize_rewards`: unnormalised scores of about 13 leave
-    the zero-initialised value head far from its targets for many steps).
+    In order, one prompt at a time, :func:`sample_reply` from ``policy.model`` (``<|pad|>``
+    banned, stop after ``stop_id``, which stays in the reply, all draws from ``generator``);
+    the sequences ``prompt + reply`` right-padded with ``pad_id`` into ``input_ids``
+    ``(batch, seq)``. Then one forward pass each, on the whole batch: the policy's
+    log-probabilities and values (:meth:`PolicyWithValue.response_outputs`, recomputed rather
+    than kept from sampling, so that the first PPO minibatch sees a ratio of exactly 1), the
+    reference model's log-probabilities (:func:`response_logprobs`), both at the sampling
+    ``temperature`` (the distribution the tokens were drawn from), and the reward model's
+    score of each whole sequence, ``reward_model(input_ids, prompt_lengths)`` (chapter 10's
+    :class:`~solutions.reward.RewardModel`, read at the last real token; any callable that
+    maps those to ``(batch,)`` scores will do, such as one that normalises them).
 
-    ``ValueError`` if ``temperature <= 0``, ``max_new_tokens < 1``, ``prompts`` is empty, or a
-    prompt plus ``max_new_tokens`` does not fit the model's context.
+    ``ValueError`` if ``temperature <= 0``, ``max_new_tokens < 1``, ``prompt_ids`` is empty
+    or holds an empty prompt, or a prompt plus ``max_new_tokens`` does not fit the context.
     """
     if not (isinstance(temperature, (int, float)) and temperature > 0):
         raise ValueError(f"temperature={temperature!r}: PPO samples from the policy, so it must be > 0")
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: a reply needs room for at least one token")
-    if not prompts:
-        raise ValueError("no prompts: a rollout needs at least one conversation to answer")
-    pad_id, stop_id = tokenizer.encode_single_token(PAD), tokenizer.encode_single_token(IM_END)
+    if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("no prompts, or an empty one: a rollout answers at least one prompt of at least one token")
     model = policy.model
     was_training = policy.training
     policy.eval()
-    sequences, prompt_lengths, finished, replies = [], [], [], []
-    for messages in prompts:
-        prompt_ids = render_chat(tokenizer, messages, add_generation_prompt=True)
-        if len(prompt_ids) + max_new_tokens > model.cfg.max_seq_len:
-            raise ValueError(f"a prompt of {len(prompt_ids)} tokens plus max_new_tokens={max_new_tokens} does not fit "
+    sequences, finished = [], []
+    for prompt in prompt_ids:
+        if len(prompt) + max_new_tokens > model.cfg.max_seq_len:
+            raise ValueError(f"a prompt of {len(prompt)} tokens plus max_new_tokens={max_new_tokens} does not fit "
                              f"the context of {model.cfg.max_seq_len}: shorten the prompt or ask for fewer tokens")
-        reply, done = sample_reply(model, prompt_ids, max_new_tokens, temperature, stop_id, (pad_id,), generator)
-        sequences.append(prompt_ids + reply)
-        prompt_lengths.append(len(prompt_ids))
+        reply, done = sample_reply(model, list(prompt), max_new_tokens, temperature, stop_id, (pad_id,), generator)
+        sequences.append(list(prompt) + reply)
         finished.append(done)
-        replies.append(tokenizer.decode(reply[:-1] if done else reply))
     longest = max(len(s) for s in sequences)
     input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)  # (batch, seq)
     for b, seq in enumerate(sequences):
         input_ids[b, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    prompt_lengths_t = torch.tensor(prompt_lengths, dtype=torch.long)  # (batch,)
-    logprobs, values, mask = policy.response_outputs(input_ids, prompt_lengths_t, pad_id, temperature)
-    ref_logprobs, _ = response_logprobs(reference, input_ids, prompt_lengths_t, pad_id, temperature)
-    scores = reward_model(input_ids, prompt_lengths_t).float()  # (batch,)
+    prompt_lengths = torch.tensor([len(p) for p in prompt_ids], dtype=torch.long)  # (batch,)
+    logprobs, values, mask = policy.response_outputs(input_ids, prompt_lengths, pad_id, temperature)
+    ref_logprobs, _ = response_logprobs(reference, input_ids, prompt_lengths, pad_id, temperature)
+    scores = reward_model(input_ids, prompt_lengths).float()  # (batch,)
     policy.train(was_training)
-    return Rollout(input_ids, prompt_lengths_t, mask, logprobs, ref_logprobs, values, scores,
-                   torch.tensor(finished), replies)
+    return Rollout(input_ids, prompt_lengths, mask, logprobs, ref_logprobs, values, scores, torch.tensor(finished))
+
+
+def reply_ids(batch: Rollout) -> list[list[int]]:
+    """Each row's reply tokens (the stop token included when the reply finished)."""
+    lengths = batch.mask.sum(dim=1).long().tolist()
+    return [batch.input_ids[b, p: p + n].tolist() for b, (p, n) in enumerate(zip(batch.prompt_lengths.tolist(),
+                                                                                   lengths))]
+
+
+def reply_texts(tokenizer, batch: Rollout) -> list[str]:
+    """Each row's reply as text, without its ``<|im_end|>``."""
+    stop_id = tokenizer.encode_single_token(IM_END)
+    return [tokenizer.decode([t for t in ids if t != stop_id]) for ids in reply_ids(batch)]
+
+
+def prompt_tokens(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """Each conversation rendered in ChatML with the generation prompt
+    (:func:`~solutions.sft.render_chat`): what :func:`rollout` answers."""
+    return [render_chat(tokenizer, messages, add_generation_prompt=True) for messages in prompts]
 
 
 # ---------------------------------------------------------------------------- the update and the loop
@@ -689,7 +700,7 @@ def train_ppo(policy: PolicyWithValue, reference: Transformer, reward_model: nn.
     torch.manual_seed(seed)
     sampling = torch.Generator().manual_seed(seed)
     shuffling = torch.Generator().manual_seed(seed + 1)
-    pad_id = tokenizer.encode_single_token(PAD)
+    pad_id, stop_id = tokenizer.encode_single_token(PAD), tokenizer.encode_single_token(IM_END)
     optimizer = AdamW(decay_groups(policy, 0.0), lr=lr, betas=(0.9, 0.95))
     keys = ("score", "gold", "kl", "non_score_reward", "response_length", "finished", "policy_loss", "value_loss",
             "clipfrac", "value_clipfrac", "approx_kl")
@@ -700,8 +711,8 @@ def train_ppo(policy: PolicyWithValue, reference: Transformer, reward_model: nn.
         while len(order) < batch_size:
             order += torch.randperm(len(items), generator=shuffling).tolist()
         chosen, order = [items[i] for i in order[:batch_size]], order[batch_size:]
-        batch = rollout(policy, reference, reward_model, tokenizer, [item["prompt"] for item in chosen],
-                        max_new_tokens, temperature, sampling)
+        batch = rollout(policy, reference, reward_model, prompt_tokens(tokenizer, [item["prompt"] for item in chosen]),
+                        max_new_tokens, temperature, stop_id, pad_id, sampling)
         with torch.no_grad():
             scores = batch.scores.clone()  # (batch,)
             if missing_eos_penalty is not None:
@@ -718,7 +729,7 @@ def train_ppo(policy: PolicyWithValue, reference: Transformer, reward_model: nn.
                   "response_length": batch.mask.sum(dim=1).mean().item(),
                   "finished": batch.finished.float().mean().item(), **stats}
         if judge is not None:
-            record["gold"] = sum(judge(item, reply) for item, reply in zip(chosen, batch.replies)) / len(chosen)
+            record["gold"] = sum(judge(item, reply) for item, reply in zip(chosen, reply_texts(tokenizer, batch))) / len(chosen)
         for key in history:
             history[key].append(float(record[key]))
         bar.set_postfix(score=f"{record['score']:.2f}", kl=f"{record['kl']:.2f}")

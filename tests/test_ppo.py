@@ -15,8 +15,9 @@ import torch
 
 from solutions.model import LlamaConfig, Transformer
 from solutions.ppo import (PolicyWithValue, Rollout, gae, kl_penalty, logprobs_from_logits, masked_mean, masked_var,
-                           masked_whiten, per_token_rewards, policy_loss, ppo_models, ppo_step, response_index,
-                           response_logprobs, rollout, sample_reply, train_ppo, value_loss)
+                           masked_whiten, per_token_rewards, policy_loss, ppo_models, ppo_step, prompt_tokens,
+                           reply_ids, reply_texts, response_index, response_logprobs, rollout, sample_reply,
+                           train_ppo, value_loss)
 from solutions.reward import RewardModel, init_score
 from solutions.train import AdamW
 
@@ -383,33 +384,36 @@ def tiny_setup():
 def test_rollout_records_what_ppo_needs(tiny_setup):
     tokenizer, sft, reward_model, items = tiny_setup
     policy, reference = ppo_models(sft)
-    batch = rollout(policy, reference, reward_model, tokenizer, [i["prompt"] for i in items[:3]], max_new_tokens=6,
-                    temperature=1.0, generator=torch.Generator().manual_seed(0))
+    pad_id, stop_id = tokenizer.encode_single_token("<|pad|>"), tokenizer.encode_single_token("<|im_end|>")
+    prompts = prompt_tokens(tokenizer, [i["prompt"] for i in items[:3]])
+    batch = rollout(policy, reference, reward_model, prompts, 6, 1.0, stop_id, pad_id, torch.Generator().manual_seed(0))
     assert isinstance(batch, Rollout)
     n, width = batch.mask.shape
     assert n == 3 and width <= 6 and batch.logprobs.shape == batch.ref_logprobs.shape == batch.values.shape
     assert torch.allclose(batch.logprobs, batch.ref_logprobs, atol=TOL)  # the reference is the same model
     assert bool((batch.values == 0).all())  # the value head starts at zero
-    assert batch.scores.shape == (3,) and len(batch.replies) == 3
-    pad_id, stop_id = tokenizer.encode_single_token("<|pad|>"), tokenizer.encode_single_token("<|im_end|>")
-    lengths = batch.mask.sum(1).long()
-    for b in range(3):
-        reply = batch.input_ids[b, batch.prompt_lengths[b]: batch.prompt_lengths[b] + lengths[b]].tolist()
+    assert batch.scores.shape == (3,) and len(reply_texts(tokenizer, batch)) == 3
+    assert batch.prompt_lengths.tolist() == [len(p) for p in prompts]
+    for b, reply in enumerate(reply_ids(batch)):
         assert pad_id not in reply and bool(batch.finished[b]) == (reply[-1] == stop_id)
+        assert batch.input_ids[b, : len(prompts[b])].tolist() == prompts[b]
     with torch.no_grad():
         again, _, _ = policy.response_outputs(batch.input_ids, batch.prompt_lengths, pad_id)
     assert torch.allclose(again, batch.logprobs, atol=TOL)  # the first minibatch's ratio is 1
     with pytest.raises(ValueError, match="temperature"):
-        rollout(policy, reference, reward_model, tokenizer, [items[0]["prompt"]], temperature=0.0)
+        rollout(policy, reference, reward_model, prompts[:1], 6, 0.0, stop_id, pad_id)
     with pytest.raises(ValueError, match="does not fit"):
-        rollout(policy, reference, reward_model, tokenizer, [items[0]["prompt"]], max_new_tokens=250)
+        rollout(policy, reference, reward_model, prompts[:1], 250, 1.0, stop_id, pad_id)
+    with pytest.raises(ValueError, match="empty"):
+        rollout(policy, reference, reward_model, [prompts[0], []], 6, 1.0, stop_id, pad_id)
 
 
 def test_ppo_step_first_minibatch_has_ratio_one(tiny_setup):
     tokenizer, sft, reward_model, items = tiny_setup
     policy, reference = ppo_models(sft)
-    batch = rollout(policy, reference, reward_model, tokenizer, [i["prompt"] for i in items[:2]], max_new_tokens=4,
-                    generator=torch.Generator().manual_seed(0))
+    pad_id, stop_id = tokenizer.encode_single_token("<|pad|>"), tokenizer.encode_single_token("<|im_end|>")
+    batch = rollout(policy, reference, reward_model, prompt_tokens(tokenizer, [i["prompt"] for i in items[:2]]), 4, 1.0,
+                    stop_id, pad_id, torch.Generator().manual_seed(0))
     rewards, _ = per_token_rewards(batch.scores, batch.logprobs, batch.ref_logprobs, batch.mask, 0.05)
     advantages, returns = gae(rewards, batch.values, batch.mask)
     optimizer = AdamW(policy.parameters(), lr=1e-3)
