@@ -62,8 +62,7 @@ logs both.
 This module has, in the order the chapter builds them:
 
 * :func:`sequence_logprobs`: each sequence's reply log-probability, summed over the reply's
-  tokens (and :func:`policy_logprobs`, the same from a model; :func:`token_logprobs` and
-  :func:`response_mask`, its two halves, which GRPO uses per token);
+  tokens (and :func:`policy_logprobs`, the same from a model);
 * :func:`dpo_loss`: the DPO loss (``sigmoid``, with label smoothing, or ``ipo``), implicit
   rewards, reward accuracy and margin;
 * :func:`frozen_copy` and :func:`dpo_train`: the reference model, and the training loop.
@@ -77,60 +76,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from solutions.generate import generate
 from solutions.reward import collate_pairs, reward_example
-from solutions.sft import PAD
+from solutions.sft import IM_END, PAD, render_chat
 from solutions.train import AdamW, clip_gradients, decay_groups, lr_at
 
 LOSS_TYPES = ("sigmoid", "ipo")
 
 
 # ---------------------------------------------------------------------------- log-probabilities of replies
-
-
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    r"""The log-probability of each next token: ``(batch, seq - 1)``.
-
-    Position :math:`t`'s logits score token :math:`t + 1`, so entry ``[b, t]`` is
-    :math:`\log p_\theta(x_{b,t+1} \mid x_{b,\le t}) = z_{b,t,x_{b,t+1}} - \operatorname{logsumexp}(z_{b,t})`.
-    The last position scores nothing (no token follows it) and the first token is never scored.
-    ``logits``: ``(batch, seq, vocab)``; ``input_ids``: ``(batch, seq)`` int64. Computed in float32.
-    """
-    if logits.ndim != 3 or logits.shape[:2] != input_ids.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} do not match: "
-                         "logits must be (batch, seq, vocab) for input_ids (batch, seq)")
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (batch, seq - 1, vocab)
-    targets = input_ids[:, 1:]  # (batch, seq - 1): the token each position predicts
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, seq - 1)
-
-
-def response_mask(input_ids: torch.Tensor, prompt_lengths: torch.Tensor, pad_id: int) -> torch.Tensor:
-    r"""Which entries of :func:`token_logprobs` score a **reply** token: ``(batch, seq - 1)`` bool.
-
-    Entry ``[b, t]`` scores token :math:`j = t + 1`; it is kept when :math:`j \ge` ``prompt_lengths[b]``
-    (the reply starts there: the prompt is given, not generated) and :math:`j < n_b`, the number
-    of real tokens of row :math:`b` (padding, on the right, is not part of the reply).
-    ``ValueError`` if ``prompt_lengths`` is not one per row, a row has a pad before a real token,
-    or a row has no reply token.
-    """
-    prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device)
-    if input_ids.ndim != 2 or prompt_lengths.shape != input_ids.shape[:1]:
-        raise ValueError(f"prompt_lengths has shape {tuple(prompt_lengths.shape)} for input_ids "
-                         f"{tuple(input_ids.shape)}: give one prompt length per row of a (batch, seq) batch")
-    real = input_ids != pad_id  # (batch, seq)
-    n_real = real.sum(dim=1)  # (batch,)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
-    if bool((real != (positions < n_real[:, None])).any()):
-        raise ValueError("a row has a pad token before a real token: pad on the right, so that each "
-                         "sequence's real tokens come first")
-    if bool((prompt_lengths < 1).any()):
-        raise ValueError(f"prompt_lengths {prompt_lengths.tolist()}: every prompt has at least one token "
-                         "(the first token is never scored: nothing comes before it)")
-    if bool((n_real <= prompt_lengths).any()):
-        row = int((n_real <= prompt_lengths).nonzero()[0])
-        raise ValueError(f"row {row} has {int(n_real[row])} real tokens and a prompt of {int(prompt_lengths[row])}: "
-                         "its reply has no token to score")
-    target = positions[1:]  # (seq - 1,): the index of the token entry t scores
-    return (target >= prompt_lengths[:, None]) & (target < n_real[:, None])  # (batch, seq - 1)
 
 
 def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_lengths: torch.Tensor,
@@ -155,7 +109,21 @@ def sequence_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, prompt_leng
     if logits.ndim != 3 or logits.shape[:2] != input_ids.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} do not match: "
                          "logits must be (batch, seq, vocab) for input_ids (batch, seq)")
-    mask = response_mask(input_ids, prompt_lengths, pad_id)  # (batch, seq - 1): entry t scores token t + 1
+    prompt_lengths = torch.as_tensor(prompt_lengths, device=input_ids.device)
+    if prompt_lengths.shape != input_ids.shape[:1]:
+        raise ValueError(f"prompt_lengths has shape {tuple(prompt_lengths.shape)} for input_ids "
+                         f"{tuple(input_ids.shape)}: give one prompt length per row")
+    real = input_ids != pad_id  # (batch, seq)
+    n_real = real.sum(dim=1)  # (batch,): right padding, so the real tokens are the first n_real
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
+    if bool((real != (positions < n_real[:, None])).any()):
+        raise ValueError("a row has a pad token before a real token: pad on the right")
+    if bool((prompt_lengths < 1).any()):
+        raise ValueError(f"prompt_lengths {prompt_lengths.tolist()}: every prompt has at least one token")
+    if bool((n_real <= prompt_lengths).any()):
+        raise ValueError("a row has no reply token: its real tokens end where its prompt does")
+    target = positions[1:]  # (seq - 1,): entry t scores token j = t + 1
+    mask = (target >= prompt_lengths[:, None]) & (target < n_real[:, None])  # (batch, seq - 1): reply tokens
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (batch, seq - 1, vocab)
     picked = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (batch, seq - 1)
     return torch.where(mask, picked, torch.zeros_like(picked)).sum(dim=1)  # (batch,)
@@ -341,9 +309,6 @@ def sample_replies(model: nn.Module, tokenizer, prompts: list[list[dict]], max_n
     chapter 07's :func:`~solutions.generate.generate` with its KV cache: sampled at ``temperature``
     from one ``torch.Generator`` seeded by ``seed`` (0: greedy). A reply that stopped at
     ``<|im_end|>`` ends with it (a reply token, as in training); one cut at ``max_new_tokens`` does not."""
-    from solutions.generate import generate
-    from solutions.sft import IM_END, render_chat
-
     end = tokenizer.encode_single_token(IM_END)
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
@@ -372,7 +337,6 @@ def policy_report(policy: nn.Module, reference: nn.Module, tokenizer, pairs: lis
     ``replies``, the texts.
     """
     from data.preferences import gold_score
-    from solutions.sft import IM_END, PAD, render_chat
 
     pad_id, end = tokenizer.encode_single_token(PAD), tokenizer.encode_single_token(IM_END)
     prompts = [pair["prompt"] for pair in pairs]
@@ -387,8 +351,9 @@ def policy_report(policy: nn.Module, reference: nn.Module, tokenizer, pairs: lis
         input_ids, prompt_lengths = pad_rows(prompt_ids[rows], replies[rows], pad_id)
         log_ratios += (policy_logprobs(policy, input_ids, prompt_lengths, pad_id)
                        - policy_logprobs(reference, input_ids, prompt_lengths, pad_id)).tolist()
-        input_ids, prompt_lengths = dpo_batch(tokenizer, pairs[rows], policy.cfg.max_seq_len, pad_id)
-        chosen += policy_logprobs(policy, input_ids, prompt_lengths, pad_id)[: len(pairs[rows])].tolist()
+        examples = [reward_example(tokenizer, p["prompt"], p["chosen"], policy.cfg.max_seq_len) for p in pairs[rows]]
+        input_ids, prompt_lengths = pad_rows([ids[:n] for ids, n in examples], [ids[n:] for ids, n in examples], pad_id)
+        chosen += policy_logprobs(policy, input_ids, prompt_lengths, pad_id).tolist()
     n = len(pairs)
     return {"gold": sum(golds) / n, "kl": sum(log_ratios) / n, "length": sum(len(r) for r in replies) / n,
             "chosen_logp": sum(chosen) / n, "replies": texts}

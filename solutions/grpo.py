@@ -48,7 +48,8 @@ As TRL: the std is the unbiased one (``torch.std``), ``eps`` = 1e-4 is added to 
 added to the loss per token, and the stop token is part of the reply. Where the course differs:
 advantages are normalised per group only (TRL's ``scale_rewards="batch"`` is not here); the clip is
 symmetric (no DAPO "clip-higher" ``epsilon_high``); :func:`grpo_train` samples each group in one
-batch (the prompt run once, its keys and values shared by the group's rows) and takes one gradient
+batch, and scores its tokens the same way (the prompt run once, its keys and values shared by the
+group's rows), and takes one gradient
 step per batch of rollouts by default (TRL's ``num_iterations=1``), so :math:`\rho = 1` and the clip
 only acts with ``updates_per_batch > 1``.
 
@@ -59,8 +60,9 @@ This module has, in the order the chapter builds them:
   the share of groups that carry no gradient;
 * :func:`k3_kl` and :func:`grpo_loss`: the per-token KL estimate, and the clipped surrogate
   plus KL, with three aggregations;
-* :func:`sample_group`, :func:`grpo_train`, :func:`accuracy` and :func:`pass_at_k`: sampling a
-  group of replies, the loop, and the measures before and after.
+* :func:`sample_group`, :func:`group_token_logprobs`, :func:`grpo_train`, :func:`accuracy` and
+  :func:`pass_at_k`: sampling a group of replies and scoring its tokens (the prompt run once per
+  group), the loop, and the measures before and after.
 """
 
 from __future__ import annotations
@@ -68,8 +70,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from solutions.dpo import pad_rows, response_mask, token_logprobs
-from solutions.generate import sample_next
+from solutions.generate import generate, sample_next
 from solutions.sft import IM_END, PAD, render_chat
 from solutions.train import AdamW, clip_gradients, decay_groups, lr_at
 
@@ -121,20 +122,6 @@ def verifiable_reward(reply: str, fact: str) -> float:
 # ---------------------------------------------------------------------------- advantages
 
 
-def _check_groups(rewards: torch.Tensor, group_size: int) -> None:
-    if not isinstance(rewards, torch.Tensor) or rewards.ndim != 1:
-        raise ValueError(f"rewards must be a 1-d tensor, one reward per reply, got "
-                         f"{tuple(rewards.shape) if isinstance(rewards, torch.Tensor) else type(rewards).__name__}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
-        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}: a reply is judged against the "
-                         "others of its group, and a group of one has none")
-    if rewards.numel() == 0:
-        raise ValueError("no rewards: an empty batch has no group")
-    if rewards.numel() % group_size != 0:
-        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}: give each prompt "
-                         "exactly group_size replies, consecutive")
-
-
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std", eps: float = 1e-4) -> torch.Tensor:
     r"""Group-relative advantages: ``(n_prompts * group_size,)`` float32.
 
@@ -157,7 +144,16 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "std",
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps!r}")
-    _check_groups(rewards, group_size)
+    if not isinstance(rewards, torch.Tensor) or rewards.ndim != 1:
+        raise ValueError("rewards must be a 1-d tensor, one reward per reply")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}: a reply is judged against the "
+                         "others of its group, and a group of one has none")
+    if rewards.numel() == 0:
+        raise ValueError("no rewards: an empty batch has no group")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}: give each prompt "
+                         "exactly group_size replies, consecutive")
     grouped = rewards.float().view(-1, group_size)  # (n_prompts, G): row g is group g
     advantages = grouped - grouped.mean(dim=1, keepdim=True)  # (n_prompts, G)
     if scale == "std":
@@ -170,7 +166,16 @@ def zero_variance_fraction(rewards: torch.Tensor, group_size: int) -> float:
 
     Their advantages are 0, so they carry no policy gradient (only the KL term acts on them).
     ``rewards`` as in :func:`group_advantages` (groups consecutive); the same ``ValueError``s."""
-    _check_groups(rewards, group_size)
+    if not isinstance(rewards, torch.Tensor) or rewards.ndim != 1:
+        raise ValueError("rewards must be a 1-d tensor, one reward per reply")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"group_size must be an int >= 2, got {group_size!r}: a reply is judged against the "
+                         "others of its group, and a group of one has none")
+    if rewards.numel() == 0:
+        raise ValueError("no rewards: an empty batch has no group")
+    if rewards.numel() % group_size != 0:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}: give each prompt "
+                         "exactly group_size replies, consecutive")
     grouped = rewards.view(-1, group_size)  # (n_prompts, G)
     return (grouped.amax(dim=1) == grouped.amin(dim=1)).float().mean().item()
 
@@ -325,6 +330,28 @@ def sample_group(model: nn.Module, prompt_ids: list[int], group_size: int, max_n
     return replies
 
 
+def group_token_logprobs(model: nn.Module, prompt_ids: list[int], replies: torch.Tensor) -> torch.Tensor:
+    r"""The log-probability of each reply token of a group: ``(G, R)`` float32, differentiable.
+
+    ``replies``: ``(G, R)`` int64, the group's replies to ``prompt_ids``, right-padded (with any
+    id: the caller masks the padding). The same numbers as the log-softmax of the full rows
+    ``prompt + reply`` read at the reply's tokens, computed as sampling does:
+    the prompt runs once (batch 1) and its keys and values are shared by the ``G`` rows (chapter
+    07's cache; gradients flow back through them, summed over the rows), so the prompt costs one
+    row instead of ``G``. The prompt's last position predicts each reply's first token."""
+    group, width = replies.shape
+    device = model.embed_tokens.weight.device
+    caches = model.new_caches()
+    prompt_logits = model(torch.tensor([prompt_ids], dtype=torch.long, device=device), caches)[:, -1:]  # (1, 1, V)
+    logits = [prompt_logits.expand(group, -1, -1)]
+    if width > 1:
+        for cache in caches:  # one copy of the prompt's keys and values for every row
+            cache.k, cache.v = cache.k.expand(group, -1, -1, -1), cache.v.expand(group, -1, -1, -1)
+        logits.append(model(replies[:, :-1].to(device), caches))  # (G, R - 1, V): position j predicts token j + 1
+    logp = torch.log_softmax(torch.cat(logits, dim=1).float(), dim=-1)  # (G, R, V)
+    return logp.gather(-1, replies.to(device).unsqueeze(-1)).squeeze(-1)  # (G, R)
+
+
 def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[dict], tokenizer=None,
                group_size: int = 8, steps: int = 20, prompts_per_step: int = 4, beta: float = 0.04,
                clip_eps: float = 0.2, max_lr: float = 1e-5, warmup_steps: int = 0, max_new_tokens: int = 16,
@@ -336,10 +363,11 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
     Each step: ``prompts_per_step`` problems (a shuffled order from ``seed``); for each,
     :func:`sample_group` of ``group_size`` replies at ``temperature`` from the current policy
     (one ``torch.Generator`` seeded from ``seed``: two runs sample the same replies), scored by
-    :func:`verifiable_reward`, turned into :func:`group_advantages`. The reference's
-    log-probabilities are computed under ``torch.no_grad()``; so are the sampling policy's
-    (``old``), except with one update per batch, where they are the first forward pass's own,
-    detached (ratio 1: the same numbers, one forward pass fewer). Then ``updates_per_batch``
+    :func:`verifiable_reward`, turned into :func:`group_advantages`. Log-probabilities of the
+    replies' tokens come from :func:`group_token_logprobs` (each group's prompt run once). The
+    reference's are computed under ``torch.no_grad()``; so are the sampling policy's (``old``),
+    except with one update per batch, where they are the first forward pass's own, detached
+    (ratio 1: the same numbers, one forward pass fewer). Then ``updates_per_batch``
     gradient steps on :func:`grpo_loss`, chapter 06's AdamW (betas 0.9, 0.95, no weight decay)
     with warm-up and cosine decay to a tenth of ``max_lr``, global-norm clipping.
 
@@ -388,19 +416,26 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
         rewards_t = torch.tensor(rewards)  # (n * G,)
         advantages = group_advantages(rewards_t, group_size, scale).to(device)  # (n * G,)
         zero_variance = zero_variance_fraction(rewards_t, group_size)
-        input_ids, prompt_lengths = pad_rows(prompts, replies, pad_id)
-        input_ids, prompt_lengths = input_ids.to(device), prompt_lengths.to(device)
-        mask = response_mask(input_ids, prompt_lengths, pad_id)  # (n * G, seq - 1)
+        width = max(len(r) for r in replies)
+        reply_ids = torch.full((len(replies), width), pad_id, dtype=torch.long)  # (n * G, R), right-padded
+        for row, reply in enumerate(replies):
+            reply_ids[row, : len(reply)] = torch.tensor(reply, dtype=torch.long)
+        mask = (torch.arange(width)[None, :] < torch.tensor([len(r) for r in replies])[:, None]).to(device)  # (n * G, R)
+        groups = [(prompts[g * group_size], slice(g * group_size, (g + 1) * group_size)) for g in range(len(batch))]
+
+        def logprobs_of(model):  # (n * G, R): each group's prompt run once
+            return torch.cat([group_token_logprobs(model, prompt, reply_ids[rows]) for prompt, rows in groups])
+
         with torch.no_grad():  # the reference and the sampling policy are constants of the loss
-            ref = token_logprobs(reference(input_ids), input_ids) if reference is not None else None
-            old = token_logprobs(policy(input_ids), input_ids) if updates_per_batch > 1 else None
+            ref = logprobs_of(reference) if reference is not None else None
+            old = logprobs_of(policy) if updates_per_batch > 1 else None
         # 2. updates
         policy.train()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, max_lr, warmup_steps, steps, max_lr / 10)
         first = None
         for _ in range(updates_per_batch):
-            logprobs = token_logprobs(policy(input_ids), input_ids)  # (n * G, seq - 1)
+            logprobs = logprobs_of(policy)  # (n * G, R)
             loss, stats = grpo_loss(logprobs, logprobs.detach() if old is None else old, ref, advantages, mask,
                                     clip_eps, beta, aggregation, max_length=max_new_tokens)
             loss.backward()
@@ -428,7 +463,6 @@ def accuracy(model: nn.Module, tokenizer, problems: list[dict], max_new_tokens: 
 
     The reward accuracy is the mean :func:`verifiable_reward` (the stated fact is right); exact
     match compares the whole reply with the answer sentence, as chapter 08 does."""
-    from solutions.generate import generate
     from tqdm.auto import tqdm
 
     end_id = tokenizer.encode_single_token(IM_END)
@@ -452,7 +486,7 @@ def pass_at_k(model: nn.Module, tokenizer, problems: list[dict], k: int = 8, max
 
     pass@k is the share of problems with at least one right reply among the ``k`` (the problems
     GRPO can learn from: the others have all-zero groups), the mean reward is pass@1 estimated from
-    the samples, and the zero-variance share is :func:`zero_variance_fraction` of those groups."""
+    the samples, and the zero-variance share is the share of those groups whose rewards are all equal."""
     from tqdm.auto import tqdm
 
     end_id, pad_id = tokenizer.encode_single_token(IM_END), tokenizer.encode_single_token(PAD)
@@ -463,5 +497,5 @@ def pass_at_k(model: nn.Module, tokenizer, problems: list[dict], k: int = 8, max
         for reply in sample_group(model, prompt_ids, k, max_new_tokens, temperature, end_id, pad_id, generator):
             rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["fact"]))
     grouped = torch.tensor(rewards).view(-1, k)  # (n, k)
-    zero = zero_variance_fraction(grouped.reshape(-1), k) if k >= 2 else 1.0
+    zero = (grouped.amax(dim=1) == grouped.amin(dim=1)).float().mean().item()
     return (grouped.amax(dim=1) > 0).float().mean().item(), grouped.mean().item(), zero

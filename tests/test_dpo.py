@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from solutions.dpo import (dpo_batch, dpo_loss, dpo_train, frozen_copy, pad_rows, policy_logprobs, policy_report,
-                           response_mask, sample_replies, sequence_logprobs, token_logprobs)
+                           sample_replies, sequence_logprobs)
 from solutions.model import LlamaConfig, Transformer
 from solutions.sft import PAD
 
@@ -52,18 +52,6 @@ def batch():
 # ------------------------------------------------------------------------ log-probabilities of replies
 
 
-def test_token_logprobs_score_the_next_token():
-    model = model_of(SMALL)
-    input_ids, _, _ = batch()
-    logits = model(input_ids)
-    got = token_logprobs(logits, input_ids)
-    assert got.shape == (3, 6)
-    for b in range(3):
-        for t in range(6):
-            want = torch.log_softmax(logits[b, t].double(), -1)[input_ids[b, t + 1]]
-            assert abs(got[b, t].item() - want.item()) < TOL
-
-
 def test_sequence_logprobs_sum_the_reply_tokens_only_against_a_loop():
     model = model_of(SMALL)
     input_ids, prompt_lengths, n_real = batch()
@@ -83,29 +71,19 @@ def test_sequence_logprobs_sum_the_reply_tokens_only_against_a_loop():
     assert abs(got[1].item() - with_padding[1]) > 0.1 and abs(got[2].item() - with_padding[2]) > 0.1
 
 
-def test_response_mask_marks_the_reply_targets():
+def test_sequence_logprobs_errors():
     input_ids, prompt_lengths, _ = batch()
-    mask = response_mask(input_ids, prompt_lengths, PAD_ID)
-    # entry t scores token t + 1: row 0 has reply tokens 3..6 -> entries 2..5
-    assert mask.tolist() == [[False, False, True, True, True, True],
-                             [False, True, True, True, False, False],
-                             [False, False, False, True, True, False]]
-
-
-def test_response_mask_errors():
-    input_ids, prompt_lengths, _ = batch()
+    logits = torch.zeros(3, 7, 97)
     with pytest.raises(ValueError, match="pad on the right"):
-        response_mask(input_ids.flip(1), prompt_lengths, PAD_ID)
-    with pytest.raises(ValueError, match="no token"):
-        response_mask(input_ids, torch.tensor([3, 5, 4]), PAD_ID)
+        sequence_logprobs(logits, input_ids.flip(1), prompt_lengths, PAD_ID)
+    with pytest.raises(ValueError, match="no reply token"):
+        sequence_logprobs(logits, input_ids, torch.tensor([3, 5, 4]), PAD_ID)
     with pytest.raises(ValueError, match="one prompt length per row"):
-        response_mask(input_ids, torch.tensor([3, 2]), PAD_ID)
-    with pytest.raises(ValueError, match="do not match"):
-        token_logprobs(torch.zeros(3, 6, 97), input_ids)
+        sequence_logprobs(logits, input_ids, torch.tensor([3, 2]), PAD_ID)
     with pytest.raises(ValueError, match="do not match"):
         sequence_logprobs(torch.zeros(3, 6, 97), input_ids, prompt_lengths, PAD_ID)
     with pytest.raises(ValueError, match="at least one token"):
-        response_mask(input_ids, torch.tensor([0, 2, 4]), PAD_ID)
+        sequence_logprobs(logits, input_ids, torch.tensor([0, 2, 4]), PAD_ID)
 
 
 # ------------------------------------------------------------------------ the loss

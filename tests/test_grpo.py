@@ -429,3 +429,30 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
                "12.zero_variance": zero_variance_by_sets, "12.grpo_loss": loss_with_masked_sums}
     result = run(lookup(checkpoint_id), answers[checkpoint_id])
     assert result.passed, result.report()
+
+
+def test_group_token_logprobs_equal_the_full_rows_and_their_gradients(tokenizer):
+    """The prompt run once and shared by the group: the same log-probabilities and the same gradients
+    as running every row prompt + reply whole, read at the reply's tokens."""
+    from solutions.grpo import group_token_logprobs
+
+    model = tiny_model()
+    prompt = tokenizer.encode_ordinary("Robin lives in Elmford. Where does Robin live?")
+    replies = torch.tensor([[11, 12, 13, 14], [21, 22, 5, 5], [31, 5, 5, 5]])  # right-padded with 5
+    lengths = [4, 2, 1]
+    got = group_token_logprobs(model, prompt, replies)
+    got_sum = sum(got[b, :n].sum() for b, n in enumerate(lengths))
+    got_sum.backward()
+    shared = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    want_sum = 0
+    for b, n in enumerate(lengths):
+        row = torch.tensor([prompt + replies[b, :n].tolist()])
+        logp = torch.log_softmax(model(row)[0, :-1].float(), -1).gather(-1, row[0, 1:, None]).squeeze(-1)
+        want = logp[len(prompt) - 1:]  # (n,): the reply's tokens
+        assert torch.allclose(got[b, :n], want, atol=1e-5), b
+        want_sum = want_sum + want.sum()
+    want_sum.backward()
+    for a, b in zip(shared, (p.grad for p in model.parameters())):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert group_token_logprobs(model, prompt, replies[:, :1]).shape == (3, 1)
