@@ -42,7 +42,7 @@ Two variants, as TRL's ``DPOTrainer`` has them:
 * **IPO** (Azar et al., 2023, "A General Theoretical Paradigm..."):
   :math:`\mathcal{L} = (h - \tfrac{1}{2\beta})^2`, a squared loss that also stops at a finite
   margin, :math:`h = 1/(2\beta)`. TRL's ``loss_type="ipo"`` feeds it log-probabilities
-  *averaged* over each reply's tokens; here :func:`dpo_loss` takes whatever log-probabilities it
+  *averaged* over each reply's tokens; here :func:`dpo_variant_loss` takes whatever log-probabilities it
   is given (sums, unless the caller divides each by its reply's length).
 
 As TRL: ``beta`` 0.1 by default, chosen and rejected scored in one forward pass, the reply's
@@ -63,8 +63,8 @@ This module has, in the order the chapter builds them:
 
 * :func:`sequence_logprobs`: each sequence's reply log-probability, summed over the reply's
   tokens (and :func:`policy_logprobs`, the same from a model);
-* :func:`dpo_loss`: the DPO loss (``sigmoid``, with label smoothing, or ``ipo``), implicit
-  rewards, reward accuracy and margin;
+* :func:`dpo_loss`: the DPO loss, implicit rewards, reward accuracy and margin; and
+  :func:`dpo_variant_loss`, with label smoothing (cDPO) or IPO's squared loss;
 * :func:`frozen_copy` and :func:`dpo_train`: the reference model, and the training loop.
 """
 
@@ -140,44 +140,31 @@ def policy_logprobs(model: nn.Module, input_ids: torch.Tensor, prompt_lengths: t
 
 
 def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0,
-             loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
     r"""The DPO loss of a batch of pairs: ``(loss, chosen_rewards, rejected_rewards, reward_accuracy, margin)``.
 
-    With :math:`h_i = (\pi^c_i - \rho^c_i) - (\pi^r_i - \rho^r_i)` (policy and reference
-    log-probabilities of the chosen and rejected replies, each ``(N,)``):
+    With :math:`\pi^c, \pi^r, \rho^c, \rho^r` the policy's and the reference's summed
+    log-probabilities of the chosen and rejected replies, each ``(N,)``:
 
     .. math::
-        \texttt{sigmoid}:\; \mathcal{L} = \frac1N \sum_i -(1 - \varepsilon) \log\sigma(\beta h_i)
-                                         - \varepsilon \log\sigma(-\beta h_i),
-        \qquad
-        \texttt{ipo}:\; \mathcal{L} = \frac1N \sum_i \Big(h_i - \frac{1}{2\beta}\Big)^2
+        \hat r^c = \beta(\pi^c - \rho^c), \qquad \hat r^r = \beta(\pi^r - \rho^r), \qquad
+        \mathcal{L} = \frac1N \sum_i -\log\sigma(\hat r^c_i - \hat r^r_i)
 
-    :math:`\varepsilon` = ``label_smoothing`` (0: the original DPO). ``F.logsigmoid`` keeps it
-    finite where ``torch.log(torch.sigmoid(x))`` gives ``-inf`` (from about :math:`x < -104` in float32).
-    :math:`\beta` multiplies :math:`h` once (not also each log-ratio).
+    ``F.logsigmoid`` keeps it finite where ``torch.log(torch.sigmoid(x))`` gives ``-inf`` (from
+    about :math:`x < -104` in float32). :math:`\beta` multiplies the margin of log-ratios once.
 
     The reference's log-probabilities are constants (TRL computes them under ``torch.no_grad()``):
     they are detached here, so that no gradient reaches the reference even if the caller forgot.
 
-    ``chosen_rewards`` :math:`= \beta(\pi^c - \rho^c)` and ``rejected_rewards``
-    :math:`= \beta(\pi^r - \rho^r)`, ``(N,)`` and **detached** (for logging, as TRL's
-    ``rewards/chosen``); ``reward_accuracy``: the share of pairs whose chosen reward is strictly
-    higher; ``margin``: the mean of ``chosen_rewards - rejected_rewards``; both Python floats.
+    ``chosen_rewards`` :math:`\hat r^c` and ``rejected_rewards`` :math:`\hat r^r`, ``(N,)`` and
+    **detached** (for logging, as TRL's ``rewards/chosen``); ``reward_accuracy``: the share of
+    pairs whose chosen reward is strictly higher; ``margin``: the mean of ``chosen_rewards -
+    rejected_rewards``; both Python floats.
 
-    ``ValueError`` if ``beta <= 0``, the four tensors are not the same 1-d shape, ``N = 0``,
-    ``label_smoothing`` is outside :math:`[0, 0.5)` (at 0.5 every label is a coin flip),
-    label smoothing is asked of IPO, or ``loss_type`` is unknown.
+    ``ValueError`` if ``beta <= 0``, the four tensors are not the same 1-d shape, or ``N = 0``.
     """
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta!r}: it is the strength of the KL leash (TRL's default is 0.1)")
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-    if not 0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}: it is the probability "
-                         "that a pair's label is flipped")
-    if loss_type == "ipo" and label_smoothing != 0:
-        raise ValueError("label smoothing belongs to the sigmoid loss (cDPO); the IPO loss has none")
     shapes = {tuple(t.shape) for t in (pi_chosen, pi_rejected, ref_chosen, ref_rejected)}
     if len(shapes) != 1 or pi_chosen.ndim != 1:
         raise ValueError(f"the four log-probabilities must be 1-d tensors of one shape, one value per pair; got "
@@ -185,17 +172,50 @@ def dpo_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: tor
     if pi_chosen.shape[0] == 0:
         raise ValueError("no pairs: the loss of an empty batch is 0 / 0")
     # the reference's log-probabilities are constants of the loss: no gradient flows into them
-    chosen_logratio = pi_chosen.float() - ref_chosen.detach().float()  # (N,)
-    rejected_logratio = pi_rejected.float() - ref_rejected.detach().float()  # (N,)
-    h = chosen_logratio - rejected_logratio  # (N,)
+    chosen_rewards = beta * (pi_chosen.float() - ref_chosen.detach().float())  # (N,)
+    rejected_rewards = beta * (pi_rejected.float() - ref_rejected.detach().float())  # (N,)
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    accuracy = (chosen_rewards > rejected_rewards).float().mean().item()
+    margin = (chosen_rewards - rejected_rewards).mean().item()
+    return loss, chosen_rewards, rejected_rewards, accuracy, margin
+
+
+def dpo_variant_loss(pi_chosen: torch.Tensor, pi_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                     ref_rejected: torch.Tensor, beta: float, label_smoothing: float = 0.0,
+                     loss_type: str = "sigmoid") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float]:
+    r""":func:`dpo_loss` with conservative DPO's label smoothing, or IPO's squared loss: the same five outputs.
+
+    With :math:`h_i = (\pi^c_i - \rho^c_i) - (\pi^r_i - \rho^r_i)`, the margin of log-ratios:
+
+    .. math::
+        \texttt{sigmoid}:\; \mathcal{L} = \frac1N \sum_i -(1 - \varepsilon) \log\sigma(\beta h_i)
+                                         - \varepsilon \log\sigma(-\beta h_i),
+        \qquad
+        \texttt{ipo}:\; \mathcal{L} = \frac1N \sum_i \Big(h_i - \frac{1}{2\beta}\Big)^2
+
+    :math:`\varepsilon` = ``label_smoothing``, the probability that a pair's label is flipped (0:
+    :func:`dpo_loss` itself). Both losses have their minimum at a finite margin. The rewards,
+    accuracy and margin are :func:`dpo_loss`'s (which also checks ``beta`` and the shapes).
+
+    ``ValueError`` if ``label_smoothing`` is outside :math:`[0, 0.5)` (at 0.5 every label is a coin
+    flip), label smoothing is asked of IPO, ``loss_type`` is not ``"sigmoid"`` or ``"ipo"``, or
+    :func:`dpo_loss` refuses the inputs.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing!r}: it is the probability "
+                         "that a pair's label is flipped")
+    if loss_type == "ipo" and label_smoothing != 0:
+        raise ValueError("label smoothing belongs to the sigmoid loss (cDPO); the IPO loss has none")
+    _, chosen_rewards, rejected_rewards, accuracy, margin = dpo_loss(pi_chosen, pi_rejected, ref_chosen,
+                                                                     ref_rejected, beta)
+    h = (pi_chosen.float() - ref_chosen.detach().float()) - (pi_rejected.float() - ref_rejected.detach().float())
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     else:
         losses = (h - 1 / (2 * beta)) ** 2
-    chosen_rewards = beta * chosen_logratio.detach()  # (N,)
-    rejected_rewards = beta * rejected_logratio.detach()  # (N,)
-    accuracy = (chosen_rewards > rejected_rewards).float().mean().item()
-    margin = (chosen_rewards - rejected_rewards).mean().item()
     return losses.mean(), chosen_rewards, rejected_rewards, accuracy, margin
 
 
@@ -270,8 +290,11 @@ def dpo_train(policy: nn.Module, reference: nn.Module, pairs: list[dict], tokeni
         with torch.no_grad():  # the reference is a constant of the loss
             ref = policy_logprobs(reference, input_ids, prompt_lengths, pad_id)  # (2 n,)
         pi = policy_logprobs(policy, input_ids, prompt_lengths, pad_id)  # (2 n,)
-        loss, chosen_rewards, rejected_rewards, accuracy, margin = dpo_loss(
-            pi[:n], pi[n:], ref[:n], ref[n:], beta, label_smoothing, loss_type)
+        if label_smoothing == 0 and loss_type == "sigmoid":
+            outputs = dpo_loss(pi[:n], pi[n:], ref[:n], ref[n:], beta)
+        else:
+            outputs = dpo_variant_loss(pi[:n], pi[n:], ref[:n], ref[n:], beta, label_smoothing, loss_type)
+        loss, chosen_rewards, rejected_rewards, accuracy, margin = outputs
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, max_lr, warmup_steps, steps, max_lr / 10)
         loss.backward()

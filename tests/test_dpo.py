@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from solutions.dpo import (dpo_batch, dpo_loss, dpo_train, frozen_copy, pad_rows, policy_logprobs, policy_report,
-                           sample_replies, sequence_logprobs)
+from solutions.dpo import (dpo_batch, dpo_loss, dpo_train, dpo_variant_loss, frozen_copy, pad_rows, policy_logprobs,
+                           policy_report, sample_replies, sequence_logprobs)
 from solutions.model import LlamaConfig, Transformer
 from solutions.sft import PAD
 
@@ -142,24 +142,24 @@ def test_dpo_loss_gradient_matches_the_formula():
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_label_smoothing_is_cdpo(eps):
     beta = 0.5
-    loss = dpo_loss(**LOGPS, beta=beta, label_smoothing=eps)[0]
+    loss = dpo_variant_loss(**LOGPS, beta=beta, label_smoothing=eps)[0]
     want = sum(-(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h) for h in hs()) / 4
     assert abs(loss.item() - want) < 1e-6
     assert abs(loss.item() - dpo_loss(**LOGPS, beta=beta)[0].item()) > 1e-3
     # a minimum at a finite margin: beta h = log((1 - eps) / eps)
     best = math.log((1 - eps) / eps) / beta
-    values = [dpo_loss(torch.tensor([best + d]), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta,
-                       label_smoothing=eps)[0].item() for d in (-0.5, 0.0, 0.5)]
+    values = [dpo_variant_loss(torch.tensor([best + d]), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta,
+                               label_smoothing=eps)[0].item() for d in (-0.5, 0.0, 0.5)]
     assert values[1] < values[0] and values[1] < values[2]
 
 
 def test_ipo_loss():
     beta = 0.25
-    loss, chosen, rejected, accuracy, margin = dpo_loss(**LOGPS, beta=beta, loss_type="ipo")
+    loss, chosen, rejected, accuracy, margin = dpo_variant_loss(**LOGPS, beta=beta, loss_type="ipo")
     want = sum((h - 1 / (2 * beta)) ** 2 for h in hs()) / 4
     assert abs(loss.item() - want) < 1e-5
-    zero = dpo_loss(torch.tensor([1 / (2 * beta)]), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta,
-                    loss_type="ipo")[0]
+    zero = dpo_variant_loss(torch.tensor([1 / (2 * beta)]), torch.zeros(1), torch.zeros(1), torch.zeros(1), beta,
+                            loss_type="ipo")[0]
     assert abs(zero.item()) < 1e-10  # its minimum, at h = 1 / (2 beta)
     assert accuracy == 0.5 and torch.allclose(chosen, beta * torch.tensor([0.5, -1.0, 1.0, 1.0]))
 
@@ -176,11 +176,11 @@ def test_dpo_loss_errors():
     with pytest.raises(ValueError, match="empty"):
         dpo_loss(*(torch.zeros(0) for _ in range(4)), beta=0.1)
     with pytest.raises(ValueError, match="label_smoothing"):
-        dpo_loss(**LOGPS, beta=0.1, label_smoothing=0.5)
+        dpo_variant_loss(**LOGPS, beta=0.1, label_smoothing=0.5)
     with pytest.raises(ValueError, match="IPO"):
-        dpo_loss(**LOGPS, beta=0.1, label_smoothing=0.1, loss_type="ipo")
+        dpo_variant_loss(**LOGPS, beta=0.1, label_smoothing=0.1, loss_type="ipo")
     with pytest.raises(ValueError, match="loss_type"):
-        dpo_loss(**LOGPS, beta=0.1, loss_type="hinge")
+        dpo_variant_loss(**LOGPS, beta=0.1, loss_type="hinge")
 
 
 # ------------------------------------------------------------------------ training
@@ -283,7 +283,7 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
 
     def loss_by_softplus(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                          loss_type="sigmoid"):
-        dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)  # the checks
+        dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
         chosen = beta * (pi_chosen - ref_chosen.detach())
         rejected = beta * (pi_rejected - ref_rejected.detach())
         z = chosen - rejected
@@ -294,7 +294,10 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
         return (losses.sum() / len(losses), chosen.detach(), rejected.detach(), float((z > 0).sum()) / len(z),
                 float(z.detach().sum()) / len(z))
 
-    answers = {"12.sequence_logprobs": logprobs_by_loop, "12.dpo_loss": loss_by_softplus,
+    def loss_of_five(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta):
+        return loss_by_softplus(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta)
+
+    answers = {"12.sequence_logprobs": logprobs_by_loop, "12.dpo_loss": loss_of_five,
                "12.dpo_variants": loss_by_softplus}
     result = run(lookup(checkpoint_id), answers[checkpoint_id])
     assert result.passed, result.report()

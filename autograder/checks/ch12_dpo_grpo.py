@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -302,7 +303,7 @@ register(Checkpoint(
 def _variants_variant(kind: str):
     def wrong(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type):
         if kind != "no_checks":
-            dpo("dpo_loss")(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+            dpo("dpo_variant_loss")(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
         pc, pr, rc, rr = (t.float() for t in (pi_chosen, pi_rejected, ref_chosen, ref_rejected))
         rc, rr = rc.detach(), rr.detach()
         h = (pc - rc) - (pr - rr)
@@ -328,7 +329,7 @@ def _variants_variant(kind: str):
         diff = chosen_rewards - rejected_rewards
         return losses.mean(), chosen_rewards, rejected_rewards, (diff > 0).float().mean().item(), diff.mean().item()
 
-    wrong.__name__ = f"dpo_loss_{kind}"
+    wrong.__name__ = f"dpo_variant_loss_{kind}"
     return wrong
 
 
@@ -354,7 +355,7 @@ def variants_cases(rng: random.Random) -> list[Case]:
         case("IPO at beta 0.2: the target margin is 1 / (2 beta) = 2.5", _logps(g, 6), 0.2, 0.0, "ipo", "ipo_target"),
         case("IPO is a squared loss: margins far below and above the target", _logps(g, 6, gap=2.0), 0.1, 0.0, "ipo",
              "ipo_abs"),
-        case("no smoothing: the sigmoid loss of 12.dpo_loss", _logps(g, 4), 0.1, 0.0, "sigmoid"),
+        case("no smoothing: the loss of 12.dpo_loss", _logps(g, 4), 0.1, 0.0, "sigmoid"),
         case("label smoothing 0.5 (every label a coin flip): ValueError", _logps(g, 3), 0.1, 0.5, "sigmoid",
              "no_checks"),
         case("label smoothing -0.1: ValueError", _logps(g, 3), 0.1, -0.1, "sigmoid", "no_checks"),
@@ -376,16 +377,16 @@ register(Checkpoint(
     id="12.dpo_variants",
     points=1,
     title="(bonus) conservative DPO (label smoothing) and IPO",
-    signature="dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)",
+    signature="dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)",
     cases=variants_cases,
-    reference=dpo("dpo_loss"),
+    reference=dpo("dpo_variant_loss"),
     tol=TOL,
     grad_probe=True,
     fingerprints=[(kind, _variants_variant(kind)) for kind in VARIANT_MISTAKES],
     hints={
         "default": "With h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected): 'sigmoid' loss = (-(1 - e) * "
         "F.logsigmoid(beta * h) - e * F.logsigmoid(-beta * h)).mean() with e = label_smoothing; 'ipo' loss = "
-        "((h - 1 / (2 * beta)) ** 2).mean(). The rewards, accuracy and margin as in 12.dpo_loss. ValueError unless "
+        "((h - 1 / (2 * beta)) ** 2).mean(). The rewards, accuracy and margin: your dpo_loss's. ValueError unless "
         "0 <= label_smoothing < 0.5, loss_type is 'sigmoid' or 'ipo', and IPO comes without smoothing.",
         "smoothing_swapped": "The weights are swapped: with probability 1 - e the label is right, so -log sigmoid(beta "
         "h) gets weight 1 - e and the flipped label, -log sigmoid(-beta h), weight e.",
@@ -532,8 +533,11 @@ def _advantage_variant(kind: str):
         mean = r.mean() if kind == "batch_mean" else grouped.mean(1, keepdim=True)
         adv = grouped - mean
         if scale == "std" or kind == "none_divides":
-            std = {"batch_std": lambda: r.std(), "biased_std": lambda: grouped.std(1, unbiased=False, keepdim=True)}.get(
-                kind, lambda: grouped.std(1, keepdim=True))()
+            with warnings.catch_warnings():  # a group of one (no_checks): torch warns of its std, NaN
+                warnings.simplefilter("ignore")
+                std = {"batch_std": lambda: r.std(),
+                       "biased_std": lambda: grouped.std(1, unbiased=False, keepdim=True)}.get(
+                    kind, lambda: grouped.std(1, keepdim=True))()
             adv = adv / (std + 1e-4)
         if kind == "interleaved":
             return adv.T.reshape(-1)

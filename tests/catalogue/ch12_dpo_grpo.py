@@ -10,7 +10,7 @@ import re
 
 import torch
 import torch.nn.functional as F
-from solutions.dpo import dpo_loss, sequence_logprobs
+from solutions.dpo import dpo_loss, dpo_variant_loss, sequence_logprobs
 from solutions.grpo import group_advantages, grpo_loss, verifiable_reward, zero_variance_fraction
 
 from . import mistake
@@ -222,7 +222,7 @@ def _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected):
 @mistake("12.dpo_variants", "smoothing_swapped")
 def cdpo_with_the_weights_swapped(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                                   loss_type="sigmoid"):
-    dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+    dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
     h = _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     if loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
@@ -234,7 +234,7 @@ def cdpo_with_the_weights_swapped(pi_chosen, pi_rejected, ref_chosen, ref_reject
 @mistake("12.dpo_variants", "smoothing_sign")
 def cdpo_adding_the_flipped_term(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                                  loss_type="sigmoid"):
-    dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+    dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
     h = _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     if loss_type == "ipo":
         losses = (h - 1 / (2 * beta)) ** 2
@@ -246,7 +246,7 @@ def cdpo_adding_the_flipped_term(pi_chosen, pi_rejected, ref_chosen, ref_rejecte
 @mistake("12.dpo_variants", "smoothing_ignored")
 def dpo_ignoring_label_smoothing(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                                  loss_type="sigmoid"):
-    dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+    dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
     h = _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     losses = (h - 1 / (2 * beta)) ** 2 if loss_type == "ipo" else -F.logsigmoid(beta * h)
     return _variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, losses)
@@ -255,7 +255,7 @@ def dpo_ignoring_label_smoothing(pi_chosen, pi_rejected, ref_chosen, ref_rejecte
 @mistake("12.dpo_variants", "ipo_beta_inside")
 def ipo_on_the_scaled_margin(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                              loss_type="sigmoid"):
-    dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+    dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
     h = _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     if loss_type == "ipo":
         losses = (beta * h - 0.5) ** 2  # "the implicit reward margin should be 1/2"
@@ -267,7 +267,7 @@ def ipo_on_the_scaled_margin(pi_chosen, pi_rejected, ref_chosen, ref_rejected, b
 @mistake("12.dpo_variants", "ipo_target")
 def ipo_with_target_one_over_beta(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                                   loss_type="sigmoid"):
-    dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+    dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
     h = _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     if loss_type == "ipo":
         losses = (h - 1 / beta) ** 2
@@ -279,7 +279,7 @@ def ipo_with_target_one_over_beta(pi_chosen, pi_rejected, ref_chosen, ref_reject
 @mistake("12.dpo_variants", "ipo_abs")
 def ipo_with_an_absolute_value(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing=0.0,
                                loss_type="sigmoid"):
-    dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
+    dpo_variant_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta, label_smoothing, loss_type)
     h = _h(pi_chosen, pi_rejected, ref_chosen, ref_rejected)
     if loss_type == "ipo":
         losses = (h - 1 / (2 * beta)).abs()
