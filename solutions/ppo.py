@@ -23,10 +23,10 @@ surrogate losses, a few epochs over each batch of samples.
 
 Conventions follow TRL's ``PPOTrainer`` and "The N Implementation Details of RLHF with PPO"
 (Huang, Liu & von Werra, 2023, a reproduction of OpenAI's lm-human-preferences): the penalty
-``-kl_coef * kl`` at every response token with the score added at the last one; GAE computed backwards with the value after the last token 0;
-advantages whitened over the real tokens of the whole batch; the value loss
-``0.5 * max((v - R)^2, (clip(v, v_old ± eps_v) - R)^2)``; the policy loss
-``max(-A ratio, -A clip(ratio, 1 ± eps))``; ``approxkl = 0.5 mean((log ratio)^2)``; token-level
+``-kl_coef * kl`` at every response token with the score added at the last one; GAE computed
+backwards with the value after the last token 0; advantages whitened over the real tokens of
+the whole batch; the value loss ``0.5 * max((v - R)^2, (clip(v, v_old ± eps_v) - R)^2)``; the
+policy loss ``max(-A ratio, -A clip(ratio, 1 ± eps))``; ``approxkl = 0.5 mean((log ratio)^2)``; token-level
 means over the mask; the sampling temperature also divides the logits whose log-probabilities
 are scored (Huang et al.'s detail: else the ratio compares two different distributions).
 Where the course differs, the function says so; in short:
@@ -729,7 +729,8 @@ def train_ppo(policy: PolicyWithValue, reference: Transformer, reward_model: nn.
                   "response_length": batch.mask.sum(dim=1).mean().item(),
                   "finished": batch.finished.float().mean().item(), **stats}
         if judge is not None:
-            record["gold"] = sum(judge(item, reply) for item, reply in zip(chosen, reply_texts(tokenizer, batch))) / len(chosen)
+            replies = reply_texts(tokenizer, batch)
+            record["gold"] = sum(judge(item, reply) for item, reply in zip(chosen, replies)) / len(chosen)
         for key in history:
             history[key].append(float(record[key]))
         bar.set_postfix(score=f"{record['score']:.2f}", kl=f"{record['kl']:.2f}")

@@ -454,3 +454,88 @@ def test_train_ppo_errors(tiny_setup):
             train_ppo(policy, reference, reward_model, tokenizer, items, steps=1, progress=False, **kwargs)
     with pytest.raises(ValueError, match="no items"):
         train_ppo(policy, reference, reward_model, tokenizer, [], steps=1, progress=False)
+
+
+# ---------------------------------------------------------------------------- the checkpoints
+
+
+@pytest.mark.parametrize("checkpoint_id", ["11.kl_penalty", "11.per_token_rewards", "11.masked_whiten", "11.gae",
+                                           "11.policy_loss", "11.value_loss", "11.rollout"])
+def test_correct_rewrites_are_accepted(checkpoint_id):
+    """Other right answers than the reference's pass: the checks compare values, not code."""
+    from autograder.core import lookup, run
+
+    def kl_from_ratios(logprobs, ref_logprobs, kind):
+        kl_penalty(logprobs, ref_logprobs, kind)  # the checks
+        rho = torch.exp(ref_logprobs - logprobs)
+        return {"k1": -torch.log(rho), "k2": 0.5 * torch.log(rho) ** 2, "k3": rho - 1 - torch.log(rho)}[kind]
+
+    def rewards_by_scatter(scores, logprobs, ref_logprobs, mask, beta, kind):
+        per_token_rewards(scores, logprobs, ref_logprobs, mask, beta, kind)  # the checks
+        kl = torch.where(mask.bool(), kl_penalty(logprobs, ref_logprobs, kind), torch.zeros_like(logprobs))
+        last = mask.sum(1, keepdim=True).long() - 1  # (batch, 1)
+        bonus = torch.zeros_like(kl).scatter(1, last, scores[:, None].to(kl.dtype))
+        return bonus - beta * kl, kl
+
+    def whiten_by_indexing(x, mask, shift_mean=True):
+        masked_whiten(x, mask, shift_mean)  # the checks
+        real = x[mask.bool()]
+        mean, std = real.mean(), real.var().add(1e-8).sqrt()
+        out = (x - mean) / std + (0 if shift_mean else mean)
+        return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+    def gae_row_by_row(rewards, values, mask, gamma, lam):
+        gae(rewards, values, mask, gamma, lam)  # the checks
+        advantages, returns = torch.zeros_like(values), torch.zeros_like(values)
+        for b in range(values.shape[0]):
+            n = int(mask[b].sum())
+            running = 0.0
+            for t in reversed(range(n)):
+                following = values[b, t + 1] if t + 1 < n else 0.0
+                running = rewards[b, t] + gamma * following - values[b, t] + gamma * lam * running
+                advantages[b, t] = running
+                returns[b, t] = running + values[b, t]
+        return advantages, returns
+
+    def policy_loss_as_minus_min(logprobs, old_logprobs, advantages, mask, clip_eps):
+        policy_loss(logprobs, old_logprobs, advantages, mask, clip_eps)  # the checks
+        ratio = (logprobs - old_logprobs.detach()).exp()
+        a = advantages.detach()
+        objective = torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)
+        real = mask.bool()
+        clipped = (ratio.clamp(1 - clip_eps, 1 + clip_eps) * a < ratio * a)[real].float().mean().item()
+        return -objective[real].mean(), clipped, 0.5 * ((logprobs - old_logprobs).detach()[real] ** 2).mean().item()
+
+    def value_loss_with_clamp_bounds(values, old_values, returns, mask, clip_eps_v):
+        value_loss(values, old_values, returns, mask, clip_eps_v)  # the checks
+        old, target = old_values.detach(), returns.detach()
+        clipped = torch.clamp(values, old - clip_eps_v, old + clip_eps_v)
+        worst = torch.max((values - target) ** 2, (clipped - target) ** 2)
+        real = mask.bool()
+        return 0.5 * worst[real].mean(), ((clipped - target) ** 2 > (values - target) ** 2)[real].float().mean().item()
+
+    @torch.no_grad()
+    def rollout_with_pad_sequence(policy, reference, reward_model, prompt_ids, max_new_tokens, temperature, stop_id,
+                                  pad_id, generator):
+        if temperature <= 0 or max_new_tokens < 1 or not prompt_ids:
+            raise ValueError("bad arguments")
+        if max(map(len, prompt_ids)) + max_new_tokens > policy.model.cfg.max_seq_len:
+            raise ValueError("does not fit")
+        rows, finished = [], []
+        for prompt in prompt_ids:
+            reply, done = sample_reply(policy.model, prompt, max_new_tokens, temperature, stop_id, (pad_id,), generator)
+            rows.append(torch.tensor(prompt + reply))
+            finished.append(done)
+        input_ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
+        prompt_lengths = torch.tensor([len(p) for p in prompt_ids])
+        logprobs, values, mask = policy.response_outputs(input_ids, prompt_lengths, pad_id, temperature)
+        ref_logprobs, _ = response_logprobs(reference, input_ids, prompt_lengths, pad_id, temperature)
+        return Rollout(input_ids, prompt_lengths, mask, logprobs, ref_logprobs, values,
+                       reward_model(input_ids, prompt_lengths), torch.tensor(finished))
+
+    answers = {"11.kl_penalty": kl_from_ratios, "11.per_token_rewards": rewards_by_scatter,
+               "11.masked_whiten": whiten_by_indexing, "11.gae": gae_row_by_row,
+               "11.policy_loss": policy_loss_as_minus_min, "11.value_loss": value_loss_with_clamp_bounds,
+               "11.rollout": rollout_with_pad_sequence}
+    result = run(lookup(checkpoint_id), answers[checkpoint_id])
+    assert result.passed, result.report()

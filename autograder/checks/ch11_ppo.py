@@ -326,8 +326,8 @@ def whiten_cases(rng: random.Random) -> list[Case]:
              _mask([1, 0], 3), hint="no_checks"),
         case("x (2, 4) and mask (2, 3): ValueError", randn(g, 2, 4), _mask([3, 2], 3), hint="no_checks"),
     ] + [
-        case(f"random batch (case {n + 1})", *padded(lengths, width, scale=rng.uniform(0.5, 3), offset=rng.uniform(-2, 2)),
-             rng.random() < 0.5)
+        case(f"random batch (case {n + 1})",
+             *padded(lengths, width, scale=rng.uniform(0.5, 3), offset=rng.uniform(-2, 2)), rng.random() < 0.5)
         for n, width in enumerate(rng.randint(3, 9) for _ in range(3))
         for lengths in [[width] + [rng.randint(1, width) for _ in range(rng.randint(1, 4))]]
     ]
@@ -594,8 +594,8 @@ register(Checkpoint(
         "clipfrac_outside": "clipfrac is the share of real tokens where the clipped term is the larger one, "
         "(clipped_loss > unclipped_loss), the tokens that give no gradient (TRL's pg_clipfrac): a ratio outside the "
         "range in the direction the advantage does not favour is not clipped.",
-        "approx_kl_k1": "approx_kl is half the mean squared log-ratio over the real tokens, 0.5 * masked_mean(log_ratio "
-        "** 2) (TRL's approxkl, the k2 estimate), not the mean of -log_ratio.",
+        "approx_kl_k1": "approx_kl is half the mean squared log-ratio over the real tokens, "
+        "0.5 * masked_mean(log_ratio ** 2) (TRL's approxkl, the k2 estimate), not the mean of -log_ratio.",
         "no_checks": "Raise ValueError when clip_eps <= 0, when logprobs, old_logprobs, advantages and mask differ "
         "in shape, or when a mask row is empty.",
     },
