@@ -45,19 +45,23 @@ def course_tokenizer():
 
 
 CHECKPOINTS_DIR = DATA_DIR / "checkpoints"
-CHECKPOINT_NAMES = ("dense", "moe", "draft")
+PRETRAINED_CHECKPOINTS = ("dense", "moe", "draft")  # trained by solutions.train from solutions/configs/<name>.json
+FINE_TUNED_CHECKPOINTS = ("sft",)  # chapter 08's run on dense, exported by python -m solutions.sft --export
+CHECKPOINT_NAMES = PRETRAINED_CHECKPOINTS + FINE_TUNED_CHECKPOINTS
 
 
 def checkpoint_dir(name: str) -> Path:
-    """The folder of one of the course's pretrained checkpoints (``dense``, ``moe`` or ``draft``):
-    ``config.json`` (the model's ``LlamaConfig`` fields under "model", the training config under
-    "train"), ``model.safetensors`` and ``log.json`` (the training and validation losses)."""
+    """The folder of one of the course's checkpoints: the pretrained ``dense``, ``moe`` or
+    ``draft``, or ``sft`` (``dense`` after chapter 08's fine-tuning). ``config.json`` (the model's
+    ``LlamaConfig`` fields under "model", the training recipe under "train" or "sft"),
+    ``model.safetensors`` and ``log.json`` (the training losses)."""
     if name not in CHECKPOINT_NAMES:
         raise ValueError(f"no course checkpoint named {name!r}; choose one of {', '.join(CHECKPOINT_NAMES)}")
     path = CHECKPOINTS_DIR / name
     if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; retrain it with "
-                                f"`python -m solutions.train --config solutions/configs/{name}.json`.")
+        how = ("python -m solutions.sft --export" if name in FINE_TUNED_CHECKPOINTS
+               else f"python -m solutions.train --config solutions/configs/{name}.json")
+        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; retrain it with `{how}`.")
     return path
 
 

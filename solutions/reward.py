@@ -391,22 +391,14 @@ def longer_wins(pairs: list[dict]) -> list[float]:
 # ---------------------------------------------------------------------------- for chapter 11
 
 
-def sft_policy(steps: int = 80, seed: int = 0, progress: bool = False) -> Transformer:
-    """Chapter 08's SFT model, rebuilt deterministically: the shipped ``dense`` checkpoint
-    fine-tuned on ``data/instructions``' training conversations (80 steps of 8, peak rate
-    0.003, seed 0: the chapter's own run). The policy chapter 11 starts from."""
-    from data import course_tokenizer, load_checkpoint
-    from data.instructions import load_instructions
-    from solutions.sft import sft_example, sft_train
+def sft_policy() -> Transformer:
+    """Chapter 08's SFT model: the shipped ``sft`` checkpoint (``dense`` after the chapter's run,
+    :data:`solutions.sft.SFT_RECIPE`), in eval mode. The policy chapter 11 starts from."""
+    from data import load_checkpoint
 
-    torch.manual_seed(seed)
-    tokenizer = course_tokenizer()
-    config, state = load_checkpoint("dense")
+    config, state = load_checkpoint("sft")
     model = Transformer(LlamaConfig(**config))
     model.load_state_dict(state)
-    examples = [sft_example(tokenizer, c["messages"], config["max_seq_len"]) for c in load_instructions("train")]
-    sft_train(model, examples, steps=steps, batch_size=8, pad_id=tokenizer.encode_single_token(PAD), max_lr=0.003,
-              warmup_steps=8, seed=seed, progress=progress)
     return model.eval()
 
 

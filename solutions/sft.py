@@ -294,3 +294,89 @@ def answer_accuracy(model, tokenizer, conversations: list[dict], max_new_tokens:
     answers = [messages[-1]["content"] for messages in dialogues]
     correct = sum(p == a for p, a in zip(predictions, answers))
     return correct / max(len(conversations), 1), predictions
+
+
+# ---------------------------------------------------------------------------- the shipped SFT model
+
+SFT_RECIPE = {"base": "dense", "steps": 400, "batch_size": 8, "max_lr": 0.003, "warmup_steps": 8, "seed": 0}
+"""Chapter 08's fine-tuning run: the shipped ``base`` fine-tuned on every training conversation
+of ``data/instructions``. Its result is shipped as ``data/checkpoints/sft``, the policy the
+alignment chapters (10-12) start from."""
+HELD_OUT = 100  # chapter 08 scores the first 100 test conversations
+
+
+def sft_from_base(progress: bool = False, **changes) -> tuple[torch.nn.Module, list[float]]:
+    """Run :data:`SFT_RECIPE` (with ``changes``, e.g. ``steps=2`` for a quick test) from the
+    shipped base checkpoint; returns ``(model in eval mode, losses)``. Deterministic: the same
+    weights twice on one machine."""
+    from data import course_tokenizer, load_checkpoint
+    from data.instructions import load_instructions
+    from solutions.model import LlamaConfig, Transformer
+
+    recipe = {**SFT_RECIPE, **changes}
+    torch.manual_seed(recipe["seed"])
+    tokenizer = course_tokenizer()
+    config, state = load_checkpoint(recipe["base"])
+    model = Transformer(LlamaConfig(**config))
+    model.load_state_dict(state)
+    examples = [sft_example(tokenizer, c["messages"], config["max_seq_len"]) for c in load_instructions("train")]
+    losses = sft_train(model, examples, steps=recipe["steps"], batch_size=recipe["batch_size"],
+                       pad_id=tokenizer.encode_single_token(PAD), max_lr=recipe["max_lr"],
+                       warmup_steps=recipe["warmup_steps"], seed=recipe["seed"], progress=progress)
+    return model.eval(), losses
+
+
+def held_out_scores(model, tokenizer) -> dict:
+    """Chapter 08's measures on its :data:`HELD_OUT` test questions: exact-match accuracy, the
+    share of replies in the requested form, and the share that name the expected fact."""
+    from data.corpus import mentions
+    from data.instructions import follows_format, load_instructions
+
+    held_out = load_instructions("test")[:HELD_OUT]
+    exact, replies = answer_accuracy(model, tokenizer, held_out)
+    return {"exact": exact,
+            "format": sum(follows_format(c["task"], r) for c, r in zip(held_out, replies)) / len(held_out),
+            "fact": sum(mentions(r, c["fact"]) for c, r in zip(held_out, replies)) / len(held_out)}
+
+
+def export_sft(export_dir=None, progress: bool = True) -> dict:
+    """Fine-tune with :data:`SFT_RECIPE` and ship the result: ``model.safetensors`` (bfloat16,
+    as the pretrained checkpoints), ``config.json`` (the model, the recipe, the sha256 of the
+    base weights it started from, and chapter 08's held-out scores *of the stored weights*),
+    ``log.json`` (the losses); registered in ``data/MANIFEST.json``. Returns the config."""
+    import json
+    import time
+    from pathlib import Path
+
+    from data import CHECKPOINTS_DIR, checkpoint_dir, course_tokenizer, load_checkpoint
+    from data.manifest import sha256_file
+    from solutions.train import register_checkpoint, save_weights
+
+    export_dir = Path(export_dir or CHECKPOINTS_DIR / "sft")
+    start = time.perf_counter()
+    model, losses = sft_from_base(progress=progress)
+    seconds = time.perf_counter() - start
+    model_config, _ = load_checkpoint(SFT_RECIPE["base"])
+    stored = save_weights(model, model_config, export_dir / "model.safetensors")
+    meta = {"name": "sft", "description": f"The {SFT_RECIPE['base']} model after chapter 08's instruction tuning "
+                                          "(ChatML, prompt-masked loss): the policy chapters 10-12 start from.",
+            "model": model_config, "sft": SFT_RECIPE,
+            "base_sha256": sha256_file(checkpoint_dir(SFT_RECIPE["base"]) / "model.safetensors"),
+            "held_out": {k: round(v, 4) for k, v in held_out_scores(stored, course_tokenizer()).items()},
+            "params": sum(p.numel() for p in stored.parameters()), "dtype": "bfloat16",
+            "train_seconds": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    (export_dir / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (export_dir / "log.json").write_text(json.dumps({"loss": [round(x, 6) for x in losses]}) + "\n")
+    register_checkpoint(export_dir)
+    return meta
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m solutions.sft", description="Chapter 08's shipped SFT model.")
+    parser.add_argument("--export", action="store_true", required=True,
+                        help="fine-tune the shipped base with SFT_RECIPE and write data/checkpoints/sft")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    torch.set_num_threads(parser.parse_args().threads)
+    print(export_sft())

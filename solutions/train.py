@@ -666,32 +666,30 @@ def repeat_drills(tokens: list[int], n_tokens: int, separator: int, min_len: int
 # ---------------------------------------------------------------------------- export, command line
 
 
+SPOT_CHECK_WINDOWS = 64  # validation windows a fresh load of a shipped checkpoint is checked on
+
+
 def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, val_tokens: torch.Tensor,
            dtype: torch.dtype = torch.bfloat16) -> float:
     """Write a shipped checkpoint: ``model.safetensors`` (weights rounded to ``dtype``, a tied
     embedding stored once), ``config.json``, ``log.json``; then measure the validation loss
     *of the stored weights* on every validation window and record it in ``config.json``, the
     log and ``data/MANIFEST.json``, with the stored weights' copying probe
-    (:func:`probe_shipped_model`) in ``config.json``. Returns that loss."""
+    (:func:`probe_shipped_model`) and their loss on :data:`SPOT_CHECK_WINDOWS` windows (what a
+    test reproduces from a fresh load) in ``config.json``. Returns that loss."""
     from safetensors.torch import save_file
 
     export_dir = Path(export_dir)
-    export_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    if config["model"].get("tie_embeddings"):
-        del state["lm_head.weight"]
-    # one metadata key: safetensors writes a map of several in random order, and the file must be the same bits
-    save_file(state, str(export_dir / "model.safetensors"), metadata={"format": "pt"})
-
-    stored = build_model(config["model"], 0)
-    stored.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    if config["model"].get("tie_embeddings"):
-        stored.lm_head.weight = stored.embed_tokens.weight
+    stored = save_weights(model, config["model"], export_dir / "model.safetensors", dtype)
     val_loss = round(evaluate(stored, val_tokens, config["train"]["block_size"]), 6)
+    # the same on 64 windows spread over the stream: a quick check that a fresh load is this model
+    spot_check = {"windows": SPOT_CHECK_WINDOWS,
+                  "loss": round(evaluate(stored, val_tokens, config["train"]["block_size"], SPOT_CHECK_WINDOWS), 6)}
     probe = probe_shipped_model(stored)
     tokens_seen = len(log["step"]) * config["train"]["batch_size"] * config["train"]["grad_accum"] * config["train"]["block_size"]
     meta = {"name": config["name"], "description": config.get("description", ""), "model": config["model"],
             "train": config["train"], "val_loss": val_loss, "val_tokens": int(len(val_tokens)),
+            "val_spot_check": spot_check,
             "copying_probe": probe,
             "params": sum(p.numel() for p in stored.parameters()), "dtype": str(dtype).replace("torch.", ""),
             "train_tokens_seen": tokens_seen, "train_seconds": round(log["seconds"], 1),
@@ -704,6 +702,25 @@ def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, 
                                                      for k, v in log.items()}) + "\n")
     register_checkpoint(export_dir)
     return val_loss
+
+
+def save_weights(model: nn.Module, model_config: dict, path: Path, dtype: torch.dtype = torch.bfloat16) -> Transformer:
+    """Write ``model``'s weights to ``path`` (safetensors, rounded to ``dtype``, a tied embedding
+    stored once); return a float32 model holding exactly the stored weights, the one a
+    learner's ``load_checkpoint`` gives, to measure what is shipped."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    if model_config.get("tie_embeddings"):
+        del state["lm_head.weight"]
+    # one metadata key: safetensors writes a map of several in random order, and the file must be the same bits
+    save_file(state, str(path), metadata={"format": "pt"})
+    stored = build_model(model_config, 0)
+    stored.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if model_config.get("tie_embeddings"):
+        stored.lm_head.weight = stored.embed_tokens.weight
+    return stored
 
 
 def record_probe(export_dir: str | Path) -> dict:
@@ -732,7 +749,8 @@ def record_probe(export_dir: str | Path) -> dict:
 
 def register_checkpoint(export_dir: str | Path) -> None:
     """Record a shipped checkpoint's files in ``data/MANIFEST.json`` (if it lies under ``data/``),
-    with its validation loss beside the weights' sha256: the number a fresh load must reproduce."""
+    with its validation loss (a pretrained checkpoint's) beside the weights' sha256: the number a
+    fresh load must reproduce."""
     from data import manifest
 
     export_dir = Path(export_dir)
@@ -741,7 +759,9 @@ def register_checkpoint(export_dir: str | Path) -> None:
     files = [export_dir / n for n in ("model.safetensors", "config.json", "log.json")]
     manifest.update_manifest(files)
     entries = manifest.load_manifest()
-    entries[manifest.manifest_key(files[0])]["val_loss"] = json.loads(files[1].read_text())["val_loss"]
+    meta = json.loads(files[1].read_text())
+    if "val_loss" in meta:
+        entries[manifest.manifest_key(files[0])]["val_loss"] = meta["val_loss"]
     manifest.save_manifest(entries)
 
 

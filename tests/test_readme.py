@@ -57,10 +57,10 @@ def test_the_checkpoint_table_states_what_each_checkpoint_measured():
     import json
     import re
 
-    from data import CHECKPOINT_NAMES, checkpoint_dir
+    from data import FINE_TUNED_CHECKPOINTS, PRETRAINED_CHECKPOINTS, checkpoint_dir
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for name in CHECKPOINT_NAMES:
+    for name in PRETRAINED_CHECKPOINTS:
         row = re.search(rf"^\| `{name}` \|(.*)\|$", readme, re.M)
         assert row, f"the README's checkpoint table has no row for {name}"
         cells = [c.strip() for c in row.group(1).split("|")]
@@ -70,3 +70,9 @@ def test_the_checkpoint_table_states_what_each_checkpoint_measured():
         probe = meta.get("copying_probe")
         gain = f"{probe['repeat_logprob'] - probe['first_logprob']:+.2f}" if probe else ""
         assert cells[3] == gain, (name, cells[3], gain)
+    for name in FINE_TUNED_CHECKPOINTS:  # chapter 08's held-out scores of the stored weights
+        row = re.search(rf"^\| `{name}` \|(.*)\|$", readme, re.M)
+        assert row, f"the README's checkpoint tables have no row for {name}"
+        scores = json.loads((checkpoint_dir(name) / "config.json").read_text())["held_out"]
+        stated = f"{scores['exact']:.0%} / {scores['fact']:.0%} / {scores['format']:.0%}"
+        assert row.group(1).split("|")[-1].strip() == stated, (name, row.group(1), stated)

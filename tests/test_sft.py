@@ -4,7 +4,9 @@ masked tokens, a per-token loop for the mask, and the generator's bytes."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 import pytest
 import torch
@@ -205,3 +207,40 @@ def test_a_short_sft_run_teaches_the_format_and_to_stop():
                                       for r in replies)
     assert losses[-1] < losses[0] / 2
     assert answer_like(before) == 0 and answer_like(after) >= 9, (before, after)
+
+
+# ------------------------------------------------------------------------------ the shipped SFT model
+
+def test_the_shipped_sft_model_is_chapter_08s_run_on_the_shipped_base():
+    """data/checkpoints/sft was made by SFT_RECIPE from today's base weights (retrain the base and
+    this must be exported again: python -m solutions.sft --export), it answers at least half of
+    chapter 08's held-out questions exactly (the stored weights, measured at export), and the
+    chapter's notebook runs that same recipe."""
+    from data.manifest import sha256_file
+    from solutions.sft import HELD_OUT, SFT_RECIPE
+
+    meta = json.loads((data.checkpoint_dir("sft") / "config.json").read_text())
+    assert meta["sft"] == SFT_RECIPE
+    assert meta["base_sha256"] == sha256_file(data.checkpoint_dir(SFT_RECIPE["base"]) / "model.safetensors"), (
+        "the base checkpoint changed since data/checkpoints/sft was exported: python -m solutions.sft --export")
+    assert meta["model"] == data.load_checkpoint(SFT_RECIPE["base"])[0]
+    assert meta["held_out"]["exact"] >= 0.5 and meta["held_out"]["format"] >= meta["held_out"]["exact"]
+    assert len(json.loads((data.checkpoint_dir("sft") / "log.json").read_text())["loss"]) == SFT_RECIPE["steps"]
+
+    from autograder.notebooks import source_path  # the chapter's run is the recipe's
+    notebook = json.loads(source_path("08_instruction_tuning").read_text(encoding="utf-8"))
+    sources = "\n".join("".join(c["source"]) for c in notebook["cells"])
+    stated = re.search(r"^RECIPE = (\{.*?\})", sources, re.M)
+    assert stated and ast.literal_eval(stated.group(1)) == {k: v for k, v in SFT_RECIPE.items() if k != "base"}
+    assert 'load_checkpoint("sft")' in sources and f"held_out = test_data[:{HELD_OUT}]" in sources
+
+
+def test_sft_from_base_is_deterministic_and_starts_from_the_base():
+    from solutions.sft import sft_from_base
+
+    torch.set_num_threads(1)
+    (a, losses_a), (b, losses_b) = sft_from_base(steps=2), sft_from_base(steps=2)
+    assert losses_a == losses_b and len(losses_a) == 2 and not a.training
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    _, base = data.load_checkpoint("dense")
+    assert not torch.equal(a.state_dict()["layers.0.self_attn.q_proj.weight"], base["layers.0.self_attn.q_proj.weight"])
