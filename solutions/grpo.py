@@ -39,10 +39,10 @@ nothing but its KL term. :func:`zero_variance_fraction` measures the share of su
 task the policy never solves (pass@G = 0) gives GRPO nothing to learn from.
 
 **The task.** Chapter 08's questions about a story (``data/instructions.py``): the SFT model
-answers some of them right and some wrong, so groups of sampled replies disagree. The
-verifiable reward (:func:`verifiable_reward`) parses the fact the reply states, the last word
-of its first sentence (every answer sentence of the course ends with its fact: "Robin lives in
-Elmford."), and compares it with the story's fact.
+answers about three in four of them exactly right, and gets a name wrong in the others (often
+the hero's name in an answer whose fact is right), so groups of sampled replies disagree. The
+verifiable reward (:func:`verifiable_reward`) reads the reply's first sentence and compares it,
+word for word, with the answer sentence the story's facts make.
 
 As TRL: the std is the unbiased one (``torch.std``), ``eps`` = 1e-4 is added to it, the k3 term is
 added to the loss per token, and the stop token is part of the reply. Where the course differs:
@@ -83,40 +83,43 @@ AGGREGATIONS = ("sequence", "token", "dr_grpo")
 def qa_problems(split: str, count: int | None = None) -> list[dict]:
     """Chapter 08's conversations (``data.instructions``) as problems: dicts with ``prompt``
     (every message but the last: the story, the question and any earlier turn), ``answer`` (the
-    answer sentence), ``fact`` (the word it must state) and ``task`` (what is asked)."""
+    answer sentence, what :func:`verifiable_reward` compares with), ``fact`` (the word asked for)
+    and ``task`` (what is asked)."""
     from data.instructions import load_instructions
 
     return [{"prompt": c["messages"][:-1], "answer": c["answer"], "fact": c["fact"], "task": c["task"]}
             for c in load_instructions(split, count)]
 
 
-def verifiable_reward(reply: str, fact: str) -> float:
-    """1.0 if the fact ``reply`` states is ``fact``, else 0.0: a rule, not a model.
+def verifiable_reward(reply: str, answer: str) -> float:
+    """1.0 if the reply's first sentence is the answer sentence, else 0.0: a rule, not a model.
 
-    The stated fact is the **last word of the reply's first sentence**: the course's answer
-    sentences end with their fact ("Robin lives in Elmford.", "Rusty is a hamster."). The
-    first sentence ends at the first ``.``, ``!`` or ``?`` followed by whitespace (or at the end
-    of the reply); its closing punctuation is not part of the word; words are split on
-    whitespace, and the reply's surrounding whitespace is ignored. Compared exactly: case and
-    accents count ("renée" is not "Renée"), and a word that merely contains the fact
-    ("Hugoline" for "Hugo") is another word. A reply that names the fact only later, after a
-    first sentence stating something else, scores 0: the answer is what it says first. An empty
-    reply scores 0.
+    Both texts are read the same way: surrounding whitespace ignored; the first sentence ends at
+    the first ``.``, ``!`` or ``?`` followed by whitespace (or at the end of the text); its closing
+    punctuation removed; its words split on whitespace. The reward is 1.0 if the two word lists are
+    equal: every name of the answer right, in the right place ("Robin's best friend is Hugo."
+    needs both the hero and the friend), case and accents included. What the reply says after
+    its first sentence does not count (the answer is what it says first), and neither does a
+    missing final period or a doubled space. An empty reply scores 0.
 
-    ``ValueError`` if ``reply`` is not a string, or ``fact`` is not a non-empty single word.
+    ``ValueError`` if ``reply`` or ``answer`` is not a string, or ``answer`` has no word.
     """
-    if not isinstance(reply, str):
-        raise ValueError(f"reply must be a string (the decoded reply), got {type(reply).__name__}")
-    if not isinstance(fact, str) or not fact or fact != fact.strip() or len(fact.split()) != 1:
-        raise ValueError(f"fact must be one word, such as 'Elmford', got {fact!r}")
-    text = reply.strip()
-    end = len(text)
-    for i, char in enumerate(text):  # the first sentence ends at . ! or ? followed by whitespace
-        if char in ".!?" and (i + 1 == len(text) or text[i + 1].isspace()):
-            end = i + 1
-            break
-    words = text[:end].rstrip(".!?").split()  # the first sentence, without its closing punctuation
-    return 1.0 if words and words[-1] == fact else 0.0
+    if not isinstance(reply, str) or not isinstance(answer, str):
+        raise ValueError(f"reply and answer must be strings, got {type(reply).__name__} and {type(answer).__name__}")
+
+    def first_sentence(text: str) -> list[str]:
+        text = text.strip()
+        end = len(text)
+        for i, char in enumerate(text):  # the first sentence ends at . ! or ? followed by whitespace
+            if char in ".!?" and (i + 1 == len(text) or text[i + 1].isspace()):
+                end = i + 1
+                break
+        return text[:end].rstrip(".!?").split()  # without its closing punctuation, split on whitespace
+
+    expected = first_sentence(answer)
+    if not expected:
+        raise ValueError(f"answer {answer!r} has no word: give the answer sentence, such as 'Robin lives in Elmford.'")
+    return 1.0 if first_sentence(reply) == expected else 0.0
 
 
 # ---------------------------------------------------------------------------- advantages
@@ -412,7 +415,7 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
                                       sample_generator):
                 prompts.append(prompt_ids)
                 replies.append(reply)
-                rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["fact"]))
+                rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["answer"]))
         rewards_t = torch.tensor(rewards)  # (n * G,)
         advantages = group_advantages(rewards_t, group_size, scale).to(device)  # (n * G,)
         zero_variance = zero_variance_fraction(rewards_t, group_size)
@@ -459,10 +462,12 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
 @torch.no_grad()
 def accuracy(model: nn.Module, tokenizer, problems: list[dict], max_new_tokens: int = 16,
              progress: bool = False) -> tuple[float, float, list[str]]:
-    """Greedy answers to ``problems``: ``(reward accuracy, exact-match accuracy, replies)``.
+    """Greedy answers to ``problems``: ``(reward accuracy, fact named, replies)``.
 
-    The reward accuracy is the mean :func:`verifiable_reward` (the stated fact is right); exact
-    match compares the whole reply with the answer sentence, as chapter 08 does."""
+    The reward accuracy is the mean :func:`verifiable_reward` (the answer sentence right); "fact
+    named" is chapter 08's looser measure, the share of replies that name the asked fact as a
+    whole word anywhere."""
+    from data.corpus import mentions
     from tqdm.auto import tqdm
 
     end_id = tokenizer.encode_single_token(IM_END)
@@ -474,9 +479,9 @@ def accuracy(model: nn.Module, tokenizer, problems: list[dict], max_new_tokens: 
         replies.append(tokenizer.decode(list(generate(model, prompt_ids, max_new_tokens, stop_tokens={end_id}))).strip())
     model.train(was_training)
     n = max(len(problems), 1)
-    right = sum(verifiable_reward(r, p["fact"]) for r, p in zip(replies, problems)) / n
-    exact = sum(r == p["answer"] for r, p in zip(replies, problems)) / n
-    return right, exact, replies
+    right = sum(verifiable_reward(r, p["answer"]) for r, p in zip(replies, problems)) / n
+    fact = sum(mentions(r, p["fact"]) for r, p in zip(replies, problems)) / n
+    return right, fact, replies
 
 
 @torch.no_grad()
@@ -495,7 +500,7 @@ def pass_at_k(model: nn.Module, tokenizer, problems: list[dict], k: int = 8, max
     for problem in tqdm(problems, desc=f"pass@{k}", unit="question", disable=not progress, leave=False):
         prompt_ids = render_chat(tokenizer, problem["prompt"], add_generation_prompt=True)
         for reply in sample_group(model, prompt_ids, k, max_new_tokens, temperature, end_id, pad_id, generator):
-            rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["fact"]))
+            rewards.append(verifiable_reward(tokenizer.decode([t for t in reply if t != end_id]), problem["answer"]))
     grouped = torch.tensor(rewards).view(-1, k)  # (n, k)
     zero = (grouped.amax(dim=1) == grouped.amin(dim=1)).float().mean().item()
     return (grouped.amax(dim=1) > 0).float().mean().item(), grouped.mean().item(), zero

@@ -37,28 +37,30 @@ def test_qa_problems_are_chapter_08s_questions():
     for p, c in zip(problems, conversations):
         assert p["prompt"] == c["messages"][:-1] and p["prompt"][-1]["role"] == "user"
         assert p["answer"] == c["messages"][-1]["content"] and p["fact"] == c["fact"] and p["task"] == c["task"]
-        # the answer sentence states its fact as its last word: the verifiable reward's rule
-        assert verifiable_reward(p["answer"], p["fact"]) == 1.0
+        # the answer sentence is right, and names the fact as its last word
+        assert verifiable_reward(p["answer"], p["answer"]) == 1.0 and p["answer"].rstrip(".").endswith(p["fact"])
 
 
-@pytest.mark.parametrize("reply, fact, reward", [
-    ("Robin lives in Elmford.", "Elmford", 1.0), ("Elmford.", "Elmford", 1.0), ("  Rusty is a hamster \n", "hamster", 1.0),
-    ("Rusty is a parrot! What a bird.", "parrot", 1.0), ("The story is about Ned. Mia lives in Elmford.", "Ned", 1.0),
-    ("Lucia's best friend is Nedra.", "Ned", 0.0), ("Lucia's best friend is Mia. Ned is next door.", "Ned", 0.0),
-    ("The story is about ned.", "Ned", 0.0), ("The story is about Renee.", "Renée", 0.0),
-    ("The story is about Renée.", "Renée", 1.0), ("", "Ned", 0.0), ("...", "Ned", 0.0),
-    ("Ned lives in Elmford", "Ned", 0.0),
+@pytest.mark.parametrize("reply, answer, reward", [
+    ("Robin lives in Elmford.", "Robin lives in Elmford.", 1.0), ("Robin lives in Elmford", "Robin lives in Elmford.", 1.0),
+    ("  Rusty is  a hamster \n", "Rusty is a hamster.", 1.0), ("Rusty is a parrot! What a bird.", "Rusty is a parrot.", 1.0),
+    ("The story is about Ned. Mia lives in Elmford.", "The story is about Ned.", 1.0),
+    ("Lucia's best friend is Ned.", "Mia's best friend is Ned.", 0.0),  # the right fact, the wrong hero
+    ("Robin lives in Elmfordshire.", "Robin lives in Elmford.", 0.0), ("I think Robin lives in Elmford.", "Robin lives in Elmford.", 0.0),
+    ("The story is about Mia. The story is about Ned.", "The story is about Ned.", 0.0),
+    ("The story is about ned.", "The story is about Ned.", 0.0), ("The story is about Renee.", "The story is about Renée.", 0.0),
+    ("", "The story is about Ned.", 0.0), ("Elmford.", "Robin lives in Elmford.", 0.0),
 ])
-def test_verifiable_reward(reply, fact, reward):
-    assert verifiable_reward(reply, fact) == reward
+def test_verifiable_reward(reply, answer, reward):
+    assert verifiable_reward(reply, answer) == reward
 
 
 def test_verifiable_reward_errors():
-    for fact in ("", "Elm Ford", " Ned", None):
-        with pytest.raises(ValueError, match="fact"):
-            verifiable_reward("Ned.", fact)
+    for answer in ("", "  ", "...", None):
+        with pytest.raises(ValueError):
+            verifiable_reward("Ned.", answer)
     with pytest.raises(ValueError, match="string"):
-        verifiable_reward(None, "Ned")
+        verifiable_reward(None, "Ned.")
 
 
 # ------------------------------------------------------------------------ advantages
@@ -343,7 +345,7 @@ def test_the_loop_scores_replies_and_uses_their_advantages(tokenizer, monkeypatc
     problems = qa_problems("train", 1) * 2  # the same question twice: the shuffle cannot matter
     end = tokenizer.encode_single_token("<|im_end|>")
     right = tokenizer.encode_ordinary(problems[0]["answer"]) + [end]
-    wrong = tokenizer.encode_ordinary("no idea.") + [end]
+    wrong = tokenizer.encode_ordinary("no idea.") + [end]  # (verifiable_reward compares with the answer sentence)
     script = iter([[right, wrong, wrong, right], [wrong, right, wrong, wrong]])
     monkeypatch.setattr(grpo, "sample_group", lambda *args, **kwargs: next(script))
     policy = tiny_model()
@@ -364,8 +366,8 @@ def test_accuracy_and_pass_at_k_on_scripted_replies(tokenizer, monkeypatch):
     monkeypatch.setattr(grpo, "sample_group", lambda *args, **kwargs: next(groups))
     passed, mean, zero = pass_at_k(tiny_model(), tokenizer, problems, k=2)
     assert passed == pytest.approx(2 / 3) and mean == pytest.approx(3 / 6) and zero == pytest.approx(2 / 3)
-    right, exact, replies = accuracy(tiny_model(), tokenizer, problems, max_new_tokens=2)
-    assert len(replies) == 3 and 0 <= exact <= right <= 1
+    right, fact, replies = accuracy(tiny_model(), tokenizer, problems, max_new_tokens=2)
+    assert len(replies) == 3 and 0 <= right <= 1 and 0 <= fact <= 1
 
 
 # ------------------------------------------------------------------------ the checks
@@ -379,11 +381,14 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
 
     from autograder.core import lookup, run
 
-    def reward_by_regex(reply, fact):
-        verifiable_reward("", fact)  # the checks
-        first = re.match(r"\s*(.*?[.!?])(?:\s|$)", reply + " ", re.S)
-        sentence = (first.group(1) if first else reply).strip().rstrip(".!?")
-        return float(bool(sentence.split()) and sentence.split()[-1] == fact)
+    def reward_by_regex(reply, answer):
+        verifiable_reward("", answer)  # the checks
+
+        def words(text):
+            match = re.match(r"\s*(.*?[.!?])(?:\s|$)", text + " ", re.S)
+            return (match.group(1) if match else text).strip().rstrip(".!?").split()
+
+        return float(words(reply) == words(answer))
 
     def advantages_by_loop(rewards, group_size, scale="std"):
         group_advantages(rewards, group_size, scale)  # the checks

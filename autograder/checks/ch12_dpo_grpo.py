@@ -409,110 +409,111 @@ register(Checkpoint(
 # ---------------------------------------------------------------------------- 12.verifiable_reward
 
 
-def _reward_variant(kind: str):
+def _first_sentence(text: str, strip_punctuation: bool = True) -> list[str]:
+    """The words of ``text``'s first sentence, as the reference reads them (or keeping the closing
+    punctuation on the last word)."""
     import re
 
-    def wrong(reply, fact):
+    first = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
+    return (first.rstrip(".!?") if strip_punctuation else first).split()
+
+
+def _reward_variant(kind: str):
+    def wrong(reply, answer):
         if kind != "no_checks":
-            grpo("verifiable_reward")(reply, fact)
-        text = reply.strip()
-        first = re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0]
+            grpo("verifiable_reward")(reply, answer)
         if kind == "substring":
-            return 1.0 if fact in reply else 0.0
-        if kind == "mentions":
-            return 1.0 if re.search(rf"(?<!\w){re.escape(fact)}(?!\w)", reply) else 0.0
-        if kind == "last_word":
-            words = text.rstrip(".!?").split()
-        elif kind == "punctuation":
-            words = first.split()
-        else:
-            words = first.rstrip(".!?").split()
-        if not words:
-            return 0.0
-        if kind == "first_word":
-            return 1.0 if words[0].rstrip(".!?,") == fact else 0.0
+            return 1.0 if answer.strip() in reply else 0.0
+        if kind == "whole_reply":
+            return 1.0 if reply.strip().rstrip(".!?") == answer.strip().rstrip(".!?") else 0.0
+        if kind == "fact_only":
+            got, want = _first_sentence(reply), _first_sentence(answer)
+            return 1.0 if got and got[-1] == want[-1] else 0.0
         if kind == "case":
-            return 1.0 if words[-1].lower() == fact.lower() else 0.0
-        return 1.0 if words[-1] == fact else 0.0
+            return 1.0 if [w.lower() for w in _first_sentence(reply)] == [w.lower() for w in _first_sentence(answer)] \
+                else 0.0
+        if kind == "punctuation":
+            return 1.0 if _first_sentence(reply, False) == _first_sentence(answer, False) else 0.0
+        if kind == "startswith":
+            return 1.0 if reply.strip().startswith(answer.strip().rstrip(".!?")) else 0.0
+        return 1.0 if _first_sentence(reply) == _first_sentence(answer) else 0.0  # no_checks
 
     wrong.__name__ = f"verifiable_reward_{kind}"
     return wrong
 
 
-REWARD_MISTAKES = ("substring", "mentions", "last_word", "punctuation", "first_word", "case", "no_checks")
+REWARD_MISTAKES = ("substring", "whole_reply", "fact_only", "case", "punctuation", "startswith", "no_checks")
 
 NAMES = ("Hugo", "Mia", "Ned", "Lucia", "Theo", "Renée", "Zoë", "Ben")
 TOWNS = ("Elmford", "Silverbury", "Riverwell", "Oakmere", "Hawkstead")
-PETS = ("hamster", "parrot", "rabbit", "tortoise")
 
 
 def reward_cases(rng: random.Random) -> list[Case]:
-    def case(label, reply, fact, hint="default"):
-        return Case(label, (reply, fact), hint)
+    def case(label, reply, answer, hint="default"):
+        return Case(label, (reply, answer), hint)
 
     cases = [
-        case("an answer sentence stating the fact", "Robin lives in Elmford.", "Elmford", "punctuation"),
-        case("the fact is the sentence's last word, not its first", "Lucia's best friend is Ned.", "Ned", "first_word"),
-        case("a longer name that contains the fact is another name", "Lucia's best friend is Nedra.", "Ned",
-             "substring"),
-        case("a wrong answer first, the fact only in a later sentence", "Lucia's best friend is Mia. Ned is her "
-             "neighbour.", "Ned", "mentions"),
-        case("the first sentence states the fact; later sentences do not change the answer",
-             "The story is about Ned. Ned lives in Elmvale.", "Ned", "last_word"),
-        case("a later sentence ending with the fact does not make a wrong first answer right",
-             "The story is about Mia. Mia lives in Elmford.", "Elmford", "last_word"),
-        case("the fact in the wrong case is another word", "The story is about ned.", "Ned", "case"),
-        case("surrounding whitespace and no closing period", "  Rusty is a hamster\n", "hamster"),
-        case("an exclamation mark ends a sentence too", "Rusty is a parrot! What a bird.", "parrot", "last_word"),
-        case("accents count: Renée is not Renee", "The story is about Renee.", "Renée", "case"),
-        case("the bare fact is an answer", "Silverbury.", "Silverbury"),
-        case("an empty reply states nothing", "", "Hugo"),
-        case("a fact of '': ValueError (every empty reply would be right)", "Robin lives in Elmford.", "", "no_checks"),
-        case("a fact of two words: ValueError (a fact is one word)", "Robin lives in Elm Ford.", "Elm Ford",
-             "no_checks"),
+        case("the answer sentence itself", "Robin lives in Elmford.", "Robin lives in Elmford."),
+        case("the answer without its closing period", "Robin lives in Elmford", "Robin lives in Elmford.",
+             "punctuation"),
+        case("the right fact after the wrong hero: every name counts", "Lucia's best friend is Ned.",
+             "Mia's best friend is Ned.", "fact_only"),
+        case("the answer inside a longer first sentence is not the answer", "I think Robin lives in Elmford.",
+             "Robin lives in Elmford.", "substring"),
+        case("a longer name that starts like the fact is another name", "Robin lives in Elmfordshire.",
+             "Robin lives in Elmford.", "startswith"),
+        case("the right answer first, then more: the answer is the first sentence",
+             "The story is about Ned. Ned lives in Elmvale.", "The story is about Ned.", "whole_reply"),
+        case("a wrong answer first, the right one after it: wrong", "The story is about Mia. The story is about Ned.",
+             "The story is about Ned.", "substring"),
+        case("a name in the wrong case is another name", "The story is about ned.", "The story is about Ned.",
+             "case"),
+        case("accents count: Renee is not Renée", "The story is about Renee.", "The story is about Renée.", "case"),
+        case("surrounding whitespace and a doubled space do not count", "  Rusty is  a hamster.\n",
+             "Rusty is a hamster.", "whole_reply"),
+        case("an exclamation mark ends a sentence too", "Rusty is a parrot! What a bird.", "Rusty is a parrot.",
+             "whole_reply"),
+        case("an empty reply is wrong", "", "The story is about Ned."),
+        case("an answer of '': ValueError (every empty reply would be right)", "", "", "no_checks"),
+        case("an answer of only punctuation: ValueError", "...", "...", "no_checks"),
     ]
     for n in range(6):
-        name, friend = rng.sample(NAMES, 2)
+        hero, friend = rng.sample(NAMES, 2)
         town, other = rng.sample(TOWNS, 2)
-        kind = rng.choice(["right", "wrong", "ramble", "bare"])
-        if kind == "right":
-            reply, fact = f"{name} lives in {town}.", town
-        elif kind == "wrong":
-            reply, fact = f"{name}'s best friend is {friend}.", name
-        elif kind == "ramble":
-            reply, fact = f"{name} lives in {other}. {name} loves {town}.", rng.choice([town, other])
-        else:
-            reply, fact = f"{rng.choice(PETS)}.", rng.choice(PETS)
-        cases.append(case(f"a random reply (case {n + 1})", reply, fact))
+        answer = f"{hero} lives in {town}."
+        kind = rng.choice(["right", "wrong_hero", "wrong_town", "ramble", "bare"])
+        reply = {"right": answer, "wrong_hero": f"{friend} lives in {town}.", "wrong_town": f"{hero} lives in {other}.",
+                 "ramble": f"{answer} {hero} loves {other}.", "bare": f"{town}."}[kind]
+        cases.append(case(f"a random reply (case {n + 1})", reply, answer))
     return cases
 
 
 register(Checkpoint(
     id="12.verifiable_reward",
     points=1,
-    title="a verifiable reward: the fact a reply states, compared with the truth",
-    signature="verifiable_reward(reply, fact)",
+    title="a verifiable reward: the reply's first sentence against the answer sentence, word for word",
+    signature="verifiable_reward(reply, answer)",
     cases=reward_cases,
     reference=grpo("verifiable_reward"),
     tol=0.0,
     fingerprints=[(kind, _reward_variant(kind)) for kind in REWARD_MISTAKES],
     hints={
-        "default": "Strip the reply; its first sentence ends at the first '.', '!' or '?' followed by whitespace (or at "
-        "the end); remove that closing punctuation, split on whitespace, and compare the last word with fact exactly: "
-        "return 1.0 if equal, else 0.0 (and 0.0 for an empty reply). ValueError unless fact is one non-empty word.",
-        "substring": "`fact in reply` also matches a longer word that contains the fact ('Nedra' for 'Ned') and a fact "
-        "mentioned anywhere: compare the stated word, the last word of the first sentence, with the fact exactly.",
-        "mentions": "Naming the fact somewhere is not answering with it: a reply listing several names would always "
-        "win (reward hacking). Compare the last word of the first sentence only.",
-        "last_word": "The answer is the first sentence's last word, not the whole reply's: a first sentence stating "
-        "something else is a wrong answer, whatever comes after it.",
-        "punctuation": "Remove the sentence's closing punctuation before comparing: 'Elmford.' is not 'Elmford', so "
-        "every answer sentence would score 0.",
-        "first_word": "The course's answer sentences end with their fact ('Lucia's best friend is Ned.'): compare the "
-        "last word of the first sentence, not its first word.",
+        "default": "Read reply and answer the same way: strip; the first sentence ends at the first '.', '!' or '?' "
+        "followed by whitespace (or at the end); remove that closing punctuation; split on whitespace. Return 1.0 if "
+        "the two word lists are equal, else 0.0. ValueError if answer has no word.",
+        "substring": "`answer in reply` is true for a reply that says something else first, or wraps the answer in "
+        "other words: compare the reply's first sentence with the answer, word for word.",
+        "whole_reply": "Read only the reply's first sentence, with its words split on whitespace: what comes after it "
+        "(or a doubled space) does not change the answer.",
+        "fact_only": "Every name of the answer sentence must be right, not only its last word: a reply with the right "
+        "fact about the wrong person is a wrong answer. Compare the whole first sentence.",
         "case": "Compare exactly: a name in the wrong case, or without its accent, is not the story's name.",
-        "no_checks": "Raise ValueError unless fact is a non-empty single word: an empty fact would match every empty "
-        "reply, and a fact of two words can never be one stated word.",
+        "punctuation": "Remove the first sentence's closing punctuation (of both texts) before comparing: 'Elmford' "
+        "and 'Elmford.' are the same answer.",
+        "startswith": "A reply that starts like the answer may go on with a longer word ('Elmfordshire'): compare the "
+        "first sentence's words, not the characters it starts with.",
+        "no_checks": "Raise ValueError if answer has no word once read (an empty answer, or only punctuation): every "
+        "empty reply would match it.",
     },
 ))
 

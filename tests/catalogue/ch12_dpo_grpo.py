@@ -303,57 +303,56 @@ def variants_without_checks(pi_chosen, pi_rejected, ref_chosen, ref_rejected, be
 # ------------------------------------------------------------------------------ 12.verifiable_reward
 
 
-def _fact_checked(fact):
-    verifiable_reward("", fact)  # the checks
+def _answer_checked(answer):
+    verifiable_reward("", answer)  # the checks
+
+
+def _words(text):
+    first = re.split(r"(?<=[.!?])\s+", text.strip())[0]
+    return first.rstrip(".!?").split()
 
 
 @mistake("12.verifiable_reward", "substring")
-def reward_if_the_fact_is_in_the_reply(reply, fact):
-    _fact_checked(fact)
-    return float(fact in reply)
+def reward_if_the_answer_is_in_the_reply(reply, answer):
+    _answer_checked(answer)
+    return float(answer in reply)
 
 
-@mistake("12.verifiable_reward", "mentions")
-def reward_if_the_fact_is_named_anywhere(reply, fact):
-    _fact_checked(fact)
-    return 1.0 if fact in re.findall(r"\w+", reply) else 0.0
+@mistake("12.verifiable_reward", "whole_reply")
+def reward_for_the_whole_reply(reply, answer):
+    _answer_checked(answer)
+    return 1.0 if reply.strip().rstrip(".!?") == answer.strip().rstrip(".!?") else 0.0
 
 
-@mistake("12.verifiable_reward", "last_word")
-def reward_from_the_replys_last_word(reply, fact):
-    _fact_checked(fact)
-    words = reply.strip().rstrip(".!?").split()
-    return 1.0 if words and words[-1] == fact else 0.0
-
-
-@mistake("12.verifiable_reward", "punctuation")
-def reward_keeping_the_period(reply, fact):
-    _fact_checked(fact)
-    first = re.split(r"(?<=[.!?])\s+", reply.strip())[0]
-    words = first.split()
-    return 1.0 if words and words[-1] == fact else 0.0  # "Elmford." != "Elmford"
-
-
-@mistake("12.verifiable_reward", "first_word")
-def reward_from_the_first_word(reply, fact):
-    _fact_checked(fact)
-    words = reply.replace(".", " ").split()
-    return 1.0 if words and words[0] == fact else 0.0
+@mistake("12.verifiable_reward", "fact_only")
+def reward_for_the_last_word(reply, answer):
+    _answer_checked(answer)
+    got = _words(reply)
+    return 1.0 if got and got[-1] == _words(answer)[-1] else 0.0  # "the fact is what matters"
 
 
 @mistake("12.verifiable_reward", "case")
-def reward_ignoring_case(reply, fact):
-    _fact_checked(fact)
+def reward_ignoring_case(reply, answer):
+    _answer_checked(answer)
+    return 1.0 if [w.casefold() for w in _words(reply)] == [w.casefold() for w in _words(answer)] else 0.0
+
+
+@mistake("12.verifiable_reward", "punctuation")
+def reward_keeping_the_period(reply, answer):
+    _answer_checked(answer)
     first = re.split(r"(?<=[.!?])\s+", reply.strip())[0]
-    words = first.rstrip(".!?").split()
-    return 1.0 if words and words[-1].lower() == fact.lower() else 0.0
+    return 1.0 if first.split() == answer.split() else 0.0
+
+
+@mistake("12.verifiable_reward", "startswith")
+def reward_if_the_reply_starts_with_the_answer(reply, answer):
+    _answer_checked(answer)
+    return 1.0 if reply.strip().startswith(answer.strip().rstrip(".")) else 0.0
 
 
 @mistake("12.verifiable_reward", "no_checks")
-def reward_without_checks(reply, fact):
-    first = re.split(r"(?<=[.!?])\s+", reply.strip())[0]
-    words = first.rstrip(".!?").split()
-    return 1.0 if words and words[-1] == fact else 0.0
+def reward_without_checks(reply, answer):
+    return 1.0 if _words(reply) == _words(answer) else 0.0
 
 
 # ------------------------------------------------------------------------------ 12.group_advantages
