@@ -18,6 +18,16 @@ recorded in ``tests/printed/<chapter>.json`` by
   largest change is chapter 06's MoE validation loss, 5.7067 -> 5.7152 (0.15%), and rounding
   errors such as 8.9e-08 -> 1.3e-07.
 
+- **Cells whose printed text is chaotic across CPUs** are marked in the source notebook with
+  cell metadata ``{"course": {"printed": "machine-dependent"}}``: a reinforcement-learning run
+  (chapter 11's PPO samples its own training data, so one flipped token changes every later step)
+  or the replies of a briefly fine-tuned model (chapter 08's 80-step run, where several answers
+  sit between two names). Measured under ``ATEN_CPU_CAPABILITY=avx2`` against an AVX-512
+  recording: chapter 11's gold score after PPO +0.844 -> +0.875 and its KL 1.28 -> 0.83, chapter
+  08's 80-step replies with other names. Such a cell is compared exactly on the recording
+  machine and, on any other, must still print the same number of lines; every other cell keeps
+  the rules above.
+
 A notebook whose code changed is re-recorded with the command above (CI never records).
 """
 
@@ -64,6 +74,16 @@ def printed_text(nb) -> list[str]:
     return out
 
 
+MACHINE_DEPENDENT = "machine-dependent"
+
+
+def machine_dependent_cells(nb) -> set[int]:
+    """Indexes (among code cells, as in :func:`printed_text`) of the cells marked as printing
+    machine-dependent text."""
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    return {i for i, c in enumerate(code) if c.metadata.get("course", {}).get("printed") == MACHINE_DEPENDENT}
+
+
 def record_path(chapter: str) -> Path:
     return RECORD_DIR / f"{chapter}.json"
 
@@ -85,8 +105,10 @@ def _unit(token: str) -> float:
     return 10.0 ** (exponent - decimals)
 
 
-def differences(recorded: list[str], printed: list[str], *, exact: bool) -> list[str]:
-    """Why ``printed`` is not what was recorded: an empty list when it is."""
+def differences(recorded: list[str], printed: list[str], *, exact: bool,
+                machine_dependent: set[int] = frozenset()) -> list[str]:
+    """Why ``printed`` is not what was recorded: an empty list when it is. ``machine_dependent``:
+    code cells that, on another machine (``exact`` false), need only print as many lines."""
     if len(recorded) != len(printed):
         return [f"{len(printed)} code cells, {len(recorded)} recorded: re-record with `python -m tests.printed`"]
     found = []
@@ -95,6 +117,11 @@ def differences(recorded: list[str], printed: list[str], *, exact: bool) -> list
             continue
         if exact:
             found.append(f"code cell {index}: printed\n{now!r}\nrecorded\n{was!r}")
+            continue
+        if index in machine_dependent:
+            if now.count("\n") != was.count("\n"):
+                found.append(f"code cell {index} (machine-dependent): printed {now.count(chr(10))} lines, "
+                             f"{was.count(chr(10))} recorded")
             continue
         words_was, words_now = NUMBER.split(was), NUMBER.split(now)
         numbers_was, numbers_now = [m.group(0) for m in NUMBER.finditer(was)], [m.group(0) for m in NUMBER.finditer(now)]
