@@ -764,11 +764,17 @@ def _policy_model(config, weights):
     return model
 
 
-def _early_stop(model, prompt, temperature, seed) -> int:
-    """A stop id the policy draws early in its reply to ``prompt`` (sampled with ``seed``), never
-    as its first token (a reply of the stop token alone hides a dropped stop token), never the pad."""
-    reply, _ = ppo("sample_reply")(model, prompt, 6, temperature, -1, (PAD,), torch.Generator().manual_seed(seed))
-    return next(t for t in reply[1:] if t not in reply[:1])
+def _early_stop(model, prompt, temperature, seed) -> tuple[int, int]:
+    """``(stop id, seed)``: a stop id the policy draws early in its reply to ``prompt``, sampled
+    with ``seed`` (or the next seed whose reply has one), never as its first token (a reply of
+    the stop token alone hides a dropped stop token), never the pad."""
+    for attempt in range(100):
+        generator = torch.Generator().manual_seed(seed + attempt)
+        reply, _ = ppo("sample_reply")(model, prompt, 6, temperature, -1, (PAD,), generator)
+        later = [t for t in reply[1:] if t != reply[0]]
+        if later:  # some seeds draw the same token six times
+            return later[0], seed + attempt
+    raise RuntimeError("no seed found whose reply has a second distinct token")
 
 
 def _pad_matters(model, rng, prompt, max_new_tokens, temperature) -> int:
@@ -804,8 +810,7 @@ def rollout_cases(rng: random.Random) -> list[Case]:
 
     model = _policy_model(POLICY, policy)
     first = prompts(4, 6)
-    seed = rng.randrange(2**31)
-    stop = _early_stop(model, first[0], 1.0, seed)
+    stop, seed = _early_stop(model, first[0], 1.0, rng.randrange(2**31))
     long_prompt = prompts(3)
     return [
         case("two prompts at temperature 1: the reference's log-probs come from the reference model", prompts(5, 3), 5,
