@@ -348,7 +348,7 @@ def export_sft(export_dir=None, progress: bool = True) -> dict:
     import time
     from pathlib import Path
 
-    from data import CHECKPOINTS_DIR, checkpoint_dir, course_tokenizer, load_checkpoint
+    from data import CHECKPOINTS_DIR, checkpoint_dir, course_tokenizer
     from data.manifest import sha256_file
     from solutions.train import register_checkpoint, save_weights
 
@@ -356,12 +356,13 @@ def export_sft(export_dir=None, progress: bool = True) -> dict:
     start = time.perf_counter()
     model, losses = sft_from_base(progress=progress)
     seconds = time.perf_counter() - start
-    model_config, _ = load_checkpoint(SFT_RECIPE["base"])
+    base_dir = checkpoint_dir(SFT_RECIPE["base"])
+    model_config = json.loads((base_dir / "config.json").read_text())["model"]  # the base's, without its weights again
     stored = save_weights(model, model_config, export_dir / "model.safetensors")
     meta = {"name": "sft", "description": f"The {SFT_RECIPE['base']} model after chapter 08's instruction tuning "
                                           "(ChatML, prompt-masked loss): the policy chapters 10-12 start from.",
             "model": model_config, "sft": SFT_RECIPE,
-            "base_sha256": sha256_file(checkpoint_dir(SFT_RECIPE["base"]) / "model.safetensors"),
+            "base_sha256": sha256_file(base_dir / "model.safetensors"),
             "held_out": {k: round(v, 4) for k, v in held_out_scores(stored, course_tokenizer()).items()},
             "params": sum(p.numel() for p in stored.parameters()), "dtype": "bfloat16",
             "train_seconds": round(seconds, 1), "torch": torch.__version__, "threads": torch.get_num_threads()}

@@ -677,8 +677,6 @@ def export(model: Transformer, config: dict, log: dict, export_dir: str | Path, 
     log and ``data/MANIFEST.json``, with the stored weights' copying probe
     (:func:`probe_shipped_model`) and their loss on :data:`SPOT_CHECK_WINDOWS` windows (what a
     test reproduces from a fresh load) in ``config.json``. Returns that loss."""
-    from safetensors.torch import save_file
-
     export_dir = Path(export_dir)
     stored = save_weights(model, config["model"], export_dir / "model.safetensors", dtype)
     val_loss = round(evaluate(stored, val_tokens, config["train"]["block_size"]), 6)
@@ -716,11 +714,16 @@ def save_weights(model: nn.Module, model_config: dict, path: Path, dtype: torch.
         del state["lm_head.weight"]
     # one metadata key: safetensors writes a map of several in random order, and the file must be the same bits
     save_file(state, str(path), metadata={"format": "pt"})
-    stored = build_model(model_config, 0)
-    stored.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    return stored_model(model_config, state)
+
+
+def stored_model(model_config: dict, state: dict) -> Transformer:
+    """A float32 model holding a stored state dict (a tied embedding stored once, shared again)."""
+    model = build_model(model_config, 0)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
     if model_config.get("tie_embeddings"):
-        stored.lm_head.weight = stored.embed_tokens.weight
-    return stored
+        model.lm_head.weight = model.embed_tokens.weight
+    return model
 
 
 def record_probe(export_dir: str | Path) -> dict:
@@ -731,12 +734,7 @@ def record_probe(export_dir: str | Path) -> dict:
 
     export_dir = Path(export_dir)
     meta = json.loads((export_dir / "config.json").read_text())
-    model = build_model(meta["model"], 0)
-    state = {k: v.float() for k, v in load_file(str(export_dir / "model.safetensors")).items()}
-    model.load_state_dict(state, strict=False)
-    if meta["model"].get("tie_embeddings"):
-        model.lm_head.weight = model.embed_tokens.weight
-    probe = probe_shipped_model(model)
+    probe = probe_shipped_model(stored_model(meta["model"], load_file(str(export_dir / "model.safetensors"))))
     keys = list(meta)
     meta = {k: v for k, v in meta.items() if k != "copying_probe"}
     at = keys.index("val_tokens") + 1 if "val_tokens" in keys else len(keys)
