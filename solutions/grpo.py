@@ -55,7 +55,8 @@ only acts with ``updates_per_batch > 1``.
 
 This module has, in the order the chapter builds them:
 
-* :func:`qa_problems` and :func:`verifiable_reward`: the task and its rule-checked reward;
+* :func:`qa_problems`, :func:`rl_problems` and :func:`verifiable_reward`: the task (chapter 08's
+  questions; new questions for training) and its rule-checked reward;
 * :func:`group_advantages` and :func:`zero_variance_fraction`: group-relative advantages, and
   the share of groups that carry no gradient;
 * :func:`k3_kl` and :func:`grpo_loss`: the per-token KL estimate, and the clipped surrogate
@@ -89,6 +90,21 @@ def qa_problems(split: str, count: int | None = None) -> list[dict]:
 
     return [{"prompt": c["messages"][:-1], "answer": c["answer"], "fact": c["fact"], "task": c["task"]}
             for c in load_instructions(split, count)]
+
+
+def rl_problems(split: str, count: int | None = None) -> list[dict]:
+    """The questions of ``data.preferences``' pairs (the prompts chapters 10-12 share) as problems, in
+    :func:`qa_problems`' form: ``answer`` is the pair's chosen reply, the answer sentence.
+
+    Their stories come from other seed streams than chapter 08's, so the SFT model never trained on
+    them. That is what RL needs (InstructGPT keeps separate prompt sets for SFT, the reward model
+    and PPO): on its own training questions the SFT model has memorised most answers, and its wrong
+    samples there are few and idiosyncratic, so a group rarely disagrees for a reason that carries
+    over to new questions."""
+    from data.preferences import load_preferences
+
+    return [{"prompt": p["prompt"], "answer": p["chosen"], "fact": p["fact"], "task": p["task"]}
+            for p in load_preferences(split, count)]
 
 
 def verifiable_reward(reply: str, answer: str) -> float:
@@ -361,7 +377,7 @@ def grpo_train(policy: nn.Module, reference: nn.Module | None, problems: list[di
                temperature: float = 1.0, aggregation: str = "sequence", scale: str = "std",
                updates_per_batch: int = 1, grad_clip: float = 1.0, seed: int = 0,
                progress: bool = False) -> dict[str, list[float]]:
-    """Train ``policy`` with GRPO on ``problems`` (:func:`qa_problems`); return per-step stats.
+    """Train ``policy`` with GRPO on ``problems`` (:func:`rl_problems`); return per-step stats.
 
     Each step: ``prompts_per_step`` problems (a shuffled order from ``seed``); for each,
     :func:`sample_group` of ``group_size`` replies at ``temperature`` from the current policy

@@ -11,7 +11,7 @@ import torch
 
 from solutions.dpo import frozen_copy
 from solutions.grpo import (accuracy, group_advantages, grpo_loss, grpo_train, k3_kl, pass_at_k, qa_problems,
-                            sample_group, verifiable_reward, zero_variance_fraction)
+                            rl_problems, sample_group, verifiable_reward, zero_variance_fraction)
 from solutions.model import LlamaConfig, Transformer
 
 TOL = 1e-6
@@ -39,6 +39,21 @@ def test_qa_problems_are_chapter_08s_questions():
         assert p["answer"] == c["messages"][-1]["content"] and p["fact"] == c["fact"] and p["task"] == c["task"]
         # the answer sentence is right, and names the fact as its last word
         assert verifiable_reward(p["answer"], p["answer"]) == 1.0 and p["answer"].rstrip(".").endswith(p["fact"])
+
+
+def test_rl_problems_are_new_questions_in_the_same_form():
+    from data.instructions import load_instructions
+    from data.preferences import load_preferences
+
+    problems, pairs = rl_problems("train", 50), load_preferences("train", 50)
+    assert [p["prompt"] for p in problems] == [q["prompt"] for q in pairs]
+    for p in problems:
+        assert p["prompt"][-1]["role"] == "user" and set(p) == {"prompt", "answer", "fact", "task"}
+        assert p["answer"].rstrip(".").endswith(p["fact"])
+        assert verifiable_reward(p["answer"], p["answer"]) == 1.0
+    # none of them is a question the SFT model trained on
+    seen = {c["messages"][-2]["content"] for c in load_instructions("train")}
+    assert not seen & {p["prompt"][-1]["content"] for p in rl_problems("train")}
 
 
 @pytest.mark.parametrize("reply, answer, reward", [
