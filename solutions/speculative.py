@@ -168,6 +168,23 @@ def speedup_bound(alpha: float, gamma: int, c: float) -> float:
     return expected_tokens(alpha, gamma) / (gamma * c + 1)
 
 
+def alpha_needed(goal: float, gamma: int, c: float, v: float = 1.0) -> float | None:
+    r"""The smallest acceptance rate whose expected speed-up reaches ``goal``, or ``None`` if none does.
+
+    The speed-up of a step is :math:`\mathbb{E}[\text{tokens}] / (\gamma c + v)` (``v``: a target pass
+    on :math:`\gamma + 1` positions over a pass on one; 1 in :func:`speedup_bound`). It grows with
+    :math:`\alpha`, to :math:`(\gamma + 1) / (\gamma c + v)` for a draft that is always right: below
+    ``goal`` there, no draft of cost ``c`` reaches it at this ``gamma``, however well trained.
+    Found by bisection to about 1e-12."""
+    if (gamma + 1) / (gamma * c + v) < goal:
+        return None
+    low, high = 0.0, 1.0
+    for _ in range(40):
+        mid = (low + high) / 2
+        low, high = (mid, high) if expected_tokens(mid, gamma) / (gamma * c + v) < goal else (low, mid)
+    return high
+
+
 # --------------------------------------------------------------------------- the loop
 
 

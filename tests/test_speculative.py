@@ -323,3 +323,16 @@ def test_mismatched_vocabularies_empty_prompt_and_context():
         speedup_bound(0.5, 3, -1.0)
     with pytest.raises(ValueError, match="same tokenizer"):
         check_speculative(4, 0.0, 4096, 32000)
+
+
+def test_alpha_needed_solves_the_speedup_for_alpha():
+    from solutions.speculative import alpha_needed
+
+    # gamma 2, a free draft, v = 1: 1 + alpha + alpha^2 = 2 at the golden ratio's conjugate
+    assert alpha_needed(2.0, 2, 0.0) == pytest.approx((5 ** 0.5 - 1) / 2, abs=1e-9)
+    for gamma, c, v in ((4, 0.2, 1.5), (8, 0.1, 1.8), (3, 0.0, 1.0)):
+        alpha = alpha_needed(2.0, gamma, c, v)
+        assert alpha is not None and 0 < alpha <= 1
+        assert expected_tokens(alpha, gamma) / (gamma * c + v) == pytest.approx(2.0, abs=1e-6)
+    # a draft that is always right gains (gamma + 1) / (gamma c + v): below the goal, no alpha will do
+    assert alpha_needed(2.0, 1, 0.26, 1.11) is None and alpha_needed(2.0, 4, 0.26, 1.5) is None
