@@ -84,11 +84,12 @@ def _validated_k(fn):
     return wrong
 
 
-def _validated_p(fn):
+def _validated_p(fn, shortcut: bool = True):
+    """``fn`` with the reference's validation and (unless ``shortcut`` is False) its p == 1 shortcut."""
     def wrong(logits, p):
         if not 0 < p <= 1:
             raise ValueError("p must be in (0, 1]")
-        return logits.clone() if p == 1 else fn(logits, p)
+        return logits.clone() if p == 1 and shortcut else fn(logits, p)
     return wrong
 
 
@@ -303,6 +304,8 @@ def top_p_cases(rng: random.Random) -> list[Case]:
              (torch.cat([_log(0.6, 0.25, 0.1, 0.05), _log(0.1, 0.2, 0.3, 0.4)]), 0.8), "softmax_dim"),
         Case("tokens already at -inf stay removed", (torch.tensor([[1.0, INF, 0.5, 2.0, INF]]), 0.8)),
         Case("p = 1 keeps every token", (_log(0.4, 0.3, 0.2, 0.1), 1.0)),
+        Case("p = 1 keeps every token, even a tail too small to add to 1 in float32 (the cumulative sum is 1.0 "
+             "from the first token on)", (torch.tensor([[0.0, -23.0, -24.0, -25.0, -30.0]]), 1.0), "p_one"),
         Case("p = 0: ValueError", (four, 0.0), "validate"),
         Case("p = 1.5: ValueError", (four, 1.5), "validate"),
         Case("p = -0.2: ValueError", (four, -0.2), "validate"),
@@ -349,6 +352,7 @@ TOP_P_MISTAKES = {
     "softmax_dim": functools.partial(_nucleus, dim=0),
     "zero_fill": functools.partial(_nucleus, fill=0.0),
     "probabilities": functools.partial(_nucleus, out="probs"),
+    "p_one": _nucleus,  # the rule without p == 1's shortcut: rounding removes the tail at p = 1
 }
 
 register(Checkpoint(
@@ -359,7 +363,7 @@ register(Checkpoint(
     cases=top_p_cases,
     reference=gen("top_p_filter"),
     tol=TOL,
-    fingerprints=[(hint, _validated_p(fn)) for hint, fn in TOP_P_MISTAKES.items()],
+    fingerprints=[(hint, _validated_p(fn, shortcut=hint != "p_one")) for hint, fn in TOP_P_MISTAKES.items()],
     hints={
         "default": "probs = softmax(logits); sort descending; before = cumsum - sorted_probs (the mass of the more "
         "likely tokens); remove where before >= p; scatter the mask back to vocabulary order; masked_fill with -inf.",
@@ -377,6 +381,9 @@ register(Checkpoint(
         "zero_fill": "Set removed tokens to float('-inf'), not 0: a logit of 0 keeps a non-zero probability.",
         "probabilities": "Return the filtered *logits* (removed ones at -inf), not probabilities.",
         "validate": "Raise ValueError when p is not in (0, 1]: p = 0 would remove everything, p > 1 is no probability.",
+        "p_one": "p = 1 keeps every token: return the logits unchanged (a copy) when p == 1. Computed, the rule "
+        "removes tokens there: in float32 the cumulative probability reaches 1.0 before a tail of tiny "
+        "probabilities, and 'mass before >= 1' is then true for tokens that can still be drawn.",
     },
 ))
 
@@ -423,6 +430,9 @@ def sample_cases(rng: random.Random) -> list[Case]:
         case("top-k 3, then top-p 0.65 on what top-k left", five, 1.0, 3, 0.65, _sweep(20), "order"),
         case("a realistic batch: 8 rows over a vocabulary of 500, T = 0.8, top-k 50, top-p 0.9", big, 0.8, 50, 0.9,
              big_u),
+        case("u = 0 (torch.rand can return it): the first token of non-zero probability, here token 3 (top-k 2 "
+             "removed tokens 0 to 2)", _rows(_log(0.05, 0.1, 0.15, 0.3, 0.4), 3), 1.0, 2, 1.0, torch.zeros(3),
+             "u_zero"),
         case("greedy over a vocabulary of 500", big, 0.0, None, 1.0, big_u, "greedy"),
         case("top_p = 1.5: ValueError", five, 1.0, None, 1.5, _sweep(20), "validate"),
         case("top_p = 0: ValueError", five, 1.0, None, 0.0, _sweep(20), "validate"),
@@ -475,7 +485,10 @@ def _sample_variant(kind: str):
             cdf = probs.masked_fill(z == INF, 0.0).cumsum(dim=-1)
         else:
             cdf = torch.softmax(z, dim=-1).cumsum(dim=-1)
-        index = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
+        if kind == "u_zero":  # the first j with F_j >= u (searchsorted): at u = 0, a removed token
+            index = (cdf < u.unsqueeze(-1)).sum(dim=-1)
+        else:
+            index = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
         if kind == "inverse_cdf":  # the last token at or below u, not the first above it
             index = index - 1
         return index.clamp(0, logits.shape[-1] - 1)
@@ -484,7 +497,7 @@ def _sample_variant(kind: str):
     return wrong
 
 
-SAMPLE_MISTAKES = ("temperature", "order_temperature", "order", "logits", "renormalise", "inverse_cdf")
+SAMPLE_MISTAKES = ("temperature", "order_temperature", "order", "logits", "renormalise", "inverse_cdf", "u_zero")
 
 
 def _sample_keepdim(logits, temperature, top_k, top_p, u):
@@ -556,6 +569,9 @@ register(Checkpoint(
         "shape": "Return one token id per row, shape logits.shape[:-1] (for (batch, vocab) logits, (batch,)): "
         "no keepdim, no extra dimension.",
         "dtype": "Return token ids as integers (int64, what argmax and sum of booleans give), not floats.",
+        "u_zero": "At u = 0 yours drew a token of probability 0 (one the filters removed): the token is the first j "
+        "whose cumulative probability is strictly above u, (cdf <= u[..., None]).sum(-1). torch.searchsorted(cdf, u) "
+        "and (cdf < u).sum(-1) return the first j with F_j >= u, which at u = 0 is token 0 whatever its probability.",
     },
 ))
 
@@ -664,6 +680,9 @@ def generate_cases(rng: random.Random) -> list[Case]:
              max_new_tokens=4, use_cache=False),
         case("past the context: a prompt of 20 + 8 new tokens > max_seq_len 24: ValueError", c1, w1, [9] * 20,
              "context", max_new_tokens=8, use_cache=False),
+        case("past the context, though every token is a stop token (generation would end at once): ValueError "
+             "all the same, raised before generating", c1, w1, [9] * 20, "context_late", max_new_tokens=8,
+             stop_tokens=list(range(c1["vocab_size"]))),
         case(f"6 layers, a prompt of ids {p3}: 10 new tokens through the cache", c3, w3, p3, "cache",
              max_new_tokens=10),
         case("an empty prompt: ValueError", c1, w1, [], "empty_prompt", max_new_tokens=3),
@@ -717,7 +736,7 @@ def _generate_variant(kind: str):
         n_prompt, context = tokens.shape[1], model.cfg.max_seq_len
         if n_prompt == 0:
             raise ValueError("empty prompt")
-        if kind != "crop" and n_prompt + max_new_tokens > context:
+        if kind not in ("crop", "context_late") and n_prompt + max_new_tokens > context:
             raise ValueError("too long")
         if kind != "negative" and max_new_tokens < 0:
             raise ValueError("negative")
@@ -727,6 +746,8 @@ def _generate_variant(kind: str):
         new = tokens[:, -1:] if kind == "prefill" else tokens
         steps = max_new_tokens - n_prompt if kind == "max_length" else max(max_new_tokens, 1 if kind == "count" else 0)
         for _ in range(steps):
+            if kind == "context_late" and tokens.shape[1] >= context:  # checked only when it overflows
+                raise ValueError("too long")
             with torch.no_grad():
                 if use_cache:
                     if kind == "cache_reset":
@@ -768,7 +789,8 @@ def _generate_tensors(config, weights, prompt, options):
 
 
 GENERATE_MISTAKES = ("no_cache", "whole_sequence", "prefill", "cache_reset", "last_position", "stop_included", "stop_ignored",
-                     "stop_in_prompt", "max_length", "count", "crop", "uncached", "negative", "multinomial")
+                     "stop_in_prompt", "max_length", "count", "crop", "uncached", "negative", "multinomial",
+                     "context_late")
 
 
 def compare_generate(case: Case, expected, got):
@@ -844,6 +866,10 @@ register(Checkpoint(
         "does not work with a KV cache, whose positions only grow.",
         "crop": "Raise ValueError when len(prompt) + max_new_tokens exceeds max_seq_len instead of cropping the "
         "sequence (nanoGPT's idx[:, -block_size:]): the KV cache cannot drop positions, and both paths must agree.",
+        "context_late": "Check the context before generating anything: raise ValueError as soon as "
+        "len(prompt) + max_new_tokens > max_seq_len, even if a stop token would have ended generation in time. "
+        "The caller asked for more than the model can hold; a check that fires only when the sequence overflows "
+        "accepts the request or fails half-way, depending on what the model happens to say.",
         "empty_prompt": "Raise ValueError for an empty prompt: there are no logits to predict the first token from.",
         "negative": "Raise ValueError when max_new_tokens is negative (range() would silently yield nothing): the "
         "caller asked for something impossible.",

@@ -187,6 +187,14 @@ def top_p_drops_the_crossing_token(logits, p):
     return logits.masked_fill(remove.scatter(-1, order, remove), INF)
 
 
+@mistake("07.top_p", "p_one")
+def top_p_without_the_p_one_shortcut(logits, p):
+    _check_p(p)
+    sorted_probs, order = _sorted(logits)
+    remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= p  # at p = 1, float32 rounding removes a tiny tail
+    return logits.masked_fill(remove.scatter(-1, order, remove), INF)
+
+
 @mistake("07.top_p", "keep_top")
 def top_p_inclusive_cumsum(logits, p):
     _check_p(p)
@@ -270,6 +278,8 @@ def top_p_accepts_zero(logits, p):
 
 @mistake("07.top_p", "validate")
 def top_p_unchecked(logits, p):
+    if p == 1:
+        return logits.clone()
     sorted_probs, order = _sorted(logits)
     remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= p
     return logits.masked_fill(remove.scatter(-1, order, remove), INF)
@@ -296,6 +306,16 @@ def _draw(z, u):
 def sample_greedy_by_dividing_by_zero(logits, temperature, top_k, top_p, u):
     check_sampling(temperature, top_k, top_p)
     return _draw(_filtered(logits, temperature, top_k, top_p), u)  # T = 0: apply_temperature raises
+
+
+@mistake("07.sample", "u_zero")
+def sample_with_searchsorted(logits, temperature, top_k, top_p, u):
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    cdf = torch.softmax(_filtered(logits, temperature, top_k, top_p), dim=-1).cumsum(dim=-1)
+    index = torch.searchsorted(cdf, u.unsqueeze(-1).contiguous()).squeeze(-1)  # first F_j >= u
+    return index.clamp(max=logits.shape[-1] - 1)
 
 
 @mistake("07.sample", "inverse_cdf")
@@ -641,6 +661,31 @@ def generate_first_token_before_the_loop(model, prompt_ids, max_new_tokens, temp
             return
         yield next_id.item()
         tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
+
+
+@mistake("07.generate", "context_late")
+@_adapter
+def generate_checks_the_context_when_it_overflows(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None,
+                                                   top_p=1.0, stop_tokens=(), use_cache=True, generator=None):
+    check_sampling(temperature, top_k, top_p)
+    if max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    tokens = torch.tensor([list(prompt_ids)], dtype=torch.long)
+    if tokens.shape[1] == 0:
+        raise ValueError("empty prompt")
+    caches = model.new_caches() if use_cache else None
+    new = tokens
+    for _ in range(max_new_tokens):
+        if tokens.shape[1] >= model.cfg.max_seq_len:  # only once the sequence is full
+            raise ValueError("the sequence does not fit the context")
+        with torch.no_grad():
+            logits = model(new, caches) if use_cache else model(tokens)
+        next_id = _sample(logits, temperature, top_k, top_p, generator)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
+        new = next_id.view(1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
 
 
 @mistake("07.generate", "crop")
