@@ -38,7 +38,10 @@ This module has, in the order the chapter builds them:
 * :class:`StaticKVCache` and :class:`LeanDecoder`: the lean decode loop (preallocated caches,
   fused projections) that both models use in the benchmark; :func:`greedy_decode`, the plain
   loop it is compared with;
-* :func:`acceptance_rate`: :math:`\alpha` measured from a run's statistics.
+* :func:`acceptance_rate`: :math:`\alpha` measured from a run's statistics;
+* bonus, drafts without a draft model: :class:`MTPHeads` on the target's own hidden state,
+  :func:`mtp_loss` (self-distillation), :func:`train_mtp_heads`, :func:`mtp_agreement` and
+  :func:`mtp_generate` (greedy self-speculative decoding on :class:`LeanDecoder`).
 """
 
 from __future__ import annotations
@@ -48,10 +51,13 @@ from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from solutions.generate import _is_number, apply_temperature, check_sampling, top_k_filter, top_p_filter
 from solutions.layers import causal_mask
 from solutions.model import LlamaConfig, Transformer
+from solutions.reward import hidden_states
+from solutions.train import lr_at
 
 # ------------------------------------------------------------------- the parameters
 
@@ -413,9 +419,12 @@ class LeanDecoder:
                 for _ in self.layers]
 
     @torch.inference_mode()
-    def __call__(self, tokens: torch.Tensor, caches: list[StaticKVCache], last_only: bool = False) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, caches: list[StaticKVCache], last_only: bool = False,
+                 return_hidden: bool = False):
         """Logits ``(batch, seq, vocab)``; with ``last_only``, of the last position only, ``(batch, 1, vocab)``
-        (a prefill whose other logits nobody reads skips most of the output layer's work)."""
+        (a prefill whose other logits nobody reads skips most of the output layer's work). With
+        ``return_hidden``, ``(logits, hidden)``: ``hidden`` the final hidden states (after the final
+        RMSNorm, what the output layer reads), ``(batch, seq or 1, dim)``."""
         batch, seq = tokens.shape
         past = len(caches[0])
         end = past + seq
@@ -441,7 +450,9 @@ class LeanDecoder:
             cache.length = end
         if last_only:
             x = x[:, -1:]
-        return F.linear(F.rms_norm(x, (dim,), self.norm, self.eps), self.head)  # (batch, seq, vocab)
+        x = F.rms_norm(x, (dim,), self.norm, self.eps)
+        logits = F.linear(x, self.head)  # (batch, seq, vocab)
+        return (logits, x) if return_hidden else logits
 
 
 def greedy_decode(model, prompt_ids, max_new_tokens: int) -> list[int]:
@@ -459,3 +470,193 @@ def greedy_decode(model, prompt_ids, max_new_tokens: int) -> list[int]:
             if len(out) < max_new_tokens:
                 logits = model(torch.tensor([[token]]), caches)
     return out
+
+
+# ------------------------------------------------------- multi-token heads (bonus)
+
+
+class MTPHeads(nn.Module):
+    r"""``K`` multi-token prediction heads on the target's final hidden state (Medusa, Cai et al., 2024).
+
+    Head :math:`k` (:math:`k = 1 \dots K`) turns the hidden state :math:`h_t` (after the final
+    RMSNorm) into a guess of token :math:`t + 1 + k` (the target itself predicts :math:`t + 1`):
+
+    .. math:: \mathrm{logits}_k(h_t) = \mathrm{lm\_head}\big(h_t + \mathrm{SiLU}(W_k h_t)\big)
+
+    a residual block (:math:`W_k`: ``dim x dim``, **zero** at the start, so that every head
+    starts as the target's own next-token prediction) followed by the target's own output layer,
+    shared and frozen: passed to :meth:`forward` as ``out_weight`` ``(vocab, dim)``, never a
+    parameter here. Only the :math:`W_k` train.
+    """
+
+    def __init__(self, dim: int, n_heads: int):
+        super().__init__()
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1, got {n_heads}")
+        self.blocks = nn.ModuleList(nn.Linear(dim, dim, bias=False) for _ in range(n_heads))
+        for block in self.blocks:
+            nn.init.zeros_(block.weight)
+
+    def hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """``(K, ..., dim)``: each head's residual block applied to ``h`` ``(..., dim)``."""
+        return torch.stack([h + F.silu(block(h)) for block in self.blocks])
+
+    def forward(self, h: torch.Tensor, out_weight: torch.Tensor) -> torch.Tensor:
+        """Logits ``(K, ..., vocab)`` from hidden states ``(..., dim)`` through the target's output layer."""
+        return F.linear(self.hidden(h), out_weight)
+
+
+def mtp_loss(head_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+    r"""Self-distillation of ``K`` multi-token heads from the frozen target: ``(loss, per_head)``.
+
+    ``head_logits``: ``(K, B, T, V)``, head :math:`k` at position :math:`t` guessing token
+    :math:`t + 1 + k`; ``teacher_logits``: ``(B, T, V)``, the target's logits (position
+    :math:`t` predicts token :math:`t + 1`). The target's distribution for token :math:`t + 1 + k`
+    sits at position :math:`t + k`, so head :math:`k` is pulled towards it:
+
+    .. math::
+        \mathcal{L}_k = \frac{1}{B\,(T - k)} \sum_{b} \sum_{t=0}^{T-1-k}
+            \mathrm{KL}\big(p_{b,\,t+k} \,\big\|\, q^{(k)}_{b,\,t}\big), \qquad
+        \mathrm{KL}(p \,\|\, q) = \sum_v p_v (\log p_v - \log q_v)
+
+    with :math:`p = \mathrm{softmax}(\text{teacher})` (detached: no gradient reaches the target)
+    and :math:`q^{(k)} = \mathrm{softmax}(\text{head}_k)`. The last :math:`k` positions have no
+    teacher and are left out. ``loss`` :math:`= \frac1K \sum_k \mathcal{L}_k`; ``per_head``: the
+    :math:`\mathcal{L}_k` as ``K`` Python floats. ``ValueError`` if the shapes do not match,
+    :math:`K < 1`, or :math:`T \le K` (no position left for the last head).
+    """
+    if head_logits.dim() != 4 or teacher_logits.dim() != 3 or head_logits.shape[1:] != teacher_logits.shape:
+        raise ValueError(f"head_logits must be (K, B, T, V) and teacher_logits (B, T, V) with the same B, T, V: got "
+                         f"{tuple(head_logits.shape)} and {tuple(teacher_logits.shape)}")
+    K, B, T, V = head_logits.shape
+    if K < 1:
+        raise ValueError("no heads: head_logits needs K >= 1 rows")
+    if T <= K:
+        raise ValueError(f"T = {T} positions leave none for head {K} (it needs a teacher {K} positions later): "
+                         "give sequences longer than the number of heads")
+    log_p = teacher_logits.detach().float().log_softmax(dim=-1)  # (B, T, V)
+    losses = []
+    for k in range(1, K + 1):
+        log_q = head_logits[k - 1, :, :T - k].float().log_softmax(dim=-1)  # (B, T - k, V): positions 0 .. T-1-k
+        target = log_p[:, k:]  # (B, T - k, V): the teacher k positions later
+        kl = (target.exp() * (target - log_q)).sum(dim=-1)  # (B, T - k)
+        losses.append(kl.mean())
+    per_head = torch.stack(losses)  # (K,)
+    return per_head.mean(), [float(x) for x in per_head.detach()]
+
+
+def train_mtp_heads(model: Transformer, heads: MTPHeads, steps: int, ids=None, batch_size: int = 8,
+                    seq_len: int = 128, max_lr: float = 3e-2, warmup_steps: int = 10, seed: int = 0,
+                    max_chars: int = 2_000_000, progress: bool = True) -> dict[str, list]:
+    """Train ``heads`` on the frozen ``model`` by self-distillation (:func:`mtp_loss`); returns the history.
+
+    Each step: ``batch_size`` windows of ``seq_len`` tokens at random places of ``ids`` (a seeded
+    ``torch.Generator``; ``ids`` ``None``: the training stories, ``max_chars`` of them, tokenised
+    with the course tokenizer), the target's final hidden states and logits under
+    ``torch.no_grad()`` (the target is frozen: nothing of it trains), the heads' logits through
+    the target's own output layer, the loss, ``torch.optim.AdamW`` on the heads alone (betas
+    0.9, 0.95, no weight decay) with warm-up and cosine decay to a tenth of ``max_lr``.
+    Returns ``{"loss": [...], "per_head": [[...], ...]}`` per step.
+    """
+    if ids is None:
+        from data import course_tokenizer, load_corpus
+        ids = course_tokenizer().encode(load_corpus("train", max_chars=max_chars), allowed_special="all")
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    seq_len = min(seq_len, model.cfg.max_seq_len)
+    if len(ids) <= seq_len:
+        raise ValueError(f"{len(ids)} tokens do not fill one window of {seq_len}: give more text")
+    g = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=max_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    out_weight = model.lm_head.weight.detach()
+    history: dict[str, list] = {"loss": [], "per_head": []}
+    model.eval()
+    heads.train()
+    from tqdm.auto import tqdm
+    bar = tqdm(range(steps), desc="MTP heads", unit="step", disable=not progress)
+    for step in bar:
+        starts = torch.randint(0, len(ids) - seq_len + 1, (batch_size,), generator=g)
+        x = torch.stack([ids[s:s + seq_len] for s in starts.tolist()])  # (B, T)
+        with torch.no_grad():  # the frozen target: its hidden states and its own next-token logits
+            h = hidden_states(model, x)  # (B, T, dim)
+            teacher = F.linear(h, out_weight)  # (B, T, V)
+        loss, per_head = mtp_loss(heads(h, out_weight), teacher)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, max_lr, warmup_steps, steps, max_lr / 10)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        history["loss"].append(loss.item())
+        history["per_head"].append(per_head)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    heads.eval()
+    return history
+
+
+def mtp_agreement(model: Transformer, heads: MTPHeads, ids, windows: int = 8, seq_len: int = 256) -> list[float]:
+    """Per head, how often its guess is the target's greedy choice: head ``k``'s argmax at position ``t``
+    against the target's argmax at ``t + k`` (both for token ``t + 1 + k``), over ``windows``
+    consecutive windows of ``seq_len`` tokens of ``ids``. ``K`` fractions in [0, 1]."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    seq_len = min(seq_len, model.cfg.max_seq_len)
+    rows = [ids[i * seq_len:(i + 1) * seq_len] for i in range(min(windows, len(ids) // seq_len))]
+    if not rows:
+        raise ValueError(f"{len(ids)} tokens do not fill one window of {seq_len}")
+    with torch.no_grad():
+        h = hidden_states(model, torch.stack(rows))  # (W, T, dim)
+        best = F.linear(h, model.lm_head.weight).argmax(dim=-1)  # (W, T): the target's choice for t + 1
+        guesses = heads(h, model.lm_head.weight).argmax(dim=-1)  # (K, W, T): head k's for t + 1 + k
+    T = best.shape[1]
+    return [float((guesses[k - 1, :, :T - k] == best[:, k:]).float().mean()) for k in range(1, len(heads.blocks) + 1)]
+
+
+def mtp_generate(decoder: LeanDecoder, heads: MTPHeads, prompt_ids, max_new_tokens: int,
+                 stats: list | None = None) -> Iterator[int]:
+    r"""Greedy self-speculative decoding: the target drafts with its own multi-token heads.
+
+    The prompt's pass gives the first token (the target's argmax) and, from the last position's
+    hidden state, the heads' guesses of the ``K`` tokens after it. Each step then runs the target
+    once on ``[last, d_1, ..., d_g]``; the drafts equal to the target's argmax at the position
+    before are accepted, up to the first that is not; the target's argmax after the last accepted
+    one comes free (the bonus, or the correction); the cache rolls back to the committed tokens
+    but the last (:func:`rollback`), and the heads draft the next ``K`` tokens from the hidden
+    state at the last accepted position, the one that predicted the new last token. Yields
+    exactly :func:`greedy_decode`'s tokens. At most ``min(K, tokens left - 1)`` drafted per step;
+    ``stats``, if a list, receives ``(drafted, accepted)`` per step (the prompt's pass not
+    counted: it drafts nothing). ``decoder``: a :class:`LeanDecoder` (``return_hidden``).
+    ``ValueError`` for an empty prompt, a negative ``max_new_tokens`` or more tokens than the context.
+    """
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token (for example the <|endoftext|> id)")
+    if len(prompt) + max_new_tokens > decoder.cfg.max_seq_len:
+        raise ValueError(f"a prompt of {len(prompt)} tokens plus max_new_tokens={max_new_tokens} does not fit the "
+                         f"context of {decoder.cfg.max_seq_len} positions")
+    if max_new_tokens == 0:
+        return
+    caches = decoder.new_caches()
+    with torch.inference_mode():
+        logits, h = decoder(torch.tensor([prompt]), caches, last_only=True, return_hidden=True)
+        last = int(logits[0, -1].argmax())
+        guesses = heads(h[0, -1], decoder.head).argmax(dim=-1).tolist()  # (K,): tokens after `last`
+    committed = len(prompt) + 1  # the cache holds every committed token but `last`
+    yield last
+    produced = 1
+    while produced < max_new_tokens:
+        g = min(len(guesses), max_new_tokens - produced - 1)  # never draft past the end
+        drafted = guesses[:g]
+        with torch.inference_mode():
+            logits, h = decoder(torch.tensor([[last] + drafted]), caches, return_hidden=True)  # (1, g + 1, ...)
+            best = logits[0].argmax(dim=-1).tolist()
+            n = next((i for i, x in enumerate(drafted) if x != best[i]), g)
+            guesses = heads(h[0, n], decoder.head).argmax(dim=-1).tolist()
+        new = drafted[:n] + [best[n]]
+        if stats is not None:
+            stats.append((g, n))
+        committed += len(new)
+        rollback(caches, committed - 1)
+        last = new[-1]
+        for token in new:
+            yield token
+            produced += 1

@@ -16,6 +16,11 @@
 * The theory against independent numbers (the issue's measured example: alpha 0.82, gamma 4,
   c 0.46, bound 1.23x) and a simulation of independent acceptances.
 * Bad settings raise ``ValueError`` saying what to do.
+* Multi-token heads (bonus): zero-initialised heads are the target's own next-token prediction;
+  the self-distillation loss by hand; ``LeanDecoder``'s hidden states equal the model's;
+  ``mtp_generate`` is ``greedy_decode`` token for token on tiny random models (steps that accept
+  and steps that reject) and on the shipped dense model with briefly trained heads; correct
+  rewrites of the loss pass its checkpoint.
 """
 
 from __future__ import annotations
@@ -25,22 +30,29 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from solutions.generate import generate
 from solutions.model import LlamaConfig, Transformer
+from solutions.reward import hidden_states
 from solutions.speculative import (
     LeanDecoder,
+    MTPHeads,
     StaticKVCache,
     accept_draft,
     acceptance_rate,
     check_speculative,
     expected_tokens,
     greedy_decode,
+    mtp_agreement,
+    mtp_generate,
+    mtp_loss,
     rollback,
     speculative_from_weights,
     speculative_generate,
     speedup_bound,
     to_probs,
+    train_mtp_heads,
 )
 from tests.catalogue.ch13_speculative import accept_resampling_from_the_target, accept_with_the_target_probability_alone
 
@@ -336,3 +348,134 @@ def test_alpha_needed_solves_the_speedup_for_alpha():
         assert expected_tokens(alpha, gamma) / (gamma * c + v) == pytest.approx(2.0, abs=1e-6)
     # a draft that is always right gains (gamma + 1) / (gamma c + v): below the goal, no alpha will do
     assert alpha_needed(2.0, 1, 0.26, 1.11) is None and alpha_needed(2.0, 4, 0.26, 1.5) is None
+
+
+# ------------------------------------------------------- multi-token heads (bonus)
+
+
+def random_heads(dim: int, k: int, scale: float, seed: int) -> MTPHeads:
+    heads = MTPHeads(dim, k).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in heads.blocks:
+            block.weight.copy_(scale * torch.randn(dim, dim, generator=g, dtype=torch.float64).float() / dim ** 0.5)
+    return heads
+
+
+def test_zero_heads_start_as_the_targets_own_next_token_prediction():
+    model = tiny(3)
+    heads = MTPHeads(model.cfg.dim, 3)
+    tokens = torch.tensor([[3, 8, 1, 30, 22, 5]])
+    with torch.no_grad():
+        h = hidden_states(model, tokens)
+        logits = heads(h, model.lm_head.weight)  # (3, 1, 6, vocab)
+        assert (logits - model(tokens)).abs().max() < 1e-5
+    assert [name for name, _ in heads.named_parameters()] == [f"blocks.{k}.weight" for k in range(3)]
+
+
+def test_lean_decoder_returns_the_final_hidden_states():
+    model = tiny(7, n_layers=3)
+    lean = LeanDecoder(model)
+    tokens = torch.tensor([[3, 8, 1, 30, 22, 5, 17]])
+    caches = lean.new_caches()
+    logits, h = lean(tokens[:, :4], caches, return_hidden=True)
+    more, h2 = lean(tokens[:, 4:], caches, return_hidden=True)
+    with torch.no_grad():
+        want = hidden_states(model, tokens)[0]
+    assert (torch.cat([h[0], h2[0]]) - want).abs().max() < 1e-4
+    with torch.no_grad():
+        assert (F.linear(h2, model.lm_head.weight) - more).abs().max() < 1e-5
+    last, h_last = lean(tokens[:, :3], lean.new_caches(), last_only=True, return_hidden=True)
+    assert h_last.shape == (1, 1, model.cfg.dim) and (h_last[0, 0] - want[2]).abs().max() < 1e-4
+
+
+def test_mtp_loss_by_hand():
+    g = torch.Generator().manual_seed(0)
+    heads = torch.randn(2, 2, 5, 6, generator=g, dtype=torch.float64).float().requires_grad_()
+    teacher = torch.randn(2, 5, 6, generator=g, dtype=torch.float64).float().requires_grad_()
+    loss, per_head = mtp_loss(heads, teacher)
+    for k in (1, 2):  # KL(softmax(teacher[:, t + k]) || softmax(head_k[:, t])) over t < 5 - k
+        values = [float((teacher[b, t + k].softmax(-1) * (teacher[b, t + k].log_softmax(-1)
+                                                           - heads[k - 1, b, t].log_softmax(-1))).sum())
+                  for b in range(2) for t in range(5 - k)]
+        assert abs(per_head[k - 1] - sum(values) / len(values)) < 1e-5
+    assert abs(float(loss) - sum(per_head) / 2) < 1e-6 and all(isinstance(v, float) for v in per_head)
+    loss.backward()
+    assert teacher.grad is None and heads.grad[:, :, 0].abs().min() > 0  # no gradient reaches the target
+    assert heads.grad[0, :, -1:].abs().sum() == 0 and heads.grad[1, :, -2:].abs().sum() == 0  # no teacher there
+    copy = torch.stack([torch.cat([teacher[:, k:], teacher[:, :k]], dim=1) for k in (1, 2)]).detach()
+    assert mtp_loss(copy, teacher)[0] < 1e-6  # heads that copy the teacher k positions later: nothing to learn
+    for bad in ((heads[:, :, :2], teacher[:, :2]), (heads[:0], teacher), (heads, teacher[0]), (heads, teacher[..., :5])):
+        with pytest.raises(ValueError):
+            mtp_loss(*bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_mtp_generate_is_the_targets_greedy_output_on_tiny_models(seed):
+    model = tiny(seed)
+    lean = LeanDecoder(model)
+    counts = {"accepted": 0, "rejected": 0}
+    for k, scale in ((1, 0.0), (3, 0.5), (4, 2.0)):
+        heads = random_heads(model.cfg.dim, k, scale, seed)
+        for prompt, n in (([5], 30), ([3, 7, 1, 12, 9], 41), ([2, 2], 1), ([4, 6], 0)):
+            stats = []
+            assert list(mtp_generate(lean, heads, prompt, n, stats=stats)) == greedy_decode(lean, prompt, n)
+            assert sum(a + 1 for _, a in stats) == max(n - 1, 0)  # the prompt's pass gives the first token
+            assert all(d <= k for d, _ in stats)
+            counts["accepted"] += sum(a for _, a in stats)
+            counts["rejected"] += sum(d > a for d, a in stats)
+    assert counts["accepted"] > 0 and counts["rejected"] > 0
+    with pytest.raises(ValueError):
+        list(mtp_generate(lean, heads, [], 3))
+    with pytest.raises(ValueError):
+        list(mtp_generate(lean, heads, [1] * 90, 10))
+
+
+def test_mtp_heads_train_and_decode_the_shipped_model_exactly(shipped):
+    target, _, prompts = shipped
+    heads = MTPHeads(target.cfg.dim, 2)
+    history = train_mtp_heads(target, heads, 3, ids=sum(prompts, []), batch_size=2, seq_len=64, progress=False)
+    assert len(history["loss"]) == 3 and len(history["per_head"][0]) == 2
+    assert history["loss"][-1] < history["loss"][0]
+    assert all(p.grad is None for p in target.parameters())  # the target stays frozen
+    agreement = mtp_agreement(target, heads, sum(prompts, []), windows=2, seq_len=64)
+    assert len(agreement) == 2 and all(0 <= a <= 1 for a in agreement)
+    lean = LeanDecoder(target)
+    for prompt in prompts:
+        assert list(mtp_generate(lean, heads, prompt, 40)) == greedy_decode(lean, prompt, 40)
+
+
+def test_mtp_loss_correct_rewrites_are_accepted():
+    from autograder.core import lookup, run
+
+    def by_kl_div(head_logits, teacher_logits):
+        if head_logits.dim() != 4 or teacher_logits.dim() != 3 or head_logits.shape[1:] != teacher_logits.shape:
+            raise ValueError("shapes")
+        K, B, T, V = head_logits.shape
+        if not 1 <= K < T:
+            raise ValueError("K")
+        per_head = [F.kl_div(F.log_softmax(head_logits[k - 1, :, :T - k].double(), -1),
+                             F.log_softmax(teacher_logits[:, k:].detach().double(), -1), log_target=True,
+                             reduction="sum") / (B * (T - k)) for k in range(1, K + 1)]
+        return (sum(per_head) / K).float(), [x.item() for x in per_head]
+
+    def by_masks(head_logits, teacher_logits):  # all positions at once, the missing teachers masked out
+        if head_logits.dim() != 4 or teacher_logits.dim() != 3 or head_logits.shape[1:] != teacher_logits.shape:
+            raise ValueError("shapes")
+        K, B, T, V = head_logits.shape
+        if K < 1 or T <= K:
+            raise ValueError("K")
+        log_p = teacher_logits.detach().log_softmax(-1)
+        per_head = []
+        for k in range(1, K + 1):
+            shifted = torch.roll(log_p, -k, dims=1)
+            kl = (shifted.exp() * (shifted - head_logits[k - 1].log_softmax(-1))).sum(-1)  # (B, T)
+            mask = (torch.arange(T) < T - k).float()
+            per_head.append((kl * mask).sum() / (mask.sum() * B))
+        stacked = torch.stack(per_head)
+        return stacked.mean(), stacked.tolist()
+
+    cp = lookup("13.mtp_loss")
+    for answer in (by_kl_div, by_masks):
+        for seed in (0, 1):
+            assert run(cp, answer, seed=seed).passed, run(cp, answer, seed=seed).report()

@@ -1,5 +1,6 @@
 """Chapter 13 checkpoints: the acceptance step, the theory (expected tokens per step and the
-speed-up bound), and the draft-and-verify loop with its cache rollback.
+speed-up bound), the draft-and-verify loop with its cache rollback, and (bonus) the
+self-distillation loss of multi-token heads.
 
 The acceptance step is a function of plain tensors whose randomness is an argument, ``u``, so
 its output is a deterministic list of ints. Its cases draw ``p`` and ``q`` as softmaxes of
@@ -16,6 +17,13 @@ returns the tokens, the per-step statistics and the length of each model's cache
 a missing rollback shows in the lengths even where the tokens happen to survive it. Drafts are
 noisy copies of the target (so that steps accept some tokens and reject others) or independent
 smaller models (mostly rejections). Every ``ValueError`` the reference documents has a case.
+
+The multi-token loss takes plain logits: head and teacher logits drawn in float64 (scale 1 to 3,
+vocabularies of 5 to 24, T from K + 2 up), cast to float32, compared within 1e-5; hand-made
+cases isolate the shift (heads that copy the teacher k positions later score 0), the direction
+of the KL, the positions left out, the averaging count, the distribution against its argmax,
+log_softmax on each side, the mean over heads, and each ``ValueError``. Its gradient probe
+catches a teacher that is not detached.
 
 A hint names a mistake only on evidence: a known mistake's output (a variant: the reference with
 that one mistake) matched on every case where it shows, or the exception raised.
@@ -611,5 +619,145 @@ register(Checkpoint(
         "vocab": "Refuse a draft whose vocabulary differs from the target's (check_speculative): the target would "
         "score the draft's ids as other tokens, or index past its vocabulary.",
         "context": "Raise ValueError when len(prompt) + max_new_tokens exceeds either model's max_seq_len.",
+    },
+))
+
+
+# ------------------------------------------------------------------------ 13.mtp_loss (bonus)
+
+def _mtp_logits(g: torch.Generator, K: int, B: int, T: int, V: int, scale: float = 2.0):
+    return randn(g, K, B, T, V, scale=scale), randn(g, B, T, V, scale=scale)
+
+
+def mtp_cases(rng: random.Random) -> list[Case]:
+    g = _gen(rng)
+
+    def case(label, head_logits, teacher_logits, hint="default", probe=False):
+        return Case(label, (head_logits, teacher_logits), hint, probe=probe,
+                    show=(tensor_label(head_logits, "head_logits", small=12),
+                          tensor_label(teacher_logits, "teacher_logits", small=12)))
+
+    # heads that copy the teacher k positions later: the loss is 0 exactly where the shift is right
+    teacher = randn(g, 2, 7, 9, scale=2.0)
+    copy = torch.stack([torch.cat([teacher[:, k:], randn(g, 2, k, 9, scale=2.0)], dim=1) for k in (1, 2, 3)])
+    # a peaked teacher: its distribution is far from the one-hot on its argmax
+    soft = randn(g, 1, 6, 8, scale=0.5)
+    cases = [
+        case("one head, one batch row, 3 positions: head 1 at t against the teacher at t + 1, t = 0, 1",
+             *_mtp_logits(g, 1, 1, 3, 6), "shift_late"),
+        case("three heads that copy the teacher k positions later (and noise where it has none): loss 0",
+             copy, teacher, "shift_early"),
+        case("KL(teacher || head), not KL(head || teacher): two heads on a spread-out teacher",
+             *_mtp_logits(g, 2, 2, 6, 10, scale=3.0), "reverse_kl"),
+        case("head 2's last 2 positions have no teacher: only T - k positions count (no wrap-around, no padding)",
+             *_mtp_logits(g, 2, 2, 5, 7), "wrap"),
+        case("mean over the T - k positions with a teacher (and the batch), not a sum, not over T",
+             *_mtp_logits(g, 3, 2, 6, 8), "divide_T"),
+        case("a teacher close to uniform: the loss pulls towards its distribution, not its argmax",
+             randn(g, 1, 1, 6, 8, scale=2.0), soft, "ce_argmax"),
+        case("logits shifted by a constant change nothing: log_softmax on both sides",
+             *(t + 5.0 for t in _mtp_logits(g, 2, 1, 6, 9)), "raw_head"),
+        case("the loss is the mean of the heads' losses, not their sum", *_mtp_logits(g, 4, 1, 8, 6), "heads_sum"),
+        case("T = K = 2: no position left for head 2: ValueError", *_mtp_logits(g, 2, 1, 2, 5), "validate"),
+        case("K = 0 heads: ValueError", randn(g, 0, 1, 4, 5), randn(g, 1, 4, 5), "validate"),
+        case("head_logits (2, 1, 5, 6) for teacher_logits (1, 5, 7): ValueError", randn(g, 2, 1, 5, 6),
+             randn(g, 1, 5, 7), "validate"),
+        case("teacher_logits without the batch dimension (5, 6): ValueError", randn(g, 2, 1, 5, 6), randn(g, 5, 6),
+             "validate"),
+    ]
+    for n in range(4):
+        K, B, V = rng.randint(1, 4), rng.randint(1, 3), rng.randint(5, 24)
+        T = rng.randint(K + 2, 12)
+        cases.append(case(f"random: K {K}, batch {B}, T {T}, vocabulary {V} (case {n + 1})",
+                          *_mtp_logits(g, K, B, T, V, scale=rng.choice([1.0, 2.0, 3.0])), probe=n >= 2))
+    return cases
+
+
+def _mtp_variant(kind: str):
+    """The reference self-distillation loss with one mistake in it."""
+
+    def wrong(head_logits, teacher_logits):
+        if kind != "validate":
+            spec("mtp_loss")(head_logits, teacher_logits)  # its ValueErrors
+        K, B, T, V = head_logits.shape
+        teacher = teacher_logits.detach().float()
+        losses = []
+        for k in range(1, K + 1):
+            head = head_logits[k - 1].float()  # (B, T, V)
+            if kind == "shift_late":
+                q, p = head[:, :T - k - 1], teacher[:, k + 1:]
+            elif kind == "shift_early":
+                q, p = head[:, :T - k + 1], teacher[:, k - 1:]
+            elif kind == "wrap":
+                q, p = head, torch.roll(teacher, -k, dims=1)
+            elif kind == "padded":  # zeros (a uniform teacher) where there is none
+                q, p = head, torch.cat([teacher[:, k:], torch.zeros(B, k, V)], dim=1)
+            else:
+                q, p = head[:, :T - k], teacher[:, k:]
+            log_q = q if kind == "raw_head" else q.log_softmax(-1)
+            log_p = p if kind == "raw_teacher" else p.log_softmax(-1)
+            probs = p.softmax(-1)
+            if kind == "ce_argmax":
+                kl = -log_q.gather(-1, p.argmax(-1, keepdim=True)).squeeze(-1)
+            elif kind == "reverse_kl":
+                kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+            else:
+                kl = (probs * (log_p - log_q)).sum(-1)  # (B, positions)
+            if kind == "sum_positions":
+                losses.append(kl.sum(-1).mean())
+            elif kind == "divide_T":
+                losses.append(kl.sum() / (B * T))
+            else:  # (a head with no position left, possible only unvalidated, gives 0, not nan: nan == nan is False)
+                losses.append(kl.mean() if kl.numel() else kl.sum())
+        per_head = torch.stack(losses)
+        loss = per_head.sum() if kind == "heads_sum" else per_head.mean()
+        return loss, [float(x) for x in per_head.detach()]
+
+    wrong.__name__ = f"mtp_loss_{kind}"
+    return wrong
+
+
+MTP_MISTAKES = ("shift_late", "shift_early", "reverse_kl", "wrap", "padded", "sum_positions", "divide_T", "ce_argmax",
+                "raw_head", "raw_teacher", "heads_sum", "validate")
+
+register(Checkpoint(
+    id="13.mtp_loss",
+    points=1,
+    title="(bonus) multi-token heads distilled from the target: KL(teacher at t + k || head k at t) on T - k positions",
+    signature="mtp_loss(head_logits, teacher_logits)",
+    cases=mtp_cases,
+    reference=spec("mtp_loss"),
+    tol=1e-5,
+    grad_probe=True,
+    fingerprints=[(kind, _mtp_variant(kind)) for kind in MTP_MISTAKES],
+    hints={
+        "default": "For k = 1..K: log_p = teacher_logits[:, k:].log_softmax(-1) (detached), log_q = "
+        "head_logits[k - 1, :, :T - k].log_softmax(-1), L_k = (log_p.exp() * (log_p - log_q)).sum(-1).mean(); "
+        "return (mean of the L_k, [float(L_k) for each k]). ValueError for shapes that do not match, K < 1 or T <= K.",
+        "shift_late": "Head k at position t guesses token t + 1 + k, which the teacher predicts at position t + k "
+        "(position t predicts t + 1): compare with teacher_logits[:, k:], not [:, k + 1:].",
+        "shift_early": "Head k at position t guesses token t + 1 + k, which the teacher predicts at position t + k, "
+        "not t + k - 1: with teacher_logits[:, k - 1:] head 1 learns what the target itself already predicts.",
+        "reverse_kl": "The KL is the wrong way round: distil with KL(teacher || head) = sum p (log p - log q), p the "
+        "teacher's softmax, q the head's. KL(head || teacher) lets a head put all its mass on one likely token.",
+        "wrap": "The last k positions have no teacher k positions later: leave them out (head_logits[k - 1, :, :T - k] "
+        "against teacher_logits[:, k:]). torch.roll wraps the first positions' teacher round to the end.",
+        "padded": "The last k positions have no teacher: leave them out rather than pad the teacher (zero logits are a "
+        "uniform distribution the head would be trained towards). Average over the T - k positions that have one.",
+        "sum_positions": "Average over positions too, not only over the batch: the mean over the B * (T - k) pairs, so "
+        "that the loss does not grow with the sequence length.",
+        "divide_T": "Head k has T - k positions with a teacher, not T: average over those (kl.mean() of the sliced "
+        "tensor), not sum / (B * T), which shrinks the later heads' losses.",
+        "ce_argmax": "Distil the teacher's whole distribution (KL against softmax(teacher)), not cross-entropy against "
+        "its argmax: a target that hesitates between two tokens should teach the head to hesitate too.",
+        "raw_head": "Take log_softmax of the head's logits: logits are not log-probabilities (they are unnormalised; "
+        "adding a constant to them changes yours).",
+        "raw_teacher": "Take log_softmax of the teacher's logits for log p: logits are not log-probabilities (they "
+        "are unnormalised; adding a constant to them changes yours).",
+        "heads_sum": "The loss is the mean of the K heads' losses, not their sum (per_head holds each one).",
+        "validate": "Raise ValueError unless head_logits is (K, B, T, V) and teacher_logits (B, T, V) with the same "
+        "B, T, V, K >= 1, and T > K (head K needs a teacher K positions later).",
+        "grad_leak": "A gradient reaches teacher_logits: the target is frozen, so detach its logits "
+        "(teacher_logits.detach()) before the softmax. Otherwise the loss would also move the target.",
     },
 ))

@@ -4,7 +4,8 @@ The acceptance-step mistakes are whole functions in a learner's style (a loop ov
 tokens, ``torch.multinomial``-free draws by the inverse CDF as chapter 07 taught). The loop
 mistakes are whole ``speculative_generate`` functions, each run through the same adapter as the
 notebook's given ``speculative_from_weights``, and each built on the correct ``accept_draft``
-unless the mistake is in the acceptance itself.
+unless the mistake is in the acceptance itself. The multi-token loss mistakes (bonus) are whole
+``mtp_loss`` functions, each keeping the shape checks a learner writes first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from autograder.checks.ch13_speculative import _through_adapter
 from solutions.generate import check_sampling
@@ -348,3 +350,178 @@ SPECULATIVE = [
 
 for _name, _hint, _flags in SPECULATIVE:
     mistake("13.speculative", _hint)(_as_checkpoint(_name, **_flags))
+
+
+# ------------------------------------------------------------------------ 13.mtp_loss (bonus)
+
+
+def _mtp_shapes(head_logits, teacher_logits):
+    """The checks a learner writes before the mistake (each entry below keeps them)."""
+    if head_logits.dim() != 4 or teacher_logits.dim() != 3 or head_logits.shape[1:] != teacher_logits.shape:
+        raise ValueError("shapes")
+    K, _, T, _ = head_logits.shape
+    if K < 1 or T <= K:
+        raise ValueError("need K >= 1 and T > K")
+    return K, T
+
+
+@mistake("13.mtp_loss", "shift_late")
+def mtp_loss_teacher_one_position_too_late(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    p_log = F.log_softmax(teacher_logits.detach(), dim=-1)
+    per_head = []
+    for k in range(1, K + 1):
+        # "head k predicts token t + 1 + k, so the teacher at t + 1 + k"
+        q_log = F.log_softmax(head_logits[k - 1, :, :T - k - 1], dim=-1)
+        p = p_log[:, k + 1:]
+        per_head.append((p.exp() * (p - q_log)).sum(-1).mean())
+    losses = torch.stack(per_head)
+    return losses.mean(), losses.tolist()
+
+
+@mistake("13.mtp_loss", "shift_early")
+def mtp_loss_teacher_one_position_too_early(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(K):  # 0-based k used as the shift
+        student = head_logits[k][:, :T - k]
+        teacher = teacher_logits.detach()[:, k:]
+        per_head.append(F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1), log_target=True,
+                                 reduction="none").sum(-1).mean())
+    loss = sum(per_head) / K
+    return loss, [x.item() for x in per_head]
+
+
+@mistake("13.mtp_loss", "reverse_kl")
+def mtp_loss_kl_the_wrong_way_round(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(1, K + 1):
+        log_q = head_logits[k - 1, :, :T - k].log_softmax(-1)
+        log_p = teacher_logits[:, k:].detach().log_softmax(-1)
+        per_head.append(F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1).mean())  # KL(q || p)
+    per_head = torch.stack(per_head)
+    return per_head.mean(), [float(v) for v in per_head]
+
+
+@mistake("13.mtp_loss", "wrap")
+def mtp_loss_with_torch_roll(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(1, K + 1):
+        teacher = torch.roll(teacher_logits.detach(), shifts=-k, dims=1)  # (B, T, V), wraps round
+        p = teacher.softmax(-1)
+        per_head.append((p * (teacher.log_softmax(-1) - head_logits[k - 1].log_softmax(-1))).sum(-1).mean())
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "padded")
+def mtp_loss_with_the_teacher_padded(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(1, K + 1):
+        teacher = F.pad(teacher_logits.detach()[:, k:], (0, 0, 0, k))  # zeros for the last k positions
+        log_p = teacher.log_softmax(-1)
+        per_head.append((log_p.exp() * (log_p - head_logits[k - 1].log_softmax(-1))).sum(-1).mean())
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "grad_leak")
+def mtp_loss_teacher_not_detached(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(1, K + 1):
+        log_p = teacher_logits[:, k:].log_softmax(-1)  # no .detach(): the gradient reaches the target
+        log_q = head_logits[k - 1, :, :T - k].log_softmax(-1)
+        per_head.append((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    per_head = torch.stack(per_head)
+    return per_head.mean(), [float(v) for v in per_head.detach()]
+
+
+@mistake("13.mtp_loss", "sum_positions")
+def mtp_loss_summed_over_positions(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    B = head_logits.shape[1]
+    per_head = []
+    for k in range(1, K + 1):
+        log_p = teacher_logits[:, k:].detach().log_softmax(-1)
+        log_q = head_logits[k - 1, :, :T - k].log_softmax(-1)
+        per_head.append((log_p.exp() * (log_p - log_q)).sum() / B)  # "per sequence"
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "divide_T")
+def mtp_loss_every_head_divided_by_T(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    B = head_logits.shape[1]
+    per_head = []
+    for k in range(1, K + 1):
+        log_p = teacher_logits[:, k:].detach().log_softmax(-1)
+        log_q = head_logits[k - 1, :, :T - k].log_softmax(-1)
+        per_head.append(F.kl_div(log_q, log_p, log_target=True, reduction="sum") / (B * T))
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "ce_argmax")
+def mtp_loss_cross_entropy_on_the_teacher_argmax(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    V = head_logits.shape[-1]
+    per_head = []
+    for k in range(1, K + 1):
+        labels = teacher_logits[:, k:].argmax(-1)  # (B, T - k): the teacher's greedy tokens
+        per_head.append(F.cross_entropy(head_logits[k - 1, :, :T - k].reshape(-1, V), labels.reshape(-1)))
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "raw_head")
+def mtp_loss_kl_div_on_raw_head_logits(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(1, K + 1):
+        p = teacher_logits[:, k:].detach().softmax(-1)
+        # F.kl_div wants log-probabilities as its input: the logits were passed as they are
+        per_head.append(F.kl_div(head_logits[k - 1, :, :T - k], p, reduction="none").sum(-1).mean())
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "raw_teacher")
+def mtp_loss_teacher_logits_as_log_probs(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    per_head = []
+    for k in range(1, K + 1):
+        t = teacher_logits[:, k:].detach()
+        log_q = head_logits[k - 1, :, :T - k].log_softmax(-1)
+        per_head.append((t.softmax(-1) * (t - log_q)).sum(-1).mean())  # log p taken as the raw logits
+    per_head = torch.stack(per_head)
+    return per_head.mean(), per_head.tolist()
+
+
+@mistake("13.mtp_loss", "heads_sum")
+def mtp_loss_heads_summed(head_logits, teacher_logits):
+    K, T = _mtp_shapes(head_logits, teacher_logits)
+    total, per_head = 0.0, []
+    for k in range(1, K + 1):
+        log_p = teacher_logits[:, k:].detach().log_softmax(-1)
+        log_q = head_logits[k - 1, :, :T - k].log_softmax(-1)
+        loss_k = (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        total = total + loss_k
+        per_head.append(loss_k.item())
+    return total, per_head
+
+
+@mistake("13.mtp_loss", "validate")
+def mtp_loss_without_checks(head_logits, teacher_logits):
+    K, _, T, _ = head_logits.shape
+    per_head = []
+    for k in range(1, K + 1):
+        log_p = teacher_logits[..., k:, :].detach().log_softmax(-1)
+        log_q = head_logits[k - 1, ..., :T - k, :].log_softmax(-1)
+        per_head.append((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    per_head = torch.stack(per_head) if per_head else torch.zeros(0)
+    return per_head.mean(), per_head.tolist()
