@@ -57,7 +57,7 @@ from solutions.generate import _is_number, apply_temperature, check_sampling, to
 from solutions.layers import causal_mask
 from solutions.model import LlamaConfig, Transformer
 from solutions.reward import hidden_states
-from solutions.train import lr_at
+from solutions.train import AdamW, decay_groups, lr_at
 
 # ------------------------------------------------------------------- the parameters
 
@@ -554,7 +554,7 @@ def train_mtp_heads(model: Transformer, heads: MTPHeads, steps: int, ids=None, b
     ``torch.Generator``; ``ids`` ``None``: the training stories, ``max_chars`` of them, tokenised
     with the course tokenizer), the target's final hidden states and logits under
     ``torch.no_grad()`` (the target is frozen: nothing of it trains), the heads' logits through
-    the target's own output layer, the loss, ``torch.optim.AdamW`` on the heads alone (betas
+    the target's own output layer, the loss, chapter 06's AdamW on the heads alone (betas
     0.9, 0.95, no weight decay) with warm-up and cosine decay to a tenth of ``max_lr``.
     Returns ``{"loss": [...], "per_head": [[...], ...]}`` per step.
     """
@@ -566,7 +566,7 @@ def train_mtp_heads(model: Transformer, heads: MTPHeads, steps: int, ids=None, b
     if len(ids) <= seq_len:
         raise ValueError(f"{len(ids)} tokens do not fill one window of {seq_len}: give more text")
     g = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=max_lr, betas=(0.9, 0.95), weight_decay=0.0)
+    optimizer = AdamW(decay_groups(heads, 0.0), lr=max_lr, betas=(0.9, 0.95))
     out_weight = model.lm_head.weight.detach()
     history: dict[str, list] = {"loss": [], "per_head": []}
     model.eval()
@@ -640,8 +640,7 @@ def mtp_generate(decoder: LeanDecoder, heads: MTPHeads, prompt_ids, max_new_toke
         logits, h = decoder(torch.tensor([prompt]), caches, last_only=True, return_hidden=True)
         last = int(logits[0, -1].argmax())
         guesses = heads(h[0, -1], decoder.head).argmax(dim=-1).tolist()  # (K,): tokens after `last`
-    committed = len(prompt) + 1  # the cache holds every committed token but `last`
-    yield last
+    yield last  # the cache holds every token yielded so far but `last`
     produced = 1
     while produced < max_new_tokens:
         g = min(len(guesses), max_new_tokens - produced - 1)  # never draft past the end
@@ -654,8 +653,7 @@ def mtp_generate(decoder: LeanDecoder, heads: MTPHeads, prompt_ids, max_new_toke
         new = drafted[:n] + [best[n]]
         if stats is not None:
             stats.append((g, n))
-        committed += len(new)
-        rollback(caches, committed - 1)
+        rollback(caches, len(prompt) + produced + len(new) - 1)  # every token but the new `last`
         last = new[-1]
         for token in new:
             yield token
