@@ -28,11 +28,17 @@ def _type_name(value: Any) -> str:
 
 
 def difference(expected: Any, got: Any, tol: float = 0.0) -> str | None:
-    """``None`` if ``got`` equals ``expected``; else where and how they first differ."""
+    """``None`` if ``got`` equals ``expected``; else where and how they first differ.
+
+    ``got`` comes from a learner: a subclass of ``int``, ``float`` or ``str`` is compared by its
+    built-in value (its own ``__eq__`` may say anything), and an object of another type is never
+    asked whether it equals a plain value."""
     if _is_tensor(expected):
         return _tensor_difference(expected, got, tol)
+    got = _builtin_value(got)
     if isinstance(expected, bool) or expected is None:
-        return None if got is expected or got == expected else f"expected {expected!r}, got {short(got)}"
+        same = got is expected or (type(got) in (bool, int, float) and got == expected)
+        return None if same else f"expected {expected!r}, got {short(got)}"
     if isinstance(expected, float):
         if not isinstance(got, (int, float)) or isinstance(got, bool):
             return f"expected a number, got {_type_name(got)} {short(got)}"
@@ -45,7 +51,22 @@ def difference(expected: Any, got: Any, tol: float = 0.0) -> str | None:
         return _dict_difference(expected, got, tol)
     if isinstance(expected, (str, bytes)):
         return _text_difference(expected, got)
-    return None if got == expected else f"expected {short(expected)}, got {short(got)}"
+    same = type(expected).__eq__(expected, got)  # the expected value's own equality, never the learner's
+    return None if same is True else f"expected {short(expected)}, got {short(got)}"
+
+
+def _builtin_value(value: Any) -> Any:
+    """``value`` as its built-in type if it subclasses ``int``, ``float`` or ``str``: the number or
+    text it holds, whatever its class's ``__eq__``, ``__index__`` or ``__str__`` say."""
+    if type(value) in (int, float, str, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    return value
 
 
 DIGEST_SAMPLES = 32
@@ -147,6 +168,9 @@ def _tensor_difference(expected, got, tol) -> str | None:
 
     if not isinstance(got, torch.Tensor):
         return f"expected a torch.Tensor, got {_type_name(got)}"
+    if type(got) is not torch.Tensor:  # a subclass's __torch_function__ could answer isclose for it
+        with torch._C.DisableTorchFunctionSubclass():
+            got = torch.Tensor.as_subclass(got, torch.Tensor)
     if got.shape != expected.shape:
         return f"expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
     if got.dtype != expected.dtype and not (got.is_floating_point() and expected.is_floating_point()):

@@ -200,8 +200,8 @@ def _aligned(detail: str, width: int) -> str:
 COMMON_HINTS = {
     "mutated_input": "Work on a copy (or build a new list): a function that edits its arguments in "
     "place changes data the caller still needs.",
-    "return_type": "Return the type the docstring promises (a list, not a tuple or a generator; "
-    "str, not bytes): compare the 'expected' and 'got' lines above.",
+    "return_type": "Return the type the docstring promises: the lines above name the type expected and "
+    "the type your function returned (a list and a tuple differ, and so do str and bytes).",
     "not_implemented": "Replace `raise NotImplementedError()` in the answer cell with your code.",
     "code_error": "Your code uses a name that does not exist here (a missing import, a typo, or a "
     "cell above that was not run); the line above shows where.",
@@ -264,8 +264,19 @@ def call(fn: Callable, args: tuple) -> Any:
     """Call ``fn``; an exception becomes a :class:`Raised` value instead of propagating."""
     try:
         return fn(*args)
-    except Exception as exc:  # noqa: BLE001 - the learner's error is data to compare
-        return Raised(type(exc), f"{exc}{_learner_frame(exc)}")
+    except KeyboardInterrupt:  # the learner stopping the kernel, not an answer
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the learner's error (SystemExit too) is data to compare
+        return Raised(type(exc), _exception_text(exc))
+
+
+def _exception_text(exc: BaseException) -> str:
+    """The exception's message and the learner's line; a learner's ``__str__`` may itself raise."""
+    try:
+        text = f"{exc}{_learner_frame(exc)}"
+        return text if type(text) is str else str.__str__(text)
+    except BaseException:  # noqa: BLE001
+        return f"<a {type(exc).__name__} whose message could not be shown>"
 
 
 def _probe_cases(cp: Checkpoint, cases: list[Case], expected: list[Any]) -> list[tuple[Case, Any]]:
