@@ -135,3 +135,63 @@ def test_hard_coding_the_visible_cases_fails_the_hidden_check():
     assert run(lookup("01.merge"), merge).passed
     with pytest.raises(CheckpointFailed):
         autograder.check("01.merge", merge, hidden=True)
+
+
+# ---------------------------------------------------------- hostile answers, in process
+
+class _AlwaysEqualInt(int):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = int.__hash__
+
+
+class _UnprintableError(ValueError):
+    def __str__(self):
+        raise RuntimeError("this message cannot be shown")
+
+
+def _tensor_that_is_always_close():
+    import torch
+
+    class AlwaysClose(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is torch.isclose:
+                return torch.ones(args[0].shape, dtype=torch.bool)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    return AlwaysClose
+
+
+def _raise(exc):
+    def answer(*args, **kwargs):
+        raise exc
+    return answer
+
+
+def _lying_ints_of_the_right_length(p, q, drafted, u):
+    from solutions.speculative import accept_draft
+
+    return [_AlwaysEqualInt(0)] * len(accept_draft(p, q, drafted, u))  # raises where the reference raises
+
+
+def _always_close_zeros(logprobs, ref_logprobs, kind="k1"):
+    import torch
+
+    from solutions.ppo import kl_penalty
+
+    kl_penalty(logprobs, ref_logprobs, kind)  # raises where the reference raises
+    return torch.zeros_like(logprobs).as_subclass(_tensor_that_is_always_close())
+
+
+@pytest.mark.parametrize("checkpoint_id, answer", [
+    ("13.accept", _lying_ints_of_the_right_length),
+    ("13.expected_tokens", _raise(_UnprintableError())),
+    ("13.expected_tokens", _raise(SystemExit(3))),
+    ("11.kl_penalty", _always_close_zeros),
+], ids=["int_whose_eq_lies", "str_raises", "system_exit", "tensor_whose_isclose_lies"])
+def test_a_hostile_answer_neither_passes_nor_crashes_the_check(checkpoint_id, answer):
+    result = run(lookup(checkpoint_id), answer)
+    assert not result.passed
+    assert result.report()  # the report itself can be written
