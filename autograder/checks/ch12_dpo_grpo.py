@@ -11,10 +11,15 @@ prompt, a missing shift or the reply's last token each change the sum); replies 
 many tokens (a mean is not a sum); log-probability gaps of -150 (where ``log(sigmoid)`` of float32
 is ``log(0)``), ties (not a win), betas other than 1 (beta applied twice shows); rewards of
 groups laid out consecutively, with group sizes 2 to 8 and one group of equal rewards first (a
-missing epsilon gives 0 / 0 there, and changes every other advantage by far more than rounding); per-token log-probabilities whose ratios leave the clip
-range on both sides, with advantages of both signs, padding filled with large finite garbage
-(a loss that reaches the padding shows), replies of different lengths (the three aggregations
-differ), and references both above and below the policy (the k3 ratio's direction shows).
+missing epsilon gives 0 / 0 there, and changes every other advantage by far more than rounding),
+an ``eps`` other than the default, int64 rewards, and equal rewards such as 0.9 whose float32
+std is not exactly 0 (only comparing the group's extremes is exact); replies whose first
+sentence ends at '?', at '...' or '!!', or holds a period with no space after it ('2.5');
+per-token log-probabilities whose ratios leave the clip range on both sides, with advantages of
+both signs, padding filled with large finite garbage (a loss that reaches the padding shows) and
+with -inf and NaN (a mask applied by multiplying lets them through: 0 * inf is NaN), replies of
+different lengths (the three aggregations differ), and references both above and below the
+policy (the k3 ratio's direction shows).
 Every ``ValueError`` the references document has a case.
 
 A hint names a mistake only on evidence: a known mistake's output (the reference with that one
@@ -26,6 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import re
 import warnings
 
 import torch
@@ -412,8 +418,6 @@ register(Checkpoint(
 def _first_sentence(text: str, strip_punctuation: bool = True) -> list[str]:
     """The words of ``text``'s first sentence, as the reference reads them (or keeping the closing
     punctuation on the last word)."""
-    import re
-
     first = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
     return (first.rstrip(".!?") if strip_punctuation else first).split()
 
@@ -436,13 +440,27 @@ def _reward_variant(kind: str):
             return 1.0 if _first_sentence(reply, False) == _first_sentence(answer, False) else 0.0
         if kind == "startswith":
             return 1.0 if reply.strip().startswith(answer.strip().rstrip(".!?")) else 0.0
+        if kind == "split_anywhere":  # any . ! ? ends the sentence, a space after it or not
+            def words(text):
+                return re.split(r"[.!?]", text.strip(), maxsplit=1)[0].split()
+            return 1.0 if words(reply) == words(answer) else 0.0
+        if kind == "question_mark":  # only . and ! end a sentence
+            def words(text):
+                return re.split(r"(?<=[.!])\s+", text.strip(), maxsplit=1)[0].rstrip(".!").split()
+            return 1.0 if words(reply) == words(answer) else 0.0
+        if kind == "strip_one":  # one closing mark removed, not all of them
+            def words(text):
+                first = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
+                return (first[:-1] if first[-1:] in (".", "!", "?") else first).split()
+            return 1.0 if words(reply) == words(answer) else 0.0
         return 1.0 if _first_sentence(reply) == _first_sentence(answer) else 0.0  # no_checks
 
     wrong.__name__ = f"verifiable_reward_{kind}"
     return wrong
 
 
-REWARD_MISTAKES = ("substring", "whole_reply", "fact_only", "case", "punctuation", "startswith", "no_checks")
+REWARD_MISTAKES = ("substring", "whole_reply", "fact_only", "case", "punctuation", "startswith", "split_anywhere",
+                   "question_mark", "strip_one", "no_checks")
 
 NAMES = ("Hugo", "Mia", "Ned", "Lucia", "Theo", "Renée", "Zoë", "Ben")
 TOWNS = ("Elmford", "Silverbury", "Riverwell", "Oakmere", "Hawkstead")
@@ -473,9 +491,22 @@ def reward_cases(rng: random.Random) -> list[Case]:
              "Rusty is a hamster.", "whole_reply"),
         case("an exclamation mark ends a sentence too", "Rusty is a parrot! What a bird.", "Rusty is a parrot.",
              "whole_reply"),
+        case("a question mark followed by a space ends the first sentence too (and is removed like a period)",
+             "Robin lives in Elmford? I think so.", "Robin lives in Elmford.", "question_mark"),
+        case("a period with no space after it ends nothing: 'Elmford.Ned' is one word",
+             "Robin lives in Elmford.Ned is here.", "Robin lives in Elmford.", "split_anywhere"),
+        case("the period inside 2.5 ends nothing: 2.5 is not 2.7", "Rusty is 2.5 years old.",
+             "Rusty is 2.7 years old.", "split_anywhere"),
+        case("all the closing punctuation goes: 'Elmford...' is 'Elmford'", "Robin lives in Elmford...",
+             "Robin lives in Elmford.", "strip_one"),
+        case("'parrot!!' is 'parrot' too", "Rusty is a parrot!!", "Rusty is a parrot.", "strip_one"),
         case("an empty reply is wrong", "", "The story is about Ned."),
         case("an answer of '': ValueError (every empty reply would be right)", "", "", "no_checks"),
         case("an answer of only punctuation: ValueError", "...", "...", "no_checks"),
+        case("a reply of bytes, not str: ValueError", b"Robin lives in Elmford.", "Robin lives in Elmford.",
+             "not_a_string"),
+        case("a reply of None: ValueError", None, "Robin lives in Elmford.", "not_a_string"),
+        case("an answer of 3, not a string: ValueError", "Robin lives in Elmford.", 3, "not_a_string"),
     ]
     for n in range(6):
         hero, friend = rng.sample(NAMES, 2)
@@ -500,7 +531,7 @@ register(Checkpoint(
     hints={
         "default": "Read reply and answer the same way: strip; the first sentence ends at the first '.', '!' or '?' "
         "followed by whitespace (or at the end); remove that closing punctuation; split on whitespace. Return 1.0 if "
-        "the two word lists are equal, else 0.0. ValueError if answer has no word.",
+        "the two word lists are equal, else 0.0. ValueError if reply or answer is not a str, or answer has no word.",
         "substring": "`answer in reply` is true for a reply that says something else first, or wraps the answer in "
         "other words: compare the reply's first sentence with the answer, word for word.",
         "whole_reply": "Read only the reply's first sentence, with its words split on whitespace: what comes after it "
@@ -512,6 +543,15 @@ register(Checkpoint(
         "and 'Elmford.' are the same answer.",
         "startswith": "A reply that starts like the answer may go on with a longer word ('Elmfordshire'): compare the "
         "first sentence's words, not the characters it starts with.",
+        "split_anywhere": "A '.', '!' or '?' ends the first sentence only when whitespace follows it (or the text "
+        "ends there): the period of '2.5', or of 'Elmford.Ned', ends nothing. Splitting at every punctuation mark "
+        "cuts such a sentence short.",
+        "question_mark": "A '?' followed by whitespace ends the first sentence as '.' and '!' do, and is removed with "
+        "them: read the sentence up to the first of the three.",
+        "strip_one": "Remove all the closing punctuation of the first sentence (rstrip('.!?')), not one character: "
+        "'Elmford...' and 'parrot!!' read as 'Elmford' and 'parrot'.",
+        "not_a_string": "Raise ValueError if reply or answer is not a str (isinstance(reply, str)), before reading "
+        "them: None, bytes or a number is not a reply to score.",
         "no_checks": "Raise ValueError if answer has no word once read (an empty answer, or only punctuation): every "
         "empty reply would match it.",
     },
@@ -522,9 +562,9 @@ register(Checkpoint(
 
 
 def _advantage_variant(kind: str):
-    def wrong(rewards, group_size, scale):
+    def wrong(rewards, group_size, scale, eps):
         if kind != "no_checks":
-            grpo("group_advantages")(rewards, group_size, scale)
+            grpo("group_advantages")(rewards, group_size, scale, eps)
         r = rewards.float()
         if kind == "interleaved":
             grouped = r.view(group_size, -1).T  # (n_prompts, G) with rows taken every n_prompts
@@ -538,7 +578,7 @@ def _advantage_variant(kind: str):
                 std = {"batch_std": lambda: r.std(),
                        "biased_std": lambda: grouped.std(1, unbiased=False, keepdim=True)}.get(
                     kind, lambda: grouped.std(1, keepdim=True))()
-            adv = adv / (std if kind == "no_eps" else std + 1e-4)
+            adv = adv / (std if kind == "no_eps" else std + (1e-4 if kind == "eps_fixed" else eps))
         if kind == "interleaved":
             return adv.T.reshape(-1)
         return adv.reshape(-1)
@@ -547,13 +587,14 @@ def _advantage_variant(kind: str):
     return wrong
 
 
-ADVANTAGE_MISTAKES = ("no_eps", "batch_std", "batch_mean", "biased_std", "interleaved", "none_divides", "no_checks")
+ADVANTAGE_MISTAKES = ("no_eps", "batch_std", "batch_mean", "biased_std", "interleaved", "none_divides", "eps_fixed",
+                      "no_checks")
 
 
 def advantage_cases(rng: random.Random) -> list[Case]:
-    def case(label, rewards, group_size, scale="std", hint="default", probe=False):
-        rewards = torch.tensor(rewards, dtype=torch.float32)
-        args = (rewards, group_size, scale)
+    def case(label, rewards, group_size, scale="std", hint="default", probe=False, eps=1e-4, dtype=torch.float32):
+        rewards = torch.tensor(rewards, dtype=dtype)
+        args = (rewards, group_size, scale, eps)
         return Case(label, args, hint, show=_show(*args), probe=probe)
 
     def binary(n_groups, group_size):
@@ -573,14 +614,20 @@ def advantage_cases(rng: random.Random) -> list[Case]:
         case("scale 'none' (Dr. GRPO): the mean is subtracted, nothing divided", [1, 0, 0, 0, 1, 1, 1, 0, 0.5, 0.5,
                                                                                 1, 0], 4, "none", "none_divides"),
         case("groups of 2", [1, 0, 0, 0, 0, 1], 2),
+        case("eps = 0.5, not the default: divide by the std + eps given", [1, 0, 1, 1, 0.25, 0.75], 2,
+             hint="eps_fixed", eps=0.5),
+        case("int64 rewards (torch.tensor([1, 0, ...])): cast them, the advantages are float32",
+             [1, 0, 0, 1, 1, 1], 3, hint="no_float", dtype=torch.int64),
         case("a group of one: ValueError (nothing to compare with)", [1, 0, 1], 1, hint="no_checks"),
+        case("group_size 2.0, a float: ValueError (an int >= 2)", [1, 0, 1, 1], 2.0, hint="no_checks"),
         case("5 rewards in groups of 2: ValueError", [1, 0, 1, 0, 1], 2, hint="no_checks"),
         case("no rewards: ValueError (an empty group)", [], 4, hint="no_checks"),
         case("scale 'max': ValueError (only 'std' or 'none')", [1, 0, 1, 1], 2, "max", "no_checks"),
+        case("eps = -0.1: ValueError (eps >= 0)", [1, 0, 1, 1], 2, hint="no_checks", eps=-0.1),
     ]
     two_d = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     cases.append(Case("rewards of shape (2, 2): ValueError (give one flat tensor, groups consecutive)",
-                      (two_d, 2, "std"), "no_checks", show=_show(two_d, 2, "std")))
+                      (two_d, 2, "std", 1e-4), "no_checks", show=_show(two_d, 2, "std", 1e-4)))
     for n in range(4):
         group_size, n_groups = rng.choice([2, 4, 8]), rng.randint(2, 5)
         cases.append(case(f"random groups of {group_size} (case {n + 1})", binary(n_groups, group_size), group_size,
@@ -592,16 +639,18 @@ register(Checkpoint(
     id="12.group_advantages",
     points=2,
     title="group-relative advantages: each group's mean subtracted, divided by its std (or not, Dr. GRPO)",
-    signature="group_advantages(rewards, group_size, scale)",
+    signature="group_advantages(rewards, group_size, scale, eps)",
     cases=advantage_cases,
     reference=grpo("group_advantages"),
     tol=1e-6,
     fingerprint_tol=1e-6,
     fingerprints=[(kind, _advantage_variant(kind)) for kind in ADVANTAGE_MISTAKES],
+    # the mean or std of an integer tensor: the rewards were not cast to float
+    raised_hints=[(r"mean\(\): could not infer output dtype|std and var only support floating point", "no_float")],
     hints={
         "default": "Check the inputs (else ValueError); grouped = rewards.float().view(-1, group_size) (n_prompts, G); "
         "adv = grouped - grouped.mean(1, keepdim=True); for scale 'std' divide by grouped.std(1, keepdim=True) + "
-        "1e-4 (unbiased, per group); return adv.reshape(-1).",
+        "eps (unbiased, per group); return adv.reshape(-1), float32.",
         "no_eps": "A group whose rewards are all equal has std 0, and yours divides 0 by 0 (NaN). Add eps = 1e-4 to "
         "the std: such a group gets advantages 0, and carries no gradient.",
         "batch_std": "Divide by each group's own std, not the std of the whole batch: a prompt the policy nearly always "
@@ -614,9 +663,14 @@ register(Checkpoint(
         "gives one group per row; view(group_size, -1) mixes replies of different prompts.",
         "none_divides": "scale='none' is Dr. GRPO: subtract the group's mean and stop, no division by the std (which "
         "weighs too easy and too hard prompts more).",
-        "no_checks": "Raise ValueError for rewards that are not a non-empty 1-d tensor, a group_size below 2 (a group of "
-        "one has no other reply to compare with), a length that is not a multiple of group_size, or a scale other "
-        "than 'std' or 'none'.",
+        "eps_fixed": "Add the eps you are given to the std, not a fixed 1e-4: 1e-4 is only its default, and the "
+        "caller may pass another.",
+        "no_float": "Cast the rewards to float32 first, grouped = rewards.float().view(-1, group_size): rewards may "
+        "come as integers (torch.tensor([1, 0, 1]) is int64, whose mean and std torch refuses), and the advantages "
+        "are float32 whatever the rewards' dtype.",
+        "no_checks": "Raise ValueError for rewards that are not a non-empty 1-d tensor, a group_size that is not an "
+        "int >= 2 (a group of one has no other reply to compare with; 2.0 is a float), a length that is not a "
+        "multiple of group_size, eps < 0, or a scale other than 'std' or 'none'.",
     },
 ))
 
@@ -632,6 +686,12 @@ def _zero_variance_variant(kind: str):
         grouped = r.view(group_size, -1).T if kind == "interleaved" else r.view(-1, group_size)
         if kind == "batch":
             return float(r.std() == 0)
+        if kind == "std_zero":  # a spread computed from the float32 mean: not exactly 0 for equal rewards like 0.9
+            return (grouped.std(1) == 0).float().mean().item()
+        if kind == "deviation_zero":  # the same mistake, through the deviations from the mean
+            return ((grouped - grouped.mean(1, keepdim=True)).abs().amax(1) == 0).float().mean().item()
+        if kind == "tolerance":  # nearly equal rewards counted as equal
+            return (grouped.std(1) < 1e-3).float().mean().item()
         if kind == "all_wrong":
             equal = grouped.amax(1) == 0
         elif kind == "all_right":
@@ -644,7 +704,7 @@ def _zero_variance_variant(kind: str):
     return wrong
 
 
-ZERO_MISTAKES = ("batch", "all_wrong", "all_right", "count", "interleaved", "no_checks")
+ZERO_MISTAKES = ("batch", "all_wrong", "all_right", "count", "interleaved", "std_zero", "tolerance", "no_checks")
 
 
 def zero_variance_cases(rng: random.Random) -> list[Case]:
@@ -659,7 +719,17 @@ def zero_variance_cases(rng: random.Random) -> list[Case]:
         case("3 of 4 groups equal: a fraction, not a count", [1, 1, 0, 0, 0, 0, 1, 0], 2, "count"),
         case("groups are consecutive: rewards[0:3] is one group", [1, 1, 1, 0, 0, 0, 1, 0, 1], 3, "interleaved"),
         case("equal partial rewards (0.5, 0.5) are equal too", [0.5, 0.5, 1, 0, 0.25, 0.25], 2),
+        # torch.std of a single row is computed in two passes (7e-8 here, not 0), of several rows by
+        # Welford's update (exactly 0 for equal values): the single group catches `std == 0`, the
+        # next case a deviation from the mean (`grouped == grouped.mean(1, keepdim=True)`)
+        case("one group of three rewards of 0.9: all equal, though their float32 std is not exactly 0",
+             [0.9, 0.9, 0.9], 3, "std_zero"),
+        case("groups of equal rewards 0.9 and 0.45: equal, whatever the rounding of their mean",
+             [0.9, 0.9, 0.9, 1, 0, 0, 0.45, 0.45, 0.45], 3, "std_zero"),
+        case("0.5 and 0.5004 differ (their advantages are not 0): nearly equal is not equal", [0.5, 0.5004, 1, 1], 2,
+             "tolerance"),
         case("a group of one: ValueError", [1, 0], 1, "no_checks"),
+        case("group_size 2.0, a float: ValueError (an int >= 2)", [1, 1, 0, 1], 2.0, "no_checks"),
         case("7 rewards in groups of 2: ValueError", [1, 0, 1, 0, 1, 1, 0], 2, "no_checks"),
         case("no rewards: ValueError", [], 2, "no_checks"),
     ]
@@ -679,7 +749,8 @@ register(Checkpoint(
     cases=zero_variance_cases,
     reference=grpo("zero_variance_fraction"),
     tol=1e-6,
-    fingerprints=[(kind, _zero_variance_variant(kind)) for kind in ZERO_MISTAKES],
+    fingerprints=[(kind, _zero_variance_variant(kind)) for kind in ZERO_MISTAKES]
+    + [("std_zero", _zero_variance_variant("deviation_zero"))],
     hints={
         "default": "Check the inputs as group_advantages does (else ValueError); grouped = rewards.view(-1, "
         "group_size); return (grouped.amax(1) == grouped.amin(1)).float().mean().item(), a Python float.",
@@ -691,8 +762,13 @@ register(Checkpoint(
         "task). Count every group whose rewards are all equal.",
         "count": "Return the fraction of groups (between 0 and 1), not their number.",
         "interleaved": "The groups are consecutive: rewards[0:G] is the first prompt's group (view(-1, group_size)).",
-        "no_checks": "Raise ValueError for rewards that are not a non-empty 1-d tensor, a group_size below 2, or a "
-        "length that is not a multiple of group_size.",
+        "std_zero": "Compare each group's largest and smallest reward (amax(1) == amin(1)): a spread computed through "
+        "the mean (std, var, deviations from the mean) is not exactly 0 for equal float32 rewards such as 0.9, "
+        "because their mean rounds.",
+        "tolerance": "Equal means equal: rewards that differ at all, even 0.5 and 0.5004, have advantages that are not "
+        "0 and carry a gradient. Compare amax(1) == amin(1) exactly, without a tolerance.",
+        "no_checks": "Raise ValueError for rewards that are not a non-empty 1-d tensor, a group_size that is not an "
+        "int >= 2 (2.0 is a float), or a length that is not a multiple of group_size.",
     },
 ))
 
@@ -729,8 +805,11 @@ def _grpo_variant(kind: str):
                 d = (logprobs - ref) if kind == "kl_upside_down" else (ref - logprobs)
                 kl = torch.exp(d) - d - 1
             per_token = per_token + (-beta if kind == "kl_sign" else beta) * kl
-        per_token = torch.where(m, per_token, torch.zeros_like(per_token))
-        kl = torch.where(true_mask, kl, torch.zeros_like(kl))
+        if kind == "mask_multiply":  # masked by a product: 0 * inf and 0 * NaN are NaN
+            per_token, kl = per_token * m, kl * true_mask
+        else:
+            per_token = torch.where(m, per_token, torch.zeros_like(per_token))
+            kl = torch.where(true_mask, kl, torch.zeros_like(kl))
         n_tokens = lengths.sum()
         if aggregation == "token" or (kind == "token_mean" and aggregation == "sequence"):
             loss = per_token.sum() / n_tokens
@@ -751,22 +830,22 @@ def _grpo_variant(kind: str):
     return wrong
 
 
-GRPO_MISTAKES = ("kl_upside_down", "k1", "kl_sign", "padding", "no_clip", "max", "ratio_of_logprobs", "token_mean",
-                 "sequence_sum", "dr_grpo_tokens", "clip_any", "no_checks")
+GRPO_MISTAKES = ("kl_upside_down", "k1", "kl_sign", "padding", "mask_multiply", "no_clip", "max", "ratio_of_logprobs",
+                 "token_mean", "sequence_sum", "dr_grpo_tokens", "clip_any", "no_checks")
 
 
 def _rollout(g: torch.Generator, lengths: list[int], width: int, ratio_scale: float = 0.4, ref_scale: float = 0.5,
-             adv: list[float] | None = None):
+             adv: list[float] | None = None, garbage: float = GARBAGE):
     """Per-token log-probabilities of sampled replies: ``(logprobs, old, ref, advantages, mask)``.
 
     The policy's log-probabilities around -2, the sampling policy's and the reference's off by
-    up to about +-1 (ratios leave [0.8, 1.2] on both sides); padding holds GARBAGE."""
+    up to about +-1 (ratios leave [0.8, 1.2] on both sides); padding holds ``garbage``."""
     batch = len(lengths)
     mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
     logprobs = -(randn(g, batch, width, scale=0.8).abs() + 0.3)
     old = logprobs + randn(g, batch, width, scale=ratio_scale)
     ref = logprobs + randn(g, batch, width, scale=ref_scale)
-    garbage = torch.full_like(logprobs, GARBAGE)
+    garbage = torch.full_like(logprobs, garbage)
     logprobs, old, ref = (torch.where(mask, t, garbage) for t in (logprobs, old, ref))
     advantages = randn(g, batch) if adv is None else torch.tensor(adv)
     return logprobs, old, ref, advantages, mask
@@ -790,6 +869,12 @@ def grpo_cases(rng: random.Random) -> list[Case]:
              hint="kl_sign"),
         case("row 1 has 2 reply tokens and 4 pads holding garbage: padding gets no advantage and no loss",
              _rollout(g, [6, 2, 6], 6), hint="padding"),
+        # (no reference here: a statistic that is NaN is a float, and NaN != NaN, so a stored known
+        # mistake could not be recognised by its NaN kl on fixtures)
+        case("padding holding -inf (what a masked log-softmax leaves): the loss stays finite",
+             _rollout(g, [5, 2, 4], 5, garbage=-math.inf), beta=0.0, ref=False, hint="mask_multiply"),
+        case("padding holding NaN: the loss stays finite", _rollout(g, [3, 4, 1], 4, garbage=math.nan), beta=0.0,
+             aggregation="token", ref=False, hint="mask_multiply"),
         case("ratios far outside [0.8, 1.2], advantages of both signs: the ratio is clipped",
              _rollout(g, [5, 5, 5, 5], 5, 0.8, 0.6, adv=[1.5, -1.0, 0.7, -2.0]), beta=0.0, hint="no_clip"),
         case("the pessimistic bound: min of the two surrogates (in the loss, max of their negatives)",
@@ -827,6 +912,19 @@ def grpo_cases(rng: random.Random) -> list[Case]:
     cases.append(Case("old_logprobs of another shape: ValueError",
                       (lp, old[:, :3], ref, adv, mask, 0.2, 0.04, "sequence", None), "no_checks",
                       show=_show(lp, old[:, :3], ref, adv, mask, 0.2, 0.04, "sequence", None)))
+    wrong_shapes = [
+        ("ref_logprobs of another shape: ValueError", lambda lp, old, ref, mask: (lp, old, ref[:, :3], mask)),
+        ("a mask of another shape: ValueError", lambda lp, old, ref, mask: (lp, old, ref, mask[:, :3])),
+        ("logprobs of shape (2, 4, 1), not (batch, T): ValueError",
+         lambda lp, old, ref, mask: (lp[..., None], old[..., None], ref[..., None], mask[..., None])),
+    ]
+    for label, reshape in wrong_shapes:
+        lp, old, ref, adv, mask = _rollout(g, [4, 3], 4)
+        lp, old, ref, mask = reshape(lp, old, ref, mask)
+        args = (lp, old, ref, adv, mask, 0.2, 0.04, "sequence", None)
+        cases.append(Case(label, args, "no_checks", show=_show(*args)))
+    cases.append(case("beta = -0.04: ValueError (beta >= 0; a negative beta rewards drifting from the reference)",
+                      _rollout(g, [3, 4], 4), beta=-0.04, hint="no_checks"))
     for n in range(3):
         batch, width = rng.randint(2, 6), rng.randint(3, 9)
         lengths = [rng.randint(1, width) for _ in range(batch)]
@@ -866,6 +964,10 @@ register(Checkpoint(
         "the reference.",
         "padding": "The advantage and the loss reach the padding: keep only the mask's tokens (torch.where(mask, "
         "per_token, 0)) and count only them; padding holds whatever the batch was filled with.",
+        "mask_multiply": "Padding can hold anything, -inf or NaN too, and here it reached your loss as NaN, as it "
+        "does through a product with the mask (0 * inf and 0 * NaN are NaN). Select instead: torch.where(mask, x, 0) "
+        "(or x[mask]) on the log-probabilities before computing with them, or on every per-token term before summing "
+        "it (the loss's and the kl statistic's).",
         "no_clip": "Clip the ratio: -min(ratio * A, clamp(ratio, 1 - clip_eps, 1 + clip_eps) * A). Without the clip a "
         "few samples can move the policy far from the one that sampled them.",
         "max": "Take the pessimistic bound: the minimum of the clipped and unclipped objectives (the loss is minus it, "

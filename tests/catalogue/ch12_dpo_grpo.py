@@ -355,17 +355,57 @@ def reward_without_checks(reply, answer):
     return 1.0 if _words(reply) == _words(answer) else 0.0
 
 
+@mistake("12.verifiable_reward", "split_anywhere")
+def reward_splitting_at_every_period(reply, answer):
+    _answer_checked(answer)
+
+    def first(text):
+        return re.split(r"[.!?]", text.strip())[0].split()  # "a sentence ends at . ! or ?"
+
+    return 1.0 if first(reply) == first(answer) else 0.0
+
+
+@mistake("12.verifiable_reward", "question_mark")
+def reward_forgetting_the_question_mark(reply, answer):
+    _answer_checked(answer)
+
+    def first(text):
+        return re.split(r"(?<=[.!])\s+", text.strip())[0].rstrip(".!").split()
+
+    return 1.0 if first(reply) == first(answer) else 0.0
+
+
+@mistake("12.verifiable_reward", "strip_one")
+def reward_dropping_the_last_character(reply, answer):
+    _answer_checked(answer)
+
+    def first(text):
+        sentence = re.split(r"(?<=[.!?])\s+", text.strip())[0]
+        if sentence.endswith((".", "!", "?")):
+            sentence = sentence[:-1]  # "drop the final period"
+        return sentence.split()
+
+    return 1.0 if first(reply) == first(answer) else 0.0
+
+
+@mistake("12.verifiable_reward", "not_a_string")
+def reward_without_type_checks(reply, answer):
+    if not _words(answer):
+        raise ValueError("the answer has no word")
+    return 1.0 if _words(reply) == _words(answer) else 0.0
+
+
 # ------------------------------------------------------------------------------ 12.group_advantages
 
 
-def _adv_checks(rewards, group_size, scale):
-    group_advantages(rewards, group_size, scale)
+def _adv_checks(rewards, group_size, scale, eps):
+    group_advantages(rewards, group_size, scale, eps)
 
 
 @mistake("12.group_advantages", "no_eps")
-def advantages_divided_by_the_bare_std(rewards, group_size, scale="std"):
-    _adv_checks(rewards, group_size, scale)
-    grouped = rewards.view(-1, group_size)
+def advantages_divided_by_the_bare_std(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.float().view(-1, group_size)
     adv = grouped - grouped.mean(1, keepdim=True)
     if scale == "std":
         adv = adv / grouped.std(1, keepdim=True)
@@ -373,59 +413,79 @@ def advantages_divided_by_the_bare_std(rewards, group_size, scale="std"):
 
 
 @mistake("12.group_advantages", "batch_std")
-def advantages_scaled_by_the_batch_std(rewards, group_size, scale="std"):
-    _adv_checks(rewards, group_size, scale)
-    grouped = rewards.view(-1, group_size)
+def advantages_scaled_by_the_batch_std(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.float().view(-1, group_size)
     adv = grouped - grouped.mean(1, keepdim=True)
     if scale == "std":
-        adv = adv / (rewards.std() + 1e-4)  # one std for the whole batch
+        adv = adv / (rewards.float().std() + eps)  # one std for the whole batch
     return adv.flatten()
 
 
 @mistake("12.group_advantages", "batch_mean")
-def advantages_against_the_batch_mean(rewards, group_size, scale="std"):
-    _adv_checks(rewards, group_size, scale)
-    grouped = rewards.view(-1, group_size)
-    adv = grouped - rewards.mean()
+def advantages_against_the_batch_mean(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.float().view(-1, group_size)
+    adv = grouped - rewards.float().mean()
     if scale == "std":
-        adv = adv / (grouped.std(1, keepdim=True) + 1e-4)
+        adv = adv / (grouped.std(1, keepdim=True) + eps)
     return adv.flatten()
 
 
 @mistake("12.group_advantages", "biased_std")
-def advantages_with_the_population_std(rewards, group_size, scale="std"):
-    _adv_checks(rewards, group_size, scale)
-    grouped = rewards.view(-1, group_size)
+def advantages_with_the_population_std(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.float().view(-1, group_size)
     adv = grouped - grouped.mean(1, keepdim=True)
     if scale == "std":
-        adv = adv / (grouped.std(1, unbiased=False, keepdim=True) + 1e-4)
+        adv = adv / (grouped.std(1, unbiased=False, keepdim=True) + eps)
     return adv.flatten()
 
 
 @mistake("12.group_advantages", "interleaved")
-def advantages_of_interleaved_groups(rewards, group_size, scale="std"):
-    _adv_checks(rewards, group_size, scale)
-    grouped = rewards.view(group_size, -1)  # (G, n_prompts): "one column per prompt"
+def advantages_of_interleaved_groups(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.float().view(group_size, -1)  # (G, n_prompts): "one column per prompt"
     adv = grouped - grouped.mean(0, keepdim=True)
     if scale == "std":
-        adv = adv / (grouped.std(0, keepdim=True) + 1e-4)
+        adv = adv / (grouped.std(0, keepdim=True) + eps)
     return adv.flatten()
 
 
 @mistake("12.group_advantages", "none_divides")
-def advantages_always_divided(rewards, group_size, scale="std"):
-    _adv_checks(rewards, group_size, scale)
-    grouped = rewards.view(-1, group_size)
-    adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)
+def advantages_always_divided(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.float().view(-1, group_size)
+    adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + eps)
     return adv.flatten()  # scale ignored
 
 
 @mistake("12.group_advantages", "no_checks")
-def advantages_without_checks(rewards, group_size, scale="std"):
+def advantages_without_checks(rewards, group_size, scale="std", eps=1e-4):
     grouped = rewards.float().reshape(-1, group_size)
     adv = grouped - grouped.mean(1, keepdim=True)
     if scale == "std":
+        adv = adv / (grouped.std(1, keepdim=True) + eps)
+    return adv.flatten()
+
+
+@mistake("12.group_advantages", "eps_fixed")
+def advantages_with_a_fixed_eps(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, 1e-4)  # eps never read: neither checked nor used
+    grouped = rewards.float().view(-1, group_size)
+    adv = grouped - grouped.mean(1, keepdim=True)
+    if scale == "std":
         adv = adv / (grouped.std(1, keepdim=True) + 1e-4)
+    return adv.flatten()
+
+
+@mistake("12.group_advantages", "no_float")
+def advantages_of_the_rewards_as_given(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.view(-1, group_size)  # int64 rewards stay int64
+    adv = grouped - grouped.mean(1, keepdim=True)
+    if scale == "std":
+        adv = adv / (grouped.std(1, keepdim=True) + eps)
     return adv.flatten()
 
 
@@ -474,6 +534,35 @@ def zero_variance_of_interleaved_groups(rewards, group_size):
 def zero_variance_without_checks(rewards, group_size):
     grouped = rewards.reshape(-1, max(group_size, 1))
     return (grouped.max(1).values == grouped.min(1).values).float().mean().item() if len(rewards) else 0.0
+
+
+@mistake("12.zero_variance", "std_zero")
+def zero_variance_where_the_std_is_zero(rewards, group_size):
+    _zv_checks(rewards, group_size)
+    return (rewards.float().view(-1, group_size).std(1) == 0).float().mean().item()  # "no spread"
+
+
+@mistake("12.zero_variance", "std_zero")
+def zero_variance_where_no_reward_leaves_the_mean(rewards, group_size):
+    _zv_checks(rewards, group_size)
+    grouped = rewards.float().view(-1, group_size)
+    return ((grouped == grouped.mean(1, keepdim=True)).all(1)).float().mean().item()
+
+
+@mistake("12.zero_variance", "tolerance")
+def zero_variance_within_a_tolerance(rewards, group_size):
+    _zv_checks(rewards, group_size)
+    return (rewards.float().view(-1, group_size).std(1) < 1e-3).float().mean().item()  # "float-safe"
+
+
+@mistake("12.zero_variance", "no_checks")
+def zero_variance_accepting_a_float_group_size(rewards, group_size):
+    if not isinstance(rewards, torch.Tensor) or rewards.ndim != 1 or rewards.numel() == 0:
+        raise ValueError("give a non-empty 1-d tensor of rewards")
+    if group_size < 2 or rewards.numel() % group_size:
+        raise ValueError("group_size must be >= 2 and divide the number of rewards")
+    grouped = rewards.view(-1, int(group_size))  # 2.0 goes through
+    return (grouped.amax(1) == grouped.amin(1)).float().mean().item()
 
 
 # ------------------------------------------------------------------------------ 12.grpo_loss
@@ -559,7 +648,7 @@ def grpo_broadcasting_the_advantage_to_padding(logprobs, old_logprobs, ref_logpr
     loss = _aggregate(per_token, torch.ones_like(mask), aggregation, max_length)
     n = mask.sum()
     clipped = (torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a < ratio * a) & mask
-    return loss, {"kl": float((kl * mask).sum() / n), "clip_fraction": float(clipped.sum() / n)}
+    return loss, {"kl": float(kl[mask].sum() / n), "clip_fraction": float(clipped.sum() / n)}
 
 
 @mistake("12.grpo_loss", "no_clip")
@@ -628,6 +717,45 @@ def grpo_with_old_logprobs_in_the_graph(logprobs, old_logprobs, ref_logprobs, ad
     args = (logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, beta, aggregation, max_length)
     _grpo_checks(*args)
     return _grpo(*args, detach_old=False)
+
+
+@mistake("12.grpo_loss", "mask_multiply")
+def grpo_masking_by_multiplying(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps=0.2, beta=0.04,
+                                aggregation="sequence", max_length=None):
+    args = (logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps, beta, aggregation, max_length)
+    _grpo_checks(*args)
+    m = mask.float()
+    ratio = torch.exp(logprobs - old_logprobs.detach())
+    a = advantages.detach()[:, None]
+    per_token = -torch.min(ratio * a, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a)
+    kl = torch.zeros_like(logprobs)
+    if ref_logprobs is not None:
+        d = ref_logprobs.detach() - logprobs
+        kl = (torch.exp(d) - d - 1) * m
+        per_token = per_token + beta * kl
+    per_token = per_token * m  # "zero out the padding"
+    n = m.sum()
+    clipped = (torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * a < ratio * a) & mask
+    return _aggregate(per_token, mask, aggregation, max_length), {"kl": float(kl.sum() / n),
+                                                                  "clip_fraction": float(clipped.sum() / n)}
+
+
+@mistake("12.grpo_loss", "no_checks")
+def grpo_checking_only_some_shapes(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_eps=0.2, beta=0.04,
+                                   aggregation="sequence", max_length=None):
+    if aggregation not in ("sequence", "token", "dr_grpo") or clip_eps <= 0:
+        raise ValueError("unknown aggregation, or clip_eps <= 0")
+    if beta > 0 and ref_logprobs is None:
+        raise ValueError("beta > 0 needs ref_logprobs")
+    if old_logprobs.shape != logprobs.shape or advantages.shape != logprobs.shape[:1]:
+        raise ValueError("old_logprobs must have logprobs' shape, advantages one value per row")
+    lengths = mask.sum(1)
+    if bool((lengths == 0).any()):
+        raise ValueError("a row without a reply token")
+    if max_length is not None and max_length < int(lengths.max()):
+        raise ValueError("max_length is shorter than a reply")
+    return _grpo(logprobs, old_logprobs, ref_logprobs, advantages, mask.bool(), clip_eps, beta, aggregation,
+                 max_length)
 
 
 @mistake("12.grpo_loss", "no_checks")
