@@ -397,7 +397,7 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
     from autograder.core import lookup, run
 
     def reward_by_regex(reply, answer):
-        verifiable_reward("", answer)  # the checks
+        verifiable_reward(reply, answer)  # the checks (types, an answer with no word)
 
         def words(text):
             match = re.match(r"\s*(.*?[.!?])(?:\s|$)", text + " ", re.S)
@@ -405,15 +405,15 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
 
         return float(words(reply) == words(answer))
 
-    def advantages_by_loop(rewards, group_size, scale="std"):
-        group_advantages(rewards, group_size, scale)  # the checks
+    def advantages_by_loop(rewards, group_size, scale="std", eps=1e-4):
+        group_advantages(rewards, group_size, scale, eps)  # the checks
         out = []
         for start in range(0, len(rewards), group_size):
             group = rewards[start:start + group_size].double()
             mean = group.sum() / group_size
             adv = group - mean
             if scale == "std":
-                adv = adv / (((group - mean) ** 2).sum() / (group_size - 1)).sqrt().add(1e-4)
+                adv = adv / (((group - mean) ** 2).sum() / (group_size - 1)).sqrt().add(eps)
             out.append(adv)
         return torch.cat(out).float()
 
