@@ -41,7 +41,10 @@ This module has, in the order the chapter builds them:
 * :func:`acceptance_rate`: :math:`\alpha` measured from a run's statistics;
 * bonus, drafts without a draft model: :class:`MTPHeads` on the target's own hidden state,
   :func:`mtp_loss` (self-distillation), :func:`train_mtp_heads`, :func:`mtp_agreement` and
-  :func:`mtp_generate` (greedy self-speculative decoding on :class:`LeanDecoder`).
+  :func:`mtp_generate` (greedy self-speculative decoding on :class:`LeanDecoder`);
+* a draft without a model: :class:`NGramDraft`, a table of the target's greedy predictions after
+  each n-gram of a text (distilled in one teacher-forced pass) plus the n-grams of the text being
+  generated, kept in an :class:`NGramHistory` that rolls back like a cache.
 """
 
 from __future__ import annotations
@@ -658,3 +661,112 @@ def mtp_generate(decoder: LeanDecoder, heads: MTPHeads, prompt_ids, max_new_toke
         for token in new:
             yield token
             produced += 1
+
+
+# ------------------------------------------------- a draft without a model: n-grams
+
+
+class NGramHistory:
+    """What an :class:`NGramDraft` keeps instead of a KV cache: the tokens it was fed, and an
+    index of the text known to be committed (every n-gram of it, up to ``order``, mapped to the
+    token that last followed it). ``crop(length)`` rolls back as a cache does and marks the
+    tokens before ``length`` as committed; drafted tokens are never indexed before that, so a
+    rejected guess is not proposed again from the context."""
+
+    def __init__(self, order: int):
+        self.order, self.tokens, self.indexed = order, [], 0
+        self.seen: list[dict] = [{} for _ in range(order + 1)]  # seen[n][n-gram] = the next token
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def crop(self, length: int) -> None:
+        del self.tokens[length:]
+        self.commit(length)
+
+    def commit(self, length: int) -> None:
+        for end in range(max(self.indexed, 1), length):  # tokens[end] followed the n-grams ending before it
+            for n in range(1, min(self.order, end) + 1):
+                self.seen[n][tuple(self.tokens[end - n:end])] = self.tokens[end]
+        self.indexed = max(self.indexed, length)
+
+
+class NGramDraft:
+    r"""A draft that costs almost nothing: a table of what the target says after each n-gram.
+
+    :meth:`distil` runs the target over a text once (teacher forcing, a few windows at a time) and
+    records, for every n-gram of the text (:math:`1 \le n \le` ``order``), the token the target
+    most often predicts after it: a lookup table distilled from the target, as REST (He et al.,
+    2023) drafts from a datastore and prompt lookup decoding from the prompt. To draft, the
+    longest n-gram ending the current text that the table knows gives the guess; the text being
+    generated is searched too (names of this story are in no table), and its continuation wins
+    when its match is at least as long as the table's less one. Called as a model,
+    ``draft(tokens, caches)`` returns logits ``(1, 1, vocab)`` for the last position only: 0 on the
+    guess, ``-inf`` elsewhere (``q`` one-hot, so a guess is accepted with probability ``p(guess)``),
+    or all zeros where nothing matches (``q`` uniform). Exactness does not depend on the draft:
+    :func:`speculative_generate` yields the target's tokens whatever it proposes.
+    ``new_caches()`` gives one :class:`NGramHistory`; ``cfg`` is the target's config.
+    """
+
+    def __init__(self, table: list[dict], cfg):
+        if len(table) < 2 or any(not isinstance(t, dict) for t in table):
+            raise ValueError("table must be a list of dicts, table[n] mapping n-grams to tokens for n = 1 .. order "
+                             "(table[0] unused): build it with NGramDraft.distil(model, ids)")
+        self.table, self.cfg, self.order = table, cfg, len(table) - 1
+
+    @classmethod
+    @torch.no_grad()
+    def distil(cls, model: Transformer, ids, order: int = 4, window: int = 256, batch_size: int = 16,
+               progress=None) -> "NGramDraft":
+        """The table from the target ``model``'s greedy predictions on the text ``ids`` (token ids),
+        cut into windows of ``window`` tokens; ``progress`` wraps the batches (``tqdm``, say)."""
+        if not isinstance(order, int) or order < 1:
+            raise ValueError(f"order must be an int >= 1, got {order!r}")
+        ids = [int(t) for t in (ids.tolist() if torch.is_tensor(ids) else ids)]
+        window = min(window, model.cfg.max_seq_len)
+        if len(ids) < window:
+            raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {window}: give more text")
+        windows = torch.tensor(ids[:len(ids) // window * window]).view(-1, window)  # (n_windows, window)
+        batches = windows.split(batch_size)
+        counts: list[dict] = [{} for _ in range(order + 1)]  # counts[n][n-gram][token] = how often predicted
+        model.eval()
+        for batch in progress(batches) if progress else batches:
+            predicted = model(batch).argmax(dim=-1).tolist()  # (batch, window): the target's next token
+            for text, guesses in zip(batch.tolist(), predicted):
+                for i, guess in enumerate(guesses):  # the n-grams ending at position i
+                    for n in range(1, min(order, i + 1) + 1):
+                        seen = counts[n].setdefault(tuple(text[i + 1 - n:i + 1]), {})
+                        seen[guess] = seen.get(guess, 0) + 1
+        table = [{}] + [{gram: max(seen, key=seen.get) for gram, seen in level.items()} for level in counts[1:]]
+        return cls(table, model.cfg)
+
+    def new_caches(self) -> list[NGramHistory]:
+        return [NGramHistory(self.order)]
+
+    def guess(self, history: NGramHistory) -> int | None:
+        """The next token after ``history``'s tokens, or ``None`` if no n-gram matches."""
+        tokens, found, found_n = history.tokens, None, 0
+        for n in range(min(self.order, len(tokens)), 0, -1):  # the table: longest match first
+            found = self.table[n].get(tuple(tokens[-n:]))
+            if found is not None:
+                found_n = n
+                break
+        for n in range(min(self.order, len(tokens)), max(found_n - 1, 2) - 1, -1):  # the text itself
+            here = history.seen[n].get(tuple(tokens[-n:]))
+            if here is not None:
+                return here
+        return found
+
+    def __call__(self, tokens: torch.Tensor, caches: list[NGramHistory]) -> torch.Tensor:
+        history = caches[0]
+        first = len(history) == 0
+        history.tokens.extend(int(t) for t in tokens[0].tolist())
+        if len(history) > self.cfg.max_seq_len:
+            raise ValueError(f"{len(history)} positions do not fit max_seq_len={self.cfg.max_seq_len}")
+        if first:  # the prompt: committed
+            history.commit(len(history))
+        guess = self.guess(history)
+        logits = torch.zeros(1, 1, self.cfg.vocab_size)
+        if guess is not None:
+            logits.fill_(-math.inf)[0, 0, guess] = 0.0
+        return logits

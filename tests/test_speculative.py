@@ -21,6 +21,11 @@
   ``mtp_generate`` is ``greedy_decode`` token for token on tiny random models (steps that accept
   and steps that reject) and on the shipped dense model with briefly trained heads; correct
   rewrites of the loss pass its checkpoint.
+* The n-gram draft: its table holds the target's most frequent prediction after each n-gram
+  (counted by hand on a tiny model); the text's own n-grams are indexed only once committed, so a
+  rejected guess is not proposed again; greedy output is the target's on tiny random models and
+  on the shipped model, sampled output follows the target's joint distribution (the same
+  3,000-run test as the draft model's); bad arguments raise ``ValueError``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from solutions.reward import hidden_states
 from solutions.speculative import (
     LeanDecoder,
     MTPHeads,
+    NGramDraft,
+    NGramHistory,
     StaticKVCache,
     accept_draft,
     acceptance_rate,
@@ -479,3 +486,106 @@ def test_mtp_loss_correct_rewrites_are_accepted():
     for answer in (by_kl_div, by_masks):
         for seed in (0, 1):
             assert run(cp, answer, seed=seed).passed, run(cp, answer, seed=seed).report()
+
+
+# ------------------------------------------------------------------ the n-gram draft
+
+
+def test_the_ngram_table_holds_the_targets_most_frequent_prediction():
+    target = tiny(3)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 8, (96,), generator=g).tolist()  # a small alphabet: n-grams repeat
+    draft = NGramDraft.distil(target, ids, order=2, window=32, batch_size=2)
+    with torch.no_grad():
+        predicted = target(torch.tensor(ids).view(3, 32)).argmax(-1).tolist()
+    counts = {}
+    for w in range(3):
+        text = ids[w * 32:(w + 1) * 32]
+        for i in range(32):
+            for n in (1, 2):
+                if i + 1 >= n:
+                    gram = tuple(text[i + 1 - n:i + 1])
+                    counts.setdefault(gram, []).append(predicted[w][i])
+    for gram, seen in counts.items():
+        best = max(seen.count(t) for t in seen)
+        assert seen.count(draft.table[len(gram)][gram]) == best, gram
+    assert set(draft.table[1]) | set(draft.table[2]) == set(counts)
+    assert draft.cfg is target.cfg and draft.order == 2
+
+
+def test_the_history_indexes_only_committed_text():
+    draft = NGramDraft([{}, {}, {}], tiny(3).cfg)  # an empty table: guesses come from the text alone
+    caches = draft.new_caches()
+    logits = draft(torch.tensor([[1, 2, 3, 4, 1, 2]]), caches)  # the prompt: committed
+    assert logits.shape == (1, 1, 40)
+    assert int(logits[0, -1].argmax()) == 3 and logits[0, -1].isinf().sum() == 39  # "1 2" was followed by 3
+    draft(torch.tensor([[7]]), caches)  # a drafted token: not in the index yet
+    assert (2, 7) not in caches[0].seen[2] and caches[0].seen[2][(1, 2)] == 3
+    rollback(caches, 6)  # rejected: forgotten, and the text before it committed
+    assert caches[0].tokens == [1, 2, 3, 4, 1, 2] and (2, 7) not in caches[0].seen[2]
+    draft(torch.tensor([[5]]), caches)
+    rollback(caches, 7)  # 5 accepted
+    assert caches[0].seen[2][(1, 2)] == 5  # the latest continuation of "1 2" wins
+    nothing = draft(torch.tensor([[9]]), caches)  # "5 9" and "9" never seen: q uniform
+    assert torch.equal(nothing, torch.zeros(1, 1, 40))
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_greedy_with_the_ngram_draft_is_the_targets_greedy_output(gamma):
+    target = tiny(3)
+    text = [1] + list(generate(target, [1], 80)) + [5, 9] + list(generate(target, [5, 9], 60))
+    draft = NGramDraft.distil(target, text, order=3, window=16)
+    for prompt in ([1], [5, 9, 2, 7], list(range(10, 30))):
+        steps = []
+        got = list(speculative_generate(target, draft, prompt, 40, gamma=gamma, stats=steps))
+        assert got == list(generate(target, prompt, 40)), (gamma, prompt)
+        accepted = sum(n for _, n in steps)
+        assert 0 < accepted < sum(g for g, _ in steps)  # some guesses right, some wrong
+
+
+def test_sampled_with_the_ngram_draft_draws_the_targets_joint_distribution():
+    target = tiny(1, vocab_size=6, dim=16, n_heads=2, n_kv_heads=1, hidden_dim=24)
+    with torch.no_grad():
+        target.norm.weight.mul_(0.3)
+    draft = NGramDraft.distil(target, [1, 4, 2, 0, 3, 1, 4, 2, 5, 5, 0, 1], order=2, window=12)
+    prompt = [1, 4, 2]
+    with torch.no_grad():
+        first = torch.softmax(target(torch.tensor([prompt]))[0, -1], -1).double()
+        joint = torch.stack([first[a] * torch.softmax(target(torch.tensor([prompt + [a]]))[0, -1], -1).double()
+                             for a in range(6)])
+    n, counts = 3000, torch.zeros(6, 6, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    steps = []
+    for _ in range(n):
+        a, b = speculative_generate(target, draft, prompt, 2, gamma=2, temperature=1.0, generator=g, stats=steps)
+        counts[a, b] += 1
+    tolerance = 5 * (joint * (1 - joint) / n).sqrt() + 1e-3
+    assert ((counts / n - joint).abs() <= tolerance).all(), (counts / n - joint).abs().max()
+    assert 0.05 < acceptance_rate(steps) < 0.95
+
+
+def test_ngram_draft_on_the_shipped_model(shipped):
+    data = pytest.importorskip("data")
+    target, _, prompts = shipped
+    ids = data.course_tokenizer().encode(data.load_corpus("train", max_chars=120_000), allowed_special="all")
+    draft = NGramDraft.distil(target, ids, order=4)
+    lean = LeanDecoder(target)
+    steps = []
+    for prompt in prompts:
+        assert list(speculative_generate(lean, draft, prompt, 40, gamma=3, stats=steps)) == \
+            greedy_decode(lean, prompt, 40)
+    assert acceptance_rate(steps) > 0.3  # the table agrees with the target often
+
+
+def test_ngram_draft_bad_arguments():
+    target = tiny(3)
+    with pytest.raises(ValueError, match="order"):
+        NGramDraft.distil(target, list(range(64)), order=0)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        NGramDraft.distil(target, [1, 2, 3], window=16)
+    with pytest.raises(ValueError, match="list of dicts"):
+        NGramDraft([{}], target.cfg)
+    draft = NGramDraft([{}, {}], target.cfg)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        draft(torch.zeros(1, 97, dtype=torch.long), draft.new_caches())
+    assert len(NGramHistory(2)) == 0

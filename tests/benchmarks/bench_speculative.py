@@ -1,7 +1,7 @@
 """Benchmark: speculative decoding against plain cached decoding of the target, in one run.
 
 Run from the repository root:
-python -m tests.benchmarks.bench_speculative [--new-tokens 200] [--prompt-tokens 256] [--prompts 3] [--gammas 1,2,3,4,5,6,8] [--repeats 3] [--threads 1]
+python -m tests.benchmarks.bench_speculative [--new-tokens 200] [--prompt-tokens 256] [--prompts 3] [--gammas 1,2,3,4,5,6,8] [--repeats 3] [--threads 1] [--ngram-order 4] [--ngram-tokens 0]
 
 The target is the shipped dense model (``data/checkpoints/dense``, 8 layers, 3.9M parameters),
 the draft the shipped draft model (``data/checkpoints/draft``, 2 layers, 0.9M). Both decode
@@ -31,6 +31,12 @@ products with a few rows cost nearly in proportion to the rows (single-thread GE
 GFLOP/s), so v grows with gamma. With the shipped draft, alpha is about 0.4: the bound is about
 1.1x at gamma 1 and below 1 from gamma 3.
 
+A second draft needs no model: :class:`solutions.speculative.NGramDraft`, a table of the target's
+most frequent greedy prediction after each n-gram (up to ``--ngram-order``) of the training
+stories (``--ngram-tokens`` of them, default all), distilled at the start of the run, plus the
+n-grams of the text being generated. A guess is a dictionary lookup: c is a few thousandths,
+so its bound is limited by alpha and v alone. The same table of columns is printed for it.
+
 The last column, ``alpha for 2x``, is the acceptance rate a draft **of the same cost** would need
 for 2x at each gamma with the measured ``c`` and ``v`` (``-`` where even a draft that is always
 right, ``(gamma + 1) / (gamma c + v)``, stays below 2x): how far better training of a draft this
@@ -47,7 +53,9 @@ import torch
 
 from solutions.generate import generate
 from solutions.model import LlamaConfig, Transformer
-from solutions.speculative import LeanDecoder, acceptance_rate, expected_tokens, greedy_decode, rollback, speculative_generate
+from solutions.speculative import (
+    LeanDecoder, NGramDraft, acceptance_rate, expected_tokens, greedy_decode, rollback, speculative_generate,
+)
 from solutions.speculative import alpha_needed, speedup_bound
 
 
@@ -97,6 +105,8 @@ def main() -> None:
     parser.add_argument("--gammas", default="1,2,3,4,5,6,8")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ngram-order", type=int, default=4)
+    parser.add_argument("--ngram-tokens", type=int, default=0, help="training tokens the n-gram draft is distilled on (0: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gammas = [int(g) for g in args.gammas.split(",")]
@@ -109,42 +119,54 @@ def main() -> None:
           f"dim {draft.cfg.dim}; greedy, {n} new tokens after each of {len(batch)} prompts of {args.prompt_tokens} "
           f"tokens, {torch.get_num_threads()} thread(s), median of {args.repeats}")
 
+    ngram = distil_ngram(target_model, args.ngram_order, args.ngram_tokens)
+    drafts = {"the draft model": draft, "the n-gram table": ngram}
     greedy_decode(target, batch[0], 8)  # warm-up
-    list(speculative_generate(target, draft, batch[0], 8, gamma=2))
-    times = {key: [] for key in ["chapter 07", "target", "draft"] + gammas}
+    for d in drafts.values():
+        list(speculative_generate(target, d, batch[0], 8, gamma=2))
+    runs = [(name, gamma) for name in drafts for gamma in gammas]
+    times = {key: [] for key in ["chapter 07", "target", "draft"] + runs}
     reference, stats = None, {}
     for _ in range(args.repeats):
         t, reference = timed(lambda: [greedy_decode(target, p, n) for p in batch])
         times["target"].append(t)
         times["draft"].append(timed(lambda: [greedy_decode(draft, p, n) for p in batch])[0])
         times["chapter 07"].append(timed(lambda: [list(generate(target_model, p, n)) for p in batch])[0])
-        for gamma in gammas:
+        for name, gamma in runs:
             steps: list = []
-            t, out = timed(lambda: [list(speculative_generate(target, draft, p, n, gamma=gamma, stats=steps))
+            t, out = timed(lambda: [list(speculative_generate(target, drafts[name], p, n, gamma=gamma, stats=steps))
                                     for p in batch])
             if out != reference:
-                raise SystemExit(f"gamma {gamma}: speculative output differs from the target's greedy output")
-            times[gamma].append(t)
-            stats[gamma] = steps
+                raise SystemExit(f"{name}, gamma {gamma}: speculative output differs from the target's greedy output")
+            times[(name, gamma)].append(t)
+            stats[(name, gamma)] = steps
     median = {key: statistics.median(v) for key, v in times.items()}
     base = median["target"]
-    c = median["draft"] / base
     tokens = n * len(batch)
     print(f"target alone (lean loop): {1e3 * base / tokens:.2f} ms/token; chapter 07's generate: "
           f"{1e3 * median['chapter 07'] / tokens:.2f} ms/token; draft alone: {1e3 * median['draft'] / tokens:.2f} ms/token")
-    print(f"c (draft / target time per token) = {c:.3f}")
     one = pass_cost(target, batch[0], 1)
     verify = {gamma: pass_cost(target, batch[0], gamma + 1) / one for gamma in gammas}
+    costs = {"the draft model": median["draft"] / base,
+             "the n-gram table": ngram_call_cost(ngram, batch[0]) / (base / tokens)}
     print("v = time of one target pass on gamma + 1 positions over a pass on one (the bound assumes 1)")
+    for name in drafts:
+        c = costs[name]
+        print(f"\ndraft: {name}; c (its time per drafted token / the target's per token) = {c:.3f}")
+        table(name, gammas, stats, median, base, tokens, c, verify)
+
+
+def table(name, gammas, stats, median, base, tokens, c, verify) -> None:
     print(f"{'gamma':>5} {'alpha':>6} {'tok/step':>8} {'E[tok/step]':>11} {'bound':>6} {'v':>5} {'bound, v':>8} "
           f"{'measured':>8} {'of bound':>8} {'alpha for 2x':>12}")
     best = easiest = None
     for gamma in gammas:
-        alpha = acceptance_rate(stats[gamma])
-        per_step = tokens / len(stats[gamma])
+        steps = stats[(name, gamma)]
+        alpha = acceptance_rate(steps)
+        per_step = tokens / len(steps)
         bound = speedup_bound(alpha, gamma, c)
         with_v = expected_tokens(alpha, gamma) / (gamma * c + verify[gamma])
-        measured = base / median[gamma]
+        measured = base / median[(name, gamma)]
         needed = alpha_needed(2.0, gamma, c, verify[gamma])
         if best is None or measured > best[1]:
             best = (gamma, measured, bound)
@@ -160,8 +182,34 @@ def main() -> None:
         print("2x: out of reach for any draft of this cost at these gammas, even one that is always right")
     else:
         print(f"2x with a draft of this cost needs alpha >= {easiest[1]:.3f} (at gamma {easiest[0]}); "
-              f"the shipped draft's is {acceptance_rate(stats[easiest[0]]):.3f}")
+              f"this one's is {acceptance_rate(stats[(name, easiest[0])]):.3f}")
 
+
+def distil_ngram(model, order: int, n_tokens: int):
+    """The n-gram draft distilled from the target on the first ``n_tokens`` of the training stories (0: all)."""
+    from data import course_tokenizer, load_corpus
+
+    ids = course_tokenizer().encode(load_corpus("train"), allowed_special="all")
+    ids = ids[:n_tokens] if n_tokens else ids
+    start = time.perf_counter()
+    draft = NGramDraft.distil(model, ids, order=order)
+    print(f"n-gram draft: order {order}, distilled from the target on {len(ids):,} training tokens in "
+          f"{time.perf_counter() - start:.0f} s ({sum(len(t) for t in draft.table):,} n-grams)")
+    return draft
+
+
+def ngram_call_cost(draft, prompt: list[int], repeats: int = 400) -> float:
+    """Median time of one n-gram draft call on one token after ``prompt`` (the history rolled back after each)."""
+    caches = draft.new_caches()
+    draft(torch.tensor([prompt[:-1]]), caches)
+    one = torch.tensor([prompt[-1:]])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        draft(one, caches)
+        times.append(time.perf_counter() - start)
+        rollback(caches, len(prompt) - 1)
+    return statistics.median(times)
 
 if __name__ == "__main__":
     main()
