@@ -16,7 +16,14 @@ tiny random target and draft from plain data, runs the learner's ``speculative_g
 returns the tokens, the per-step statistics and the length of each model's cache at every call:
 a missing rollback shows in the lengths even where the tokens happen to survive it. Drafts are
 noisy copies of the target (so that steps accept some tokens and reject others) or independent
-smaller models (mostly rejections). Every ``ValueError`` the reference documents has a case.
+smaller models (mostly rejections). Every ``ValueError`` the reference documents has a case,
+and the reference raises it when iteration starts, before any token: the adapter returns an error
+raised after some tokens (the model's own "positions do not fit max_seq_len" where the context was
+never checked) with the tokens, not as the same refusal, and cases where every token is a stop
+token (generation would end at once) catch a missing check even through an adapter that does not
+(as chapter 07's ``context_late``), for the target's context and for a draft's smaller one. The
+adapter reads at most ``max_new_tokens + 1`` tokens, so a generator that never ends shows as one
+token too many instead of filling the memory.
 
 The multi-token loss takes plain logits: head and teacher logits drawn in float64 (scale 1 to 3,
 vocabularies of 5 to 24, T from K + 2 up), cast to float32, compared within 1e-5; hand-made
@@ -32,12 +39,13 @@ that one mistake) matched on every case where it shows, or the exception raised.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import random
 
 import torch
 
-from ..core import Case, Checkpoint, Label, register
+from ..core import Case, Checkpoint, Label, Raised, register
 from ..reference import reference
 from .inputs import generator as _gen
 from .inputs import model_config as _config
@@ -143,6 +151,18 @@ def accept_cases(rng: random.Random) -> list[Case]:
         gamma, vocab = rng.randint(1, 6), rng.randint(5, 30)
         cases.append(case(f"random step: gamma {gamma}, vocabulary {vocab} (case {n + 1})",
                           _step(g, gamma, vocab, close=rng.random() < 0.6)))
+    # the shapes the reference refuses (after the random cases: no draw of g or rng moves)
+    p3, q2 = [[0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]], [[0.2, 0.6, 0.2], [0.2, 0.2, 0.6]]
+    cases += [
+        case("p with gamma = 2 rows, none for the bonus token (both drafted tokens accepted): ValueError",
+             _hand(p3[:2], q2, [1, 2], [0.3, 0.8, 0.95]), "shapes"),
+        case("p with gamma + 2 = 4 rows: ValueError", _hand(p3 + [[0.3, 0.3, 0.4]], q2, [1, 2], [0.3, 0.8, 0.95]),
+             "shapes"),
+        case("q with gamma + 1 = 3 rows (one per row of p): ValueError",
+             _hand(p3, q2 + [[0.5, 0.25, 0.25]], [1, 2], [0.3, 0.8, 0.95]), "shapes"),
+        case("u with gamma = 2 entries, none for the last draw: ValueError", _hand(p3, q2, [1, 2], [0.3, 0.8]),
+             "shapes"),
+    ]
     return cases
 
 
@@ -150,6 +170,8 @@ def _accept_variant(kind: str):
     """The reference acceptance step with one mistake in it."""
 
     def wrong(p, q, drafted, u):
+        if kind != "shapes":
+            spec("accept_draft")(p, q, drafted, u)  # its ValueErrors
         gamma = len(drafted)
         out = []
         for i, x in enumerate(drafted):
@@ -190,7 +212,7 @@ def _accept_variant(kind: str):
 
 
 ACCEPT_MISTAKES = ("p_only", "inverted", "resample_p", "abs_residual", "no_bonus", "bonus_row", "no_stop", "same_u",
-                   "unnormalised", "shift")
+                   "unnormalised", "shift", "shapes")
 
 register(Checkpoint(
     id="13.accept",
@@ -203,7 +225,8 @@ register(Checkpoint(
     hints={
         "default": "For each drafted x_i: accept if u[i] * q[i, x] < p[i, x] (probability min(1, p/q)); at the first "
         "rejection draw from max(0, p[i] - q[i]) (normalised) with u[gamma] by the inverse CDF and stop; if all are "
-        "accepted, draw the bonus token from p[gamma] with u[gamma]. Return the list of ints.",
+        "accepted, draw the bonus token from p[gamma] with u[gamma]. Return the list of ints. ValueError unless p has "
+        "gamma + 1 rows, q gamma rows and u gamma + 1 entries.",
         "p_only": "Accept with probability min(1, p(x) / q(x)), not p(x): a token the draft proposes too often "
         "(q(x) > p(x)) must be thinned by q, and one it proposes too rarely (q(x) <= p(x)) always accepted.",
         "inverted": "The ratio is p(x) / q(x), target over draft: accept when u * q(x) < p(x). With q / p a token the "
@@ -225,6 +248,9 @@ register(Checkpoint(
         "entries sum to less than 1, so (cdf <= u).sum() can run past the last token.",
         "shift": "Row i of p is the target's distribution for drafted token i (the target pass on [last, x_1, ...] "
         "predicts x_1 at its first position): compare p[i, x_i], not p[i + 1, x_i].",
+        "shapes": "Check the shapes before anything else: with gamma = len(drafted), p needs gamma + 1 rows, q gamma "
+        "rows and u gamma + 1 entries; raise ValueError otherwise. Without the check a missing row shows up as an "
+        "IndexError (or not at all, when a rejection comes first) and a surplus one is silently ignored.",
     },
 ))
 
@@ -241,6 +267,8 @@ def expected_cases(rng: random.Random) -> list[Case]:
         Case("gamma 0: one token per step, the target's own", (0.7, 0), "exponent"),
         Case("alpha 1.2: ValueError (a probability)", (1.2, 4), "validate"),
         Case("alpha -0.1: ValueError", (-0.1, 4), "validate"),
+        Case("gamma -1: ValueError (a number of drafted tokens, >= 0)", (0.8, -1), "gamma"),
+        Case("gamma 2.5: ValueError (an int)", (0.5, 2.5), "gamma"),
     ]
     for n in range(6):
         alpha, gamma = round(rng.uniform(0.05, 0.98), 3), rng.randint(1, 10)
@@ -250,8 +278,7 @@ def expected_cases(rng: random.Random) -> list[Case]:
 
 def _validated_alpha(fn):
     def wrong(alpha, gamma):
-        if not 0 <= alpha <= 1:
-            raise ValueError("alpha must be in [0, 1]")
+        spec("expected_tokens")(alpha, gamma)  # its ValueErrors, for alpha and for gamma
         return fn(alpha, gamma)
     wrong.__name__ = fn.__name__
     return wrong
@@ -269,6 +296,13 @@ EXPECTED_MISTAKES = {
     "alpha_one": lambda alpha, gamma: (1 - alpha ** (gamma + 1)) / (1 - alpha),
 }
 
+
+def _gamma_unchecked(alpha, gamma):
+    if not 0 <= alpha <= 1:
+        raise ValueError("alpha must be in [0, 1]")
+    return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
 register(Checkpoint(
     id="13.expected_tokens",
     points=1,
@@ -277,11 +311,12 @@ register(Checkpoint(
     cases=expected_cases,
     reference=spec("expected_tokens"),
     tol=1e-9,
-    fingerprints=[(hint, _validated_alpha(fn)) for hint, fn in EXPECTED_MISTAKES.items()],
+    fingerprints=[(hint, _validated_alpha(fn)) for hint, fn in EXPECTED_MISTAKES.items()]
+    + [("gamma", _gamma_unchecked)],
     raised_hints=[(r"ZeroDivisionError", "alpha_one")],
     hints={
         "default": "Return (1 - alpha ** (gamma + 1)) / (1 - alpha), and gamma + 1 when alpha == 1; raise ValueError "
-        "unless 0 <= alpha <= 1.",
+        "unless 0 <= alpha <= 1 and gamma is an int >= 0.",
         "exponent": "The exponent is gamma + 1: the step yields the accepted prefix (0 to gamma tokens) plus one more "
         "token, 1 + alpha + ... + alpha^gamma, a sum of gamma + 1 terms.",
         "no_bonus": "Count the token every step ends with (the residual draw or the bonus): a step always yields at "
@@ -293,6 +328,8 @@ register(Checkpoint(
         "alpha_one": "At alpha = 1 the formula is 0 / 0: its limit is gamma + 1 (every drafted token accepted, plus "
         "the bonus). Return it for alpha == 1.",
         "validate": "Raise ValueError when alpha is outside [0, 1]: it is a probability.",
+        "gamma": "Raise ValueError unless gamma is an int >= 0 (isinstance(gamma, int), not a bool): it counts "
+        "drafted tokens. The formula returns a number for gamma = -1 or 2.5 all the same (0 tokens per step at -1).",
     },
 ))
 
@@ -308,6 +345,9 @@ def bound_cases(rng: random.Random) -> list[Case]:
         Case("alpha 1, gamma 3, c 0.2: 4 / 1.6 = 2.5", (1.0, 3, 0.2), "multiply"),
         Case("a draft as costly as the target (c = 1): always a slow-down", (0.9, 4, 1.0)),
         Case("c = -0.1: ValueError (a cost ratio)", (0.8, 4, -0.1), "validate"),
+        Case("c = nan: ValueError (nan < 0 is False: the test must be not c >= 0)", (0.8, 4, math.nan), "validate"),
+        Case("c = inf: ValueError (a finite cost)", (0.8, 4, math.inf), "validate"),
+        Case("alpha 1.2: ValueError (expected_tokens' own check)", (1.2, 4, 0.1), "alpha"),
     ]
     for n in range(6):
         alpha, gamma, c = round(rng.uniform(0.1, 0.95), 3), rng.randint(1, 8), round(rng.uniform(0.02, 0.6), 3)
@@ -317,8 +357,7 @@ def bound_cases(rng: random.Random) -> list[Case]:
 
 def _validated_c(fn):
     def wrong(alpha, gamma, c):
-        if c < 0:
-            raise ValueError("c must be >= 0")
+        spec("speedup_bound")(alpha, gamma, c)  # its ValueErrors: c, then alpha and gamma
         return fn(alpha, gamma, c)
     wrong.__name__ = fn.__name__
     return wrong
@@ -336,6 +375,15 @@ BOUND_MISTAKES = {
     "no_target": lambda a, g, c: _e(a, g) / (g * c) if c else math.inf,
 }
 
+
+def _alpha_unchecked(alpha, gamma, c):
+    """Only c checked (c < 0), and the formula inline: alpha = 1.2 gives a number."""
+    if c < 0:
+        raise ValueError("c must be >= 0")
+    e = float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    return e / (gamma * c + 1)
+
+
 register(Checkpoint(
     id="13.speedup_bound",
     points=1,
@@ -344,9 +392,10 @@ register(Checkpoint(
     cases=bound_cases,
     reference=spec("speedup_bound"),
     tol=1e-9,
-    fingerprints=[(hint, _validated_c(fn)) for hint, fn in BOUND_MISTAKES.items()],
+    fingerprints=[(hint, _validated_c(fn)) for hint, fn in BOUND_MISTAKES.items()] + [("alpha", _alpha_unchecked)],
     hints={
-        "default": "Return expected_tokens(alpha, gamma) / (gamma * c + 1); raise ValueError if c < 0.",
+        "default": "Return expected_tokens(alpha, gamma) / (gamma * c + 1); raise ValueError unless c is a finite "
+        "number >= 0 (expected_tokens checks alpha and gamma).",
         "gamma_plus_one": "A step runs the draft gamma times, not gamma + 1: the cost is gamma * c + 1 target steps "
         "(the + 1 is the target's verifying pass).",
         "no_c": "Count the draft's cost in target steps: a step costs gamma * c + 1, where c is the draft's time per "
@@ -356,7 +405,11 @@ register(Checkpoint(
         "multiply": "Divide the tokens per step by the cost of a step (gamma * c + 1), do not multiply: a costlier "
         "draft means less speed-up.",
         "no_target": "The step also pays the target's verifying pass: gamma * c + 1, not gamma * c.",
-        "validate": "Raise ValueError when c < 0: it is a ratio of two costs.",
+        "validate": "Raise ValueError unless c is a finite number >= 0: it is a ratio of two costs. Test "
+        "not (c >= 0) and math.isfinite(c): nan < 0 is False, so a test of c < 0 lets nan through (and inf gives a "
+        "speed-up of 0).",
+        "alpha": "Raise ValueError for alpha outside [0, 1], as expected_tokens does: call expected_tokens(alpha, "
+        "gamma) rather than writing the formula again without its checks.",
     },
 ))
 
@@ -411,6 +464,16 @@ def _models(g, tc, dc, runs, noise):
             return tw, dw
 
 
+def _top_p_seed(tc: dict, tw: dict, dw: dict, prompt: list[int]) -> int:
+    """The first seed from 5 on whose top-p 0.6 run differs from the same run without the nucleus filter."""
+    run = spec("speculative_from_weights")
+    for seed in range(5, 105):
+        options = {"max_new_tokens": 12, "gamma": 3, "temperature": 1.0, "seed": seed}
+        if run(tc, tw, tc, dw, prompt, {**options, "top_p": 0.6}) != run(tc, tw, tc, dw, prompt, options):
+            return seed
+    raise AssertionError("top_p 0.6 changes nothing on 100 seeds")  # noqa: TRY003 - never, on these models
+
+
 def _label(config: dict) -> Label:
     return Label(f"<vocab {config['vocab_size']}, {config['n_layers']} layer(s), dim {config['dim']}, "
                  f"max_seq_len {config['max_seq_len']}>")
@@ -431,6 +494,9 @@ def speculative_cases(rng: random.Random) -> list[Case]:
     sw = _weights(g, small)
     other = _config(30, 8, 1, 2, 1, 16, True, 40)
     ow = _weights(g, other)
+    short = dict(small, max_seq_len=20)  # the small draft's weights (RoPE tables are not in a state dict)
+    every = list(range(tc["vocab_size"]))  # every token a stop token: generation would end at once
+    nucleus = _top_p_seed(tc, tw, dw, p1)
     cases = [
         case("greedy, gamma 3, a draft close to the target: 14 new tokens", tc, tw, tc, dw, p1, "rollback",
              max_new_tokens=14, gamma=3),
@@ -449,6 +515,8 @@ def speculative_cases(rng: random.Random) -> list[Case]:
              gamma=3, temperature=1.0, seed=5),
         case("sampling, T = 0.8, top-k 6, seed 11", tc, tw, tc, dw, p2, "sampling", max_new_tokens=10, gamma=2,
              temperature=0.8, top_k=6, seed=11),
+        case(f"sampling, T = 1, top-p 0.6, seed {nucleus}: the nucleus filter on both q and p", tc, tw, tc, dw, p1,
+             "top_p", max_new_tokens=12, gamma=3, temperature=1.0, top_p=0.6, seed=nucleus),
         case("gamma 0: ValueError (nothing to speculate)", tc, tw, tc, dw, p1, "validate", max_new_tokens=4, gamma=0),
         case("temperature -1: ValueError", tc, tw, tc, dw, p1, "validate", max_new_tokens=4, gamma=2,
              temperature=-1.0),
@@ -456,7 +524,15 @@ def speculative_cases(rng: random.Random) -> list[Case]:
              max_new_tokens=4, gamma=2),
         case("a prompt of 36 + 8 new tokens > max_seq_len 40: ValueError", tc, tw, tc, dw, [4] * 36, "context",
              max_new_tokens=8, gamma=2),
+        case("past the context, though every token is a stop token (generation would end at once): ValueError all "
+             "the same, raised before generating", tc, tw, tc, dw, [4] * 36, "context_late", max_new_tokens=8,
+             gamma=2, stop_tokens=every),
+        case("a draft with max_seq_len 20 (the target's is 40): a prompt of 16 + 8 new tokens fits the target, not "
+             "the draft: ValueError", tc, tw, short, sw, p1 * 4, "context_draft", max_new_tokens=8, gamma=2),
+        case("the same draft and prompt, every token a stop token: ValueError all the same, raised before generating",
+             tc, tw, short, sw, p1 * 4, "context_draft", max_new_tokens=8, gamma=2, stop_tokens=every),
         case("an empty prompt: ValueError", tc, tw, tc, dw, [], "validate", max_new_tokens=4, gamma=2),
+        case("max_new_tokens = -1: ValueError", tc, tw, tc, dw, p1, "negative", max_new_tokens=-1, gamma=2),
     ]
     # stop tokens: one the greedy run produces at step 3 or later, not in the prompt
     free = spec("speculative_from_weights")(tc, tw, tc, dw, p1, {"max_new_tokens": 14, "gamma": 3})["tokens"]
@@ -486,11 +562,17 @@ def _spec_variant(kind: str):
             spec("check_speculative")(gamma, temperature, target.cfg.vocab_size,
                                       draft.cfg.vocab_size if kind != "vocab" else target.cfg.vocab_size)
         gen("check_sampling")(temperature, top_k, top_p) if kind != "validate" else None
+        if kind != "negative" and max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
         prompt = list(prompt_ids)
         if not prompt:
             raise ValueError("empty prompt")
-        if len(prompt) + max_new_tokens > min(target.cfg.max_seq_len, draft.cfg.max_seq_len):
+        context = target.cfg.max_seq_len if kind == "context_draft" else min(target.cfg.max_seq_len,
+                                                                            draft.cfg.max_seq_len)
+        if kind != "context_late" and len(prompt) + max_new_tokens > context:  # context_late: the model's own error
             raise ValueError("does not fit the context")
+        if kind == "top_p":  # the nucleus filter left out of to_probs
+            top_p = 1.0
         stop = set(stop_tokens)
         t_caches, d_caches = target.new_caches(), draft.new_caches()
         with torch.no_grad():
@@ -550,7 +632,9 @@ def _spec_variant(kind: str):
 
 
 def _through_adapter(generate, tc, tw, dc, dw, prompt, options) -> dict:
-    """What the given speculative_from_weights does, around any ``speculative_generate``."""
+    """What the given speculative_from_weights does, around any ``speculative_generate``; and two
+    things it must do too (see the module docstring): at most ``max_new_tokens + 1`` tokens read,
+    and a ``ValueError`` raised after the first token returned under :data:`LATE`, not raised."""
     models = {}
     for name, config, weights in (("target", tc, tw), ("draft", dc, dw)):
         model = mdl("Transformer")(mdl("LlamaConfig")(**config))
@@ -570,12 +654,51 @@ def _through_adapter(generate, tc, tw, dc, dw, prompt, options) -> dict:
     seed = options.pop("seed", None)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
     steps = []
-    tokens = list(generate(models["target"], models["draft"], prompt, generator=generator, stats=steps, **options))
+    # at most one token more than asked for: a generator that never ends is cut there, and the extra token shows
+    asked = options.get("max_new_tokens")
+    limit = asked + 1 if isinstance(asked, int) and asked >= 0 else 1
+    tokens = []
+    try:
+        for token in itertools.islice(generate(models["target"], models["draft"], prompt, generator=generator,
+                                               stats=steps, **options), limit):
+            tokens.append(token)
+    except ValueError as error:
+        if not tokens:
+            raise  # before the first token: a refusal, like the reference's
+        # after some tokens (the model's own "positions do not fit max_seq_len", say): not the same outcome as a
+        # refusal at once, so it is returned, first in the dict, where the report shows it
+        return {LATE: f"{type(error).__name__}: {_message(error)}", "tokens": tokens, "steps": steps,
+                "target cache": lengths["target"], "draft cache": lengths["draft"]}
     return {"tokens": tokens, "steps": steps, "target cache": lengths["target"], "draft cache": lengths["draft"]}
 
 
+LATE = "raised after yielding tokens"
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - a learner's exception whose __str__ fails
+        return "(its message cannot be shown)"
+
+
+def diagnose_speculative(case: Case, expected, got) -> str | None:
+    """What the adapter's output shows by itself: more tokens than max_new_tokens, or the model's own
+    context error after some tokens where the reference returns (drafting past the end). A late
+    error where the reference refuses at once gets the case's own hint (run() falls back to it)."""
+    if isinstance(expected, Raised) or not isinstance(got, dict):
+        return None
+    asked = case.args[5].get("max_new_tokens")
+    tokens = got.get("tokens")
+    if isinstance(tokens, list) and isinstance(asked, int) and len(tokens) > asked:
+        return "too_many"
+    if "positions do not fit max_seq_len" in str(got.get(LATE, "")):
+        return "overrun"
+    return None
+
+
 SPEC_MISTAKES = ("no_rollback", "no_draft_rollback", "draft_gap", "no_bonus", "resample_p", "p_only", "per_token",
-                 "overrun", "validate", "vocab")
+                 "overrun", "validate", "vocab", "top_p", "negative", "context_late", "context_draft")
 
 register(Checkpoint(
     id="13.speculative",
@@ -585,9 +708,11 @@ register(Checkpoint(
     cases=speculative_cases,
     reference=_one_thread(spec("speculative_from_weights")),
     fingerprints=[(kind, _spec_variant(kind)) for kind in SPEC_MISTAKES],
+    diagnose=diagnose_speculative,
     raised_hints=[(r"positions do not fit max_seq_len", "overrun")],
     hints={
-        "default": "Validate (check_speculative, check_sampling, the prompt, the context); prefill both caches with "
+        "default": "Validate (check_speculative, check_sampling, max_new_tokens, the prompt, the context) before "
+        "yielding anything; prefill both caches with "
         "prompt[:-1]; each step: draft g = min(gamma, tokens left - 1) tokens one at a time through the draft's "
         "cache, run the target once on [last] + drafted, accept_draft, then roll the target's cache back to "
         "len(committed) - 1 and the draft's too (or feed it its last drafted token next step if all were accepted).",
@@ -619,6 +744,19 @@ register(Checkpoint(
         "vocab": "Refuse a draft whose vocabulary differs from the target's (check_speculative): the target would "
         "score the draft's ids as other tokens, or index past its vocabulary.",
         "context": "Raise ValueError when len(prompt) + max_new_tokens exceeds either model's max_seq_len.",
+        "context_late": "Check the context before generating anything: raise ValueError as soon as len(prompt) + "
+        "max_new_tokens > min(target.cfg.max_seq_len, draft.cfg.max_seq_len), even if a stop token would end "
+        "generation in time. Leaving it to the models' own error fails half-way, after some tokens were yielded, or "
+        "not at all, depending on what the models happen to say.",
+        "context_draft": "The draft needs room too: it holds the prompt and every drafted token, so check "
+        "len(prompt) + max_new_tokens against min(target.cfg.max_seq_len, draft.cfg.max_seq_len), not the target's "
+        "max_seq_len alone, and raise ValueError before generating anything.",
+        "negative": "Raise ValueError when max_new_tokens is negative (or not an int): the while loop would silently "
+        "yield nothing for a request that makes no sense.",
+        "top_p": "Pass top_p to to_probs for both models, as temperature and top_k: the draft's q and the target's p "
+        "must be the distributions each really samples from, nucleus filter included.",
+        "too_many": "Yield at most max_new_tokens tokens: count them and end the generator when produced == "
+        "max_new_tokens (the check stopped reading after max_new_tokens + 1, so a loop that never ends shows here).",
     },
 ))
 

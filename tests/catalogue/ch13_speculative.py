@@ -11,6 +11,7 @@ unless the mistake is in the acceptance itself. The multi-token loss mistakes (b
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,21 @@ def accept_against_the_next_row_of_p(p, q, drafted, u):
     return out
 
 
+@mistake("13.accept", "shapes")
+def accept_without_checking_the_shapes(p, q, drafted, u):
+    # right, but trusts its caller: a missing row of p or entry of u is an IndexError, a surplus row unnoticed
+    gamma = len(drafted)
+    out = []
+    for i, x in enumerate(drafted):
+        if u[i] * q[i, x] < p[i, x]:
+            out.append(int(x))
+        else:
+            out.append(_draw((p[i] - q[i]).clamp(min=0), float(u[gamma])))
+            return out
+    out.append(_draw(p[gamma], float(u[gamma])))
+    return out
+
+
 # ------------------------------------------------------------------ 13.expected_tokens
 
 
@@ -208,6 +224,14 @@ def expected_unvalidated(alpha, gamma):
     return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
+@mistake("13.expected_tokens", "gamma")
+def expected_checking_alpha_only(alpha, gamma):
+    _check_alpha(alpha)  # gamma taken on trust: -1 gives 0 tokens per step, 2.5 a number
+    if alpha == 1:
+        return float(gamma + 1)
+    return (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
 # -------------------------------------------------------------------- 13.speedup_bound
 
 
@@ -251,21 +275,47 @@ def bound_unvalidated(alpha, gamma, c):
     return expected_tokens(alpha, gamma) / (gamma * c + 1)
 
 
+@mistake("13.speedup_bound", "validate")
+def bound_checking_c_below_zero_only(alpha, gamma, c):
+    if c < 0:  # nan < 0 is False: nan goes through, and so does inf
+        raise ValueError("c must be >= 0")
+    return expected_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+@mistake("13.speedup_bound", "alpha")
+def bound_with_the_formula_written_out(alpha, gamma, c):
+    if not c >= 0 or math.isinf(c):
+        raise ValueError("c must be a finite number >= 0")
+    tokens = gamma + 1 if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)  # alpha never checked
+    return tokens / (gamma * c + 1)
+
+
 # ---------------------------------------------------------------------- 13.speculative
 
 
 def _loop(target, draft, prompt_ids, max_new_tokens, gamma=4, temperature=0.0, top_k=None, top_p=1.0,
           stop_tokens=(), generator=None, stats=None, *, roll_target=True, roll_draft=True, feed_missed=True,
-          one_pass=True, clamp=True, validate=True, accept=accept_draft):
+          one_pass=True, clamp=True, validate=True, accept=accept_draft, count_check=True, context="both",
+          nucleus=True, inclusive=False):
     """A learner's speculative_generate; the keyword-only flags switch one mistake on."""
     if validate:
         check_speculative(gamma, temperature, target.cfg.vocab_size, draft.cfg.vocab_size)
         check_sampling(temperature, top_k, top_p)
+    if count_check and max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
     prompt = list(prompt_ids)
     if not prompt:
         raise ValueError("empty prompt")
-    if len(prompt) + max_new_tokens > min(target.cfg.max_seq_len, draft.cfg.max_seq_len):
+    if context == "both":
+        room = min(target.cfg.max_seq_len, draft.cfg.max_seq_len)
+    elif context == "target":  # "the target is the model that matters"
+        room = target.cfg.max_seq_len
+    else:  # "the model raises anyway if it does not fit"
+        room = math.inf
+    if len(prompt) + max_new_tokens > room:
         raise ValueError("the prompt and the new tokens do not fit the context")
+    if not nucleus:
+        top_p = 1.0  # (what forgetting top_p in both to_probs calls amounts to)
     tc, dc = target.new_caches(), draft.new_caches()
     with torch.no_grad():
         if len(prompt) > 1:
@@ -274,8 +324,8 @@ def _loop(target, draft, prompt_ids, max_new_tokens, gamma=4, temperature=0.0, t
     seq = list(prompt)
     pending = [prompt[-1]]
     done = 0
-    while done < max_new_tokens:
-        g = min(gamma, max_new_tokens - done - 1) if clamp else gamma
+    while done < max_new_tokens + inclusive:
+        g = min(gamma, max_new_tokens - done - 1 + inclusive) if clamp else gamma
         xs, qs = [], []
         with torch.no_grad():
             for _ in range(g):
@@ -346,6 +396,11 @@ SPECULATIVE = [
     ("speculative_without_validation", "validate", dict(validate=False)),
     ("speculative_forgetting_the_bonus_token", "no_bonus", dict(accept=_accept_no_bonus)),
     ("speculative_resampling_from_p", "resample_p", dict(accept=_accept_resample_p)),
+    ("speculative_without_a_count_check", "negative", dict(count_check=False)),
+    ("speculative_leaving_the_context_to_the_models", "context_late", dict(context="none")),
+    ("speculative_checking_the_target_context_only", "context_draft", dict(context="target")),
+    ("speculative_without_top_p", "top_p", dict(nucleus=False)),
+    ("speculative_counting_max_new_tokens_inclusive", "too_many", dict(inclusive=True)),
 ]
 
 for _name, _hint, _flags in SPECULATIVE:
