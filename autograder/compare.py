@@ -35,7 +35,8 @@ def difference(expected: Any, got: Any, tol: float = 0.0) -> str | None:
     asked whether it equals a plain value."""
     if _is_tensor(expected):
         return _tensor_difference(expected, got, tol)
-    got = _builtin_value(got)
+    # both sides by their built-in value: a reference's Label (a str shown without quotes) is text
+    expected, got = _builtin_value(expected), _builtin_value(got)
     if isinstance(expected, bool) or expected is None:
         same = got is expected or (type(got) in (bool, int, float) and got == expected)
         return None if same else f"expected {expected!r}, got {short(got)}"
@@ -53,6 +54,26 @@ def difference(expected: Any, got: Any, tol: float = 0.0) -> str | None:
         return _text_difference(expected, got)
     same = type(expected).__eq__(expected, got)  # the expected value's own equality, never the learner's
     return None if same is True else f"expected {short(expected)}, got {short(got)}"
+
+
+def dtype_difference(expected: Any, got: Any) -> str | None:
+    """``None`` if every tensor in ``expected`` (alone, or in a tuple, list or dict) has the
+    same dtype in ``got``; else which one differs. Call it once ``difference`` found the values
+    equal, so the structures match."""
+    if _is_tensor(expected):
+        dtype = getattr(got, "dtype", None)
+        return None if dtype == expected.dtype else f"the values are right, but expected a {expected.dtype} tensor, got {dtype}"
+    if isinstance(expected, (tuple, list)) and isinstance(got, (tuple, list)):
+        for i, (e, g) in enumerate(zip(expected, got)):
+            problem = dtype_difference(e, g)
+            if problem is not None:
+                return f"item {i}: {problem}"
+    if isinstance(expected, dict) and isinstance(got, dict):
+        for key, e in expected.items():
+            problem = dtype_difference(e, got.get(key))
+            if problem is not None:
+                return f"{key!r}: {problem}"
+    return None
 
 
 def _builtin_value(value: Any) -> Any:

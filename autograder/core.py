@@ -24,7 +24,7 @@ import random
 import re
 from typing import Any, Callable
 
-from .compare import difference, digest, short
+from .compare import difference, digest, dtype_difference, short
 from .declarations import (  # noqa: F401  (re-exported: checks modules import them from here)
     COMMON_HINTS, FINGERPRINT_TOL, GENERIC_HINTS, GRAD_TOL, HIDDEN_SEED_OFFSET, PROBED_CASES, REGISTRY,
     Case, Checkpoint, CheckpointFailed, CheckUsageError, Label, Raised, Result, _learner_frame, _probe_cases,
@@ -97,7 +97,12 @@ def outcome_difference(cp: Checkpoint, case: Case, expected: Any, got: Any) -> s
         return f"it raised {got.type.__name__}: {got.message}"
     if cp.compare is not None:
         return cp.compare(case, expected, got)
-    return difference(expected, got, cp.tol)
+    problem = difference(expected, got, cp.tol)
+    if problem is None and cp.exact_dtype:
+        problem = dtype_difference(expected, got)
+        if problem is not None and "dtype" in cp.hints:
+            return problem, "dtype"
+    return problem
 
 
 def hint_text(cp: Checkpoint, hint: str) -> str:

@@ -120,6 +120,10 @@ class Checkpoint:
     # "train_steps" and "resume" (chapter 06: a training step or a save/restore pair driven
     # on the notebook's own Transformer; see the runners' docstrings).
     kind: str = "function"
+    # True: a float tensor of another float dtype than the reference's is wrong, where the
+    # docstring promises one (the generic comparison accepts any float dtype for a float
+    # tensor). Data, so fixtures carry it; the mismatch gets the hint "dtype" if declared.
+    exact_dtype: bool = False
 
     @property
     def match_tol(self) -> float:

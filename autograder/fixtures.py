@@ -36,8 +36,8 @@ from .compare import difference, digest
 from .declarations import Case, Checkpoint, Raised, _probe_cases, as_callable, probe_callable
 
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixture_data"
-FORMAT = 4  # 2: fingerprint outputs stored as compare.digest; 3: gradient probes, tolerances;
-# 4: known mistakes stored by position (several may share a hint), digests in float64
+FORMAT = 5  # 2: fingerprint outputs stored as compare.digest; 3: gradient probes, tolerances;
+# 4: known mistakes stored by position (several may share a hint), digests in float64; 5: exact_dtype
 PROTOCOL = 4
 SUFFIX = ".pkl"
 # A fixture file above this size almost certainly embeds a large input by value: store it
@@ -110,6 +110,7 @@ def materialise(cp: Checkpoint) -> dict:
         "grad_probe": cp.grad_probe,
         "grad_tol": cp.grad_tol,
         "kind": cp.kind,
+        "exact_dtype": cp.exact_dtype,
         "hints": dict(cp.hints),
         "raised_hints": [tuple(item) for item in cp.raised_hints],
         "fingerprints": [hint for hint, _ in cp.fingerprints],
@@ -345,6 +346,7 @@ def checkpoint_from(data: dict) -> Checkpoint:
         grad_probe=data["grad_probe"],
         grad_tol=data["grad_tol"],
         kind=data["kind"],
+        exact_dtype=data["exact_dtype"],
     )
 
 

@@ -195,3 +195,15 @@ def test_a_hostile_answer_neither_passes_nor_crashes_the_check(checkpoint_id, an
     result = run(lookup(checkpoint_id), answer)
     assert not result.passed
     assert result.report()  # the report itself can be written
+
+
+def test_a_label_compares_as_the_text_it_holds():
+    """A reference's Label (a str subclass shown without quotes) equals the same Label: fixtures
+    built on another CPU are compared field by field, `show` included (a regression of 6a36e98,
+    where a str subclass was read as plain str on one side only)."""
+    from autograder.compare import difference
+    from autograder.declarations import Label
+
+    assert difference(Label("<model>"), Label("<model>")) is None
+    assert difference((1.5, Label("<model>")), (1.5, Label("<model>"))) is None
+    assert difference(Label("<model>"), Label("<other>")) is not None

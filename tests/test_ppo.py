@@ -517,7 +517,7 @@ def test_correct_rewrites_are_accepted(checkpoint_id):
     @torch.no_grad()
     def rollout_with_pad_sequence(policy, reference, reward_model, prompt_ids, max_new_tokens, temperature, stop_id,
                                   pad_id, generator):
-        if temperature <= 0 or max_new_tokens < 1 or not prompt_ids:
+        if temperature <= 0 or max_new_tokens < 1 or not all(prompt_ids) or not prompt_ids:
             raise ValueError("bad arguments")
         if max(map(len, prompt_ids)) + max_new_tokens > policy.model.cfg.max_seq_len:
             raise ValueError("does not fit")
@@ -551,4 +551,4 @@ def test_rollout_cases_are_built_for_a_seed_whose_first_sample_repeats_one_token
     from autograder.core import lookup
 
     cases = lookup("11.rollout").cases(random.Random("11.rollout/844704105"))
-    assert len(cases) == 10
+    assert len(cases) >= 10 and all(case.label for case in cases)

@@ -17,6 +17,9 @@ end is one token before the reward's); a loss case with a reward gap of -120 and
 (its sign shows), pairs with the chosen reply scored lower (chosen and rejected swapped
 shows); reference samples of another mean and spread than the rewards normalised, and few
 of them (Bessel's correction shows). Every ``ValueError`` the reference documents has a case.
+The reward model's rewards and the normalised rewards are compared with their dtype too
+(``exact_dtype``, data that fixtures carry): the docstrings promise float32, and the generic
+comparison accepts any floating-point dtype.
 
 A hint names a mistake only on evidence: a known mistake's output matched on every case
 where it shows, or the exception raised. Inputs are drawn in float64 (``checks/inputs.py``)
@@ -249,7 +252,8 @@ register(Checkpoint(
     cases=model_cases,
     reference=rw("reward_forward"),
     kind="reward_model",
-    tol=1e-5,
+    tol=TOL,
+    exact_dtype=True,
     grad_probe=True,
     fingerprints=[(kind, _model_variant(kind)) for kind in MODEL_MISTAKES],
     raised_hints=[
@@ -272,6 +276,8 @@ register(Checkpoint(
         "get the same reward. Read at the last real token.",
         "sigmoid": "Return the head's value itself: a reward is any real number. A sigmoid squashes it into (0, 1), "
         "and the Bradley-Terry loss then cannot separate a good reply from a much better one.",
+        "dtype": "Return the rewards as a (batch,) float32 tensor, as the docstring promises: yours are right in "
+        "value but of another dtype. If you computed in another precision, cast the result back with .float().",
     },
 ))
 
@@ -448,6 +454,7 @@ register(Checkpoint(
     cases=normalize_cases,
     reference=rw("normalize_rewards"),
     tol=TOL,
+    exact_dtype=True,
     fingerprints=[(kind, _normalize_variant(kind)) for kind in NORMALIZE_MISTAKES],
     hints={
         "default": "mean = reference_rewards.mean(); std = reference_rewards.std(unbiased=False); return "
@@ -464,5 +471,7 @@ register(Checkpoint(
         "(the KL penalty of chapter 11 is weighed against rewards of that scale).",
         "no_checks": "Raise ValueError unless reference_rewards is 1-d with at least two values and a std above 0: "
         "equal reference rewards give a division by zero, and NaN rewards would wreck the policy's training.",
+        "dtype": "Return a float32 tensor, as the docstring promises: your values are right but of another dtype. "
+        "Computing the mean and std in float64 is fine; cast the result back with .float().",
     },
 ))

@@ -17,9 +17,12 @@ recursion, a missing factor and Monte-Carlo returns differ); advantages of both 
 ratios far outside the clip range (min for max, an inverted ratio, a missing clip show), a
 ratio of exactly 1 (old log-probabilities recomputed from the current policy); old values away
 from both the new values and the returns (clipping around the wrong baseline shows); in the
-rollout, a temperature below 1, a stop token drawn early, prompts of different lengths and a
-reference model that differs from the policy. Every ``ValueError`` the reference documents has
-a case.
+rollout, a temperature below 1, a stop token drawn early (in the reply to the longest prompt
+too: the padded width shows), a stop token drawn as the last token ``max_new_tokens`` allows
+(finished, though as long as a truncated reply), a prompt that fills the context exactly,
+prompts of different lengths and a reference model that differs from the policy. Every
+``ValueError`` the reference documents has a case, and so do both ends of every range (a
+``gamma`` of 0 is valid; a ``clip_eps`` of 0 is not).
 
 A hint names a mistake only on evidence: a known mistake's output matched on every case where
 it shows, or the exception raised. Inputs are drawn in float64 (``checks/inputs.py``) and cast.
@@ -105,6 +108,8 @@ def kl_cases(rng: random.Random) -> list[Case]:
              torch.tensor([[-1.0, -1.5], [-1.25, -3.0]]), "k3", "k3_sign"),
         case("k2: half the square of the log-ratio", lp, lp + randn(g, 2, 5, scale=0.8), "k2", "k2_half"),
         case("an estimator that does not exist ('k4'): ValueError", lp, lp, "k4", "no_checks"),
+        case("kind 'k', a piece of 'k1' but not an estimator: ValueError (only 'k1', 'k2', 'k3' exist)", lp, lp, "k",
+             "no_checks"),
         case("log-probs (2, 5) and reference log-probs (2, 4): ValueError", lp, lp[:, :4], "k1", "no_checks"),
     ]
     for n in range(3):
@@ -139,8 +144,9 @@ register(Checkpoint(
         "with that rho. The other ratio gives an estimate of the reverse KL.",
         "k3_sign": "k3 = (rho - 1) - log(rho): the log is subtracted (log(rho) <= rho - 1 is what makes k3 >= 0).",
         "k2_half": "k2 is HALF the squared log-ratio: 0.5 * (log pi - log pi_ref) ** 2.",
-        "no_checks": "Raise ValueError for a kind other than 'k1', 'k2', 'k3', and when logprobs and ref_logprobs "
-        "differ in shape (one log-probability per sampled token under each model).",
+        "no_checks": "Raise ValueError for a kind other than 'k1', 'k2', 'k3' (compare with the tuple of the three "
+        "names: `kind not in \"k1k2k3\"` tests for a substring, and lets 'k', '1k' or '' through), and when logprobs "
+        "and ref_logprobs differ in shape (one log-probability per sampled token under each model).",
     },
 ))
 
@@ -445,8 +451,12 @@ def gae_cases(rng: random.Random) -> list[Case]:
              "mc_returns"),
         case("lambda 1: the Monte-Carlo advantage, rewards-to-go minus V", [4, 2], 4, 1.0, 1.0),
         case("a reply of one token", [1, 3], 3, 0.99, 0.95),
+        case("gamma 0: valid (only the immediate reward counts), the advantage is r_t - V_t", [4, 2], 4, 0.0, 0.95),
         case("lambda 1.5: ValueError (lambda must be in [0, 1])", [3, 2], 3, 1.0, 1.5, "no_checks"),
+        case("lambda -0.1: ValueError", [3, 2], 3, 1.0, -0.1, "no_checks"),
         case("gamma -0.1: ValueError", [3, 2], 3, -0.1, 0.95, "no_checks"),
+        case("gamma 1.5: ValueError (a discount above 1 weighs later rewards more than sooner ones)", [3, 2], 3, 1.5,
+             0.95, "no_checks"),
         case("a row with no reply token: ValueError", [3, 0], 3, 1.0, 0.95, "no_checks"),
         case("rewards (2, 4) and values (2, 3): ValueError", [3, 2], 3, 1.0, 0.95, "no_checks",
              rewards=randn(g, 2, 4)),
@@ -467,6 +477,8 @@ register(Checkpoint(
     reference=ppo("gae"),
     tol=TOL,
     fingerprints=[(kind, _gae_variant(kind)) for kind in GAE_MISTAKES],
+    # a ValueError about gamma or lam where the reference returns: a range check that refuses an end of [0, 1]
+    raised_hints=[(r"^ValueError: .*\b(gamma|lam|lambda)\b", "range_ends")],
     hints={
         "default": "Loop t from the last column to the first, with next_value = next_advantage = 0 at the start: "
         "delta = r[:, t] + gamma * next_value - V[:, t]; A[:, t] = (delta + gamma * lam * next_advantage) * "
@@ -484,6 +496,9 @@ register(Checkpoint(
         "rewards: the two agree only when lambda = 1.",
         "no_checks": "Raise ValueError when gamma or lam is outside [0, 1], when rewards, values and mask differ in "
         "shape, or when a mask row has no reply token.",
+        "range_ends": "Your check refuses a gamma or lam that is valid: both must be in [0, 1] with the ends "
+        "included, 0 <= gamma <= 1 and 0 <= lam <= 1. gamma = 0 counts only the immediate reward, lam = 0 is the "
+        "one-step TD error and lam = 1 the Monte-Carlo advantage.",
     },
 ))
 
@@ -550,6 +565,8 @@ def policy_cases(rng: random.Random) -> list[Case]:
         case("approx_kl: half the mean squared log-ratio (the k2 estimate)", [4, 4], 4, spread_=0.4,
              hint="approx_kl_k1"),
         case("clip_eps 0: ValueError (the clipping range must be > 0)", [3, 3], 3, 0.0, hint="no_checks"),
+        case("clip_eps -0.1: ValueError (a negative range is no range: 1 - eps > 1 + eps)", [3, 3], 3, -0.1,
+             hint="no_checks"),
         case("advantages (2, 3) for log-probs (2, 4): ValueError", [4, 2], 4, hint="no_checks",
              advantages=randn(g, 2, 3)),
         case("a row with no reply token: ValueError", [4, 0], 4, hint="no_checks"),
@@ -649,6 +666,8 @@ def value_cases(rng: random.Random) -> list[Case]:
         case("half the squared error (TRL's 0.5 * max(...))", [3, 3], 3, hint="no_half"),
         case("rows of 5, 1 and 3 tokens: a mean over the real tokens", [5, 1, 3], 5, hint="padding_mean"),
         case("clip_eps_v -0.2: ValueError", [3, 3], 3, -0.2, hint="no_checks"),
+        case("clip_eps_v 0: ValueError (the range must be > 0: 0 would pin every value to its old one)", [3, 3], 3,
+             0.0, hint="no_checks"),
         case("returns (2, 2) for values (2, 3): ValueError", [3, 2], 3, hint="no_checks", returns=randn(g, 2, 2)),
         case("a row with no reply token: ValueError", [3, 0], 3, hint="no_checks"),
     ] + [
@@ -730,8 +749,10 @@ def _rollout_variant(kind: str):
             if kind == "no_stop" and done:
                 reply = reply[:-1] or reply
             sequences.append(list(prompt) + reply)
-            finished.append(done)
+            finished.append(len(reply) < max_new_tokens if kind == "finished_by_length" else done)
         longest = max(len(s) for s in sequences)
+        if kind == "fixed_width":  # room for the longest prompt's longest reply, used or not
+            longest = max(len(p) for p in prompt_ids) + max_new_tokens
         input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
         for b, seq in enumerate(sequences):
             if kind == "left_padding":
@@ -753,7 +774,8 @@ def _rollout_variant(kind: str):
     return wrong
 
 
-ROLLOUT_MISTAKES = ("ref_from_policy", "temperature", "ref_temperature", "no_stop", "banned_pad", "left_padding")
+ROLLOUT_MISTAKES = ("ref_from_policy", "temperature", "ref_temperature", "no_stop", "banned_pad", "left_padding",
+                    "finished_by_length", "fixed_width")
 
 
 def _policy_model(config, weights):
@@ -767,14 +789,43 @@ def _policy_model(config, weights):
 def _early_stop(model, prompt, temperature, seed) -> tuple[int, int]:
     """``(stop id, seed)``: a stop id the policy draws early in its reply to ``prompt``, sampled
     with ``seed`` (or the next seed whose reply has one), never as its first token (a reply of
-    the stop token alone hides a dropped stop token), never the pad."""
+    the stop token alone hides a dropped stop token), never as its sixth and last (a reply that
+    stops there is as long as one cut off: a stop id ignored would then change only
+    ``finished``, as the ``finished_by_length`` mistake does), never the pad."""
     for attempt in range(100):
         generator = torch.Generator().manual_seed(seed + attempt)
         reply, _ = ppo("sample_reply")(model, prompt, 6, temperature, -1, (PAD,), generator)
-        later = [t for t in reply[1:] if t != reply[0]]
+        later = [t for t in reply[1:-1] if t != reply[0]]
         if later:  # some seeds draw the same token six times
             return later[0], seed + attempt
-    raise RuntimeError("no seed found whose reply has a second distinct token")
+    raise RuntimeError("no seed found whose reply has a second distinct token before its last")
+
+
+def _stop_at_last(model, prompt, max_new_tokens, temperature, seed) -> tuple[int, int]:
+    """``(stop id, seed)``: a stop id the policy draws for the first time as the LAST token
+    ``max_new_tokens`` allows in its reply to ``prompt``, sampled with ``seed`` (or the next seed
+    whose reply has one), never the pad. The reply then ends with the stop token exactly when
+    its length reaches ``max_new_tokens``: finished, though as long as a truncated one."""
+    for attempt in range(100):
+        generator = torch.Generator().manual_seed(seed + attempt)
+        reply, _ = ppo("sample_reply")(model, prompt, max_new_tokens, temperature, -1, (PAD,), generator)
+        if reply[-1] not in reply[:-1]:
+            return reply[-1], seed + attempt
+    raise RuntimeError("no seed found whose reply's last token is new")
+
+
+def _no_stop_at_last(model, prompt_ids, max_new_tokens, temperature, seed) -> int:
+    """``seed``, or the next seed under which no reply draws ``STOP`` as the last token
+    ``max_new_tokens`` allows. Only the case built for it has such a reply: there a stop id
+    ignored changes nothing but ``finished``, exactly as the ``finished_by_length`` mistake
+    does, and a case before it must not show the one as the other."""
+    sample = ppo("sample_reply")
+    for attempt in range(100):
+        generator = torch.Generator().manual_seed(seed + attempt)
+        replies = [sample(model, list(p), max_new_tokens, temperature, STOP, (PAD,), generator) for p in prompt_ids]
+        if not any(done and len(reply) == max_new_tokens for reply, done in replies):
+            return seed + attempt
+    raise RuntimeError("no seed found under which no reply stops at its last allowed token")
 
 
 def _pad_matters(model, rng, prompt, max_new_tokens, temperature) -> int:
@@ -801,7 +852,10 @@ def rollout_cases(rng: random.Random) -> list[Case]:
         return [[rng.randrange(1, STOP - 1) for _ in range(n)] for n in lengths]
 
     def case(label, prompt_ids, max_new_tokens, temperature, stop_id=STOP, hint="default", seed=None):
-        seed = rng.randrange(2**31) if seed is None else seed
+        if seed is None:
+            seed = rng.randrange(2**31)
+            if hint != "no_checks":
+                seed = _no_stop_at_last(model, prompt_ids, max_new_tokens, temperature, seed)
         args = (POLICY, policy, ref, SMALL, reward, prompt_ids, max_new_tokens, temperature, stop_id, PAD, seed)
         show = (Label("<PolicyWithValue: Transformer dim=8, 2 layers, value head>"),
                 Label("<reference Transformer dim=8, 2 layers>"), Label("<RewardModel dim=8, 1 layer>"),
@@ -812,6 +866,10 @@ def rollout_cases(rng: random.Random) -> list[Case]:
     first = prompts(4, 6)
     stop, seed = _early_stop(model, first[0], 1.0, rng.randrange(2**31))
     long_prompt = prompts(3)
+    at_last = prompts(5, 4)
+    last_stop, last_seed = _stop_at_last(model, at_last[0], 5, 1.0, rng.randrange(2**31))
+    longer = prompts(6, 3)
+    early_stop, early_seed = _early_stop(model, longer[0], 1.0, rng.randrange(2**31))
     return [
         case("two prompts at temperature 1: the reference's log-probs come from the reference model", prompts(5, 3), 5,
              1.0, hint="ref_from_policy"),
@@ -824,9 +882,19 @@ def rollout_cases(rng: random.Random) -> list[Case]:
         case("a long reply at temperature 1.3: the pad id is never sampled", long_prompt, 12, 1.3, hint="banned_pad",
              seed=_pad_matters(model, rng, long_prompt[0], 12, 1.3)),
         case("prompts of 2, 8 and 5 tokens: right padding", prompts(2, 8, 5), 4, 1.0, hint="left_padding"),
+        case(f"stop id {last_stop}, drawn as reply 0's 5th token, the last max_new_tokens=5 allows: that reply "
+             "finished (it ends with the stop token), it was not cut off", at_last, 5, 1.0, last_stop,
+             "finished_by_length", last_seed),
+        case(f"stop id {early_stop}, drawn early in the reply to the longest prompt: input_ids is as wide as the "
+             "longest prompt + reply, not the longest prompt + max_new_tokens", longer, 8, 1.0, early_stop,
+             "fixed_width", early_seed),
+        case("a prompt of 28 tokens plus 4 new ones fills a context of 32 exactly: it fits (no ValueError)",
+             prompts(28, 6), 4, 1.0),
         case("temperature 0: ValueError (PPO samples)", prompts(3), 4, 0.0, hint="no_checks"),
         case("max_new_tokens 0: ValueError", prompts(3), 0, 1.0, hint="no_checks"),
         case("no prompts: ValueError", [], 4, 1.0, hint="no_checks"),
+        case("an empty prompt among the prompts: ValueError (the first reply token needs something to follow)",
+             [[5, 6], []], 4, 1.0, hint="no_checks"),
         case("a prompt of 30 tokens plus 4 new ones does not fit a context of 32: ValueError", prompts(30), 4, 1.0,
              hint="no_checks"),
     ]
@@ -850,7 +918,8 @@ register(Checkpoint(
         "prompt_lengths = the prompts' lengths; logprobs, values, mask = policy.response_outputs(input_ids, "
         "prompt_lengths, pad_id, temperature); ref_logprobs, _ = response_logprobs(reference, input_ids, "
         "prompt_lengths, pad_id, temperature); scores = reward_model(input_ids, prompt_lengths); return a Rollout. "
-        "ValueError for temperature <= 0, max_new_tokens < 1, no prompts, or a prompt that does not fit.",
+        "ValueError for temperature <= 0, max_new_tokens < 1, no prompts, an empty prompt, or a prompt that does not "
+        "fit (len(prompt) + max_new_tokens > max_seq_len; equal fits).",
         "ref_from_policy": "ref_logprobs must come from the frozen reference model, not from the policy: the KL "
         "penalty measures how far the policy has moved from the reference, and the policy against itself is 0.",
         "temperature": "Score the tokens at the sampling temperature: the replies were drawn from softmax(logits / "
@@ -866,7 +935,13 @@ register(Checkpoint(
         "cutting the reply short in the mask and in the reward model.",
         "left_padding": "Pad on the right: each row is prompt + reply, then pad_id up to the longest row (the "
         "response masks and the reward model read real tokens first).",
-        "no_checks": "Raise ValueError for temperature <= 0, max_new_tokens < 1, an empty list of prompts, or a prompt "
-        "whose length plus max_new_tokens exceeds policy.model.cfg.max_seq_len.",
+        "no_checks": "Raise ValueError for temperature <= 0, max_new_tokens < 1, an empty list of prompts, a prompt of "
+        "no token, or a prompt whose length plus max_new_tokens exceeds policy.model.cfg.max_seq_len.",
+        "finished_by_length": "finished is whether the reply ended with the stop token (sample_reply's done), not "
+        "whether it is shorter than max_new_tokens: a stop token drawn as the last allowed token finishes the reply "
+        "too. Marked unfinished, a complete reply would get the penalty for a truncated one.",
+        "fixed_width": "Pad the rows to the longest sequence actually sampled (prompt + reply), not to the longest "
+        "prompt + max_new_tokens: when the replies stop early, the extra columns are padding in every row, and "
+        "input_ids, mask, logprobs, ref_logprobs and values come out wider than the reference's.",
     },
 ))

@@ -580,8 +580,9 @@ def _spec_variant(kind: str):
                 target(torch.tensor([prompt[:-1]]), t_caches)
                 draft(torch.tensor([prompt[:-1]]), d_caches)
         committed, last, draft_todo, produced = len(prompt), prompt[-1], [prompt[-1]], 0
-        while produced < max_new_tokens:
-            g = gamma if kind == "overrun" else min(gamma, max_new_tokens - produced - 1)
+        limit = max_new_tokens + 1 if kind == "too_many" else max_new_tokens  # too_many: counted inclusively
+        while produced < limit:
+            g = gamma if kind == "overrun" else min(gamma, limit - produced - 1)
             if kind == "overrun":
                 g = min(g, min(target.cfg.max_seq_len, draft.cfg.max_seq_len) - committed)
             drafted, q_rows = [], []
@@ -698,7 +699,7 @@ def diagnose_speculative(case: Case, expected, got) -> str | None:
 
 
 SPEC_MISTAKES = ("no_rollback", "no_draft_rollback", "draft_gap", "no_bonus", "resample_p", "p_only", "per_token",
-                 "overrun", "validate", "vocab", "top_p", "negative", "context_late", "context_draft")
+                 "overrun", "validate", "vocab", "top_p", "negative", "context_late", "context_draft", "too_many")
 
 register(Checkpoint(
     id="13.speculative",

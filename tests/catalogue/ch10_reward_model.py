@@ -147,6 +147,12 @@ def reward_with_a_detached_backbone(backbone, score, input_ids, prompt_lengths, 
     return sequence_rewards(values, input_ids, prompt_lengths, pad_id)
 
 
+@mistake("10.reward_model", "dtype")
+def reward_in_double_precision(backbone, score, input_ids, prompt_lengths, pad_id):
+    values = score(hidden_states(backbone, input_ids)).squeeze(-1).double()  # "rewards are compared: keep digits"
+    return sequence_rewards(values, input_ids, prompt_lengths, pad_id)
+
+
 # ------------------------------------------------------------------------------ 10.preference_loss
 
 
@@ -281,3 +287,10 @@ def normalize_by_centering_only(rewards, reference_rewards):
 def normalize_without_checks(rewards, reference_rewards):
     mean, std = reference_rewards.mean(), reference_rewards.std(unbiased=False)
     return (rewards - mean) / std
+
+
+@mistake("10.normalize_rewards", "dtype")
+def normalize_in_double_precision(rewards, reference_rewards):
+    _norm_checks(reference_rewards)
+    reference = reference_rewards.double()  # "statistics in double precision", never cast back
+    return (rewards.double() - reference.mean()) / reference.std(unbiased=False)

@@ -104,6 +104,20 @@ def kl_falling_back_to_k1(logprobs, ref_logprobs, kind):
     return log_ratio
 
 
+@mistake("11.kl_penalty", "no_checks")
+def kl_checking_the_kind_as_a_substring(logprobs, ref_logprobs, kind):
+    if kind not in "k1 k2 k3":  # a substring test: "k", "1" and "" pass it too
+        raise ValueError(f"unknown kind {kind!r}")
+    if logprobs.shape != ref_logprobs.shape:
+        raise ValueError("logprobs and ref_logprobs must have the same shape")
+    log_ratio = logprobs - ref_logprobs
+    if kind == "k2":
+        return 0.5 * log_ratio ** 2
+    if kind == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    return log_ratio
+
+
 # ------------------------------------------------------------------------------ 11.per_token_rewards
 
 
@@ -382,6 +396,35 @@ def gae_without_checks(rewards, values, mask, gamma, lam):
     return advantages, (advantages + values) * mask
 
 
+def _gae_loop(rewards, values, mask, gamma, lam):
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(values)
+    next_value, next_advantage = torch.zeros(values.shape[0]), torch.zeros(values.shape[0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * mask[:, t]
+        next_value, next_advantage = values[:, t], advantages[:, t]
+    return advantages, (advantages + values) * mask
+
+
+@mistake("11.gae", "no_checks")
+def gae_checking_one_end_of_each_range(rewards, values, mask, gamma, lam):
+    if gamma < 0 or lam > 1:  # "a discount is never negative, a weight never above 1": gamma 1.5, lam -0.1 pass
+        raise ValueError("gamma must be >= 0 and lam <= 1")
+    if not (rewards.shape == values.shape == mask.shape) or bool((mask.sum(1) == 0).any()):
+        raise ValueError("shapes differ, or a row is empty")
+    return _gae_loop(rewards, values, mask, gamma, lam)
+
+
+@mistake("11.gae", "range_ends")
+def gae_refusing_a_discount_of_zero(rewards, values, mask, gamma, lam):
+    if not (0 < gamma <= 1 and 0 <= lam <= 1):  # "a discount of 0 makes no sense"
+        raise ValueError(f"gamma must be in (0, 1] and lam in [0, 1], got gamma={gamma}, lam={lam}")
+    if not (rewards.shape == values.shape == mask.shape) or bool((mask.sum(1) == 0).any()):
+        raise ValueError("shapes differ, or a row is empty")
+    return _gae_loop(rewards, values, mask, gamma, lam)
+
+
 # ------------------------------------------------------------------------------ 11.policy_loss
 
 
@@ -512,6 +555,22 @@ def policy_loss_from_detached_logprobs(logprobs, old_logprobs, advantages, mask,
     return policy_loss(logprobs.detach(), old_logprobs, advantages, mask, clip_eps)  # "the loss is only logged"
 
 
+@mistake("11.policy_loss", "no_checks")
+def policy_loss_refusing_only_a_zero_clip(logprobs, old_logprobs, advantages, mask, clip_eps):
+    if clip_eps == 0:  # "a range of 0 clips everything": but -0.1 gives clamp(ratio, 1.1, 0.9)
+        raise ValueError("clip_eps must not be 0")
+    if not (logprobs.shape == old_logprobs.shape == advantages.shape == mask.shape):
+        raise ValueError("shapes differ")
+    if bool((mask.sum(1) == 0).any()):
+        raise ValueError("a row is empty")
+    log_ratio = logprobs - old_logprobs.detach()
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    loss = (torch.max(unclipped, clipped) * mask).sum() / mask.sum()
+    return loss, *_stats(log_ratio, unclipped, clipped, mask)
+
+
 # ------------------------------------------------------------------------------ 11.value_loss
 
 
@@ -579,12 +638,24 @@ def value_loss_with_the_returns_attached(values, old_values, returns, mask, clip
     return loss, _vstats(error, error_clipped, mask).item()
 
 
+@mistake("11.value_loss", "no_checks")
+def value_loss_allowing_a_zero_range(values, old_values, returns, mask, clip_eps_v):
+    if clip_eps_v < 0:  # "0 just means no clipping": it pins every value to its old one
+        raise ValueError("clip_eps_v must not be negative")
+    if not (values.shape == old_values.shape == returns.shape == mask.shape) or bool((mask.sum(1) == 0).any()):
+        raise ValueError("shapes differ, or a row is empty")
+    clipped = old_values + torch.clamp(values - old_values, -clip_eps_v, clip_eps_v)
+    error, error_clipped = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * (torch.max(error, error_clipped) * mask).sum() / mask.sum()
+    return loss, _vstats(error, error_clipped, mask).item()
+
+
 # ------------------------------------------------------------------------------ 11.rollout
 
 
 def _rollout_checks(policy, prompt_ids, max_new_tokens, temperature):
-    if temperature <= 0 or max_new_tokens < 1 or not prompt_ids:
-        raise ValueError("temperature > 0, max_new_tokens >= 1 and at least one prompt")
+    if temperature <= 0 or max_new_tokens < 1 or not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("temperature > 0, max_new_tokens >= 1 and at least one prompt, none empty")
     if max(len(p) for p in prompt_ids) + max_new_tokens > policy.model.cfg.max_seq_len:
         raise ValueError("a prompt does not fit")
 
@@ -674,3 +745,57 @@ def rollout_padded_on_the_left(policy, reference, reward_model, prompt_ids, max_
     sequences, finished = _sample_all(policy, prompt_ids, max_new_tokens, temperature, stop_id, (pad_id,), generator)
     return _finish(policy, reference, reward_model, sequences, finished, prompt_ids, pad_id, temperature, temperature,
                    left=True)
+
+
+@mistake("11.rollout", "no_checks")
+@torch.no_grad()
+def rollout_accepting_an_empty_prompt(policy, reference, reward_model, prompt_ids, max_new_tokens, temperature,
+                                      stop_id, pad_id, generator):
+    if temperature <= 0 or max_new_tokens < 1 or not prompt_ids:  # but a prompt may be []
+        raise ValueError("temperature > 0, max_new_tokens >= 1 and at least one prompt")
+    if max(len(p) for p in prompt_ids) + max_new_tokens > policy.model.cfg.max_seq_len:
+        raise ValueError("a prompt does not fit")
+    sequences, finished = _sample_all(policy, prompt_ids, max_new_tokens, temperature, stop_id, (pad_id,), generator)
+    return _finish(policy, reference, reward_model, sequences, finished, prompt_ids, pad_id, temperature, temperature)
+
+
+@mistake("11.rollout", "raised")
+@torch.no_grad()
+def rollout_refusing_a_prompt_that_fills_the_context(policy, reference, reward_model, prompt_ids, max_new_tokens,
+                                                     temperature, stop_id, pad_id, generator):
+    if temperature <= 0 or max_new_tokens < 1 or not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("temperature > 0, max_new_tokens >= 1 and at least one prompt, none empty")
+    if max(len(p) for p in prompt_ids) + max_new_tokens >= policy.model.cfg.max_seq_len:  # 28 + 4 = 32 fits
+        raise ValueError("a prompt does not fit")
+    sequences, finished = _sample_all(policy, prompt_ids, max_new_tokens, temperature, stop_id, (pad_id,), generator)
+    return _finish(policy, reference, reward_model, sequences, finished, prompt_ids, pad_id, temperature, temperature)
+
+
+@mistake("11.rollout", "finished_by_length")
+@torch.no_grad()
+def rollout_finished_when_shorter_than_the_limit(policy, reference, reward_model, prompt_ids, max_new_tokens,
+                                                 temperature, stop_id, pad_id, generator):
+    _rollout_checks(policy, prompt_ids, max_new_tokens, temperature)
+    sequences, finished = [], []
+    for prompt in prompt_ids:
+        reply, _ = sample_reply(policy.model, prompt, max_new_tokens, temperature, stop_id, (pad_id,), generator)
+        sequences.append(prompt + reply)
+        finished.append(len(reply) < max_new_tokens)  # "a reply cut off is one that used every token"
+    return _finish(policy, reference, reward_model, sequences, finished, prompt_ids, pad_id, temperature, temperature)
+
+
+@mistake("11.rollout", "fixed_width")
+@torch.no_grad()
+def rollout_padded_to_the_longest_possible_reply(policy, reference, reward_model, prompt_ids, max_new_tokens,
+                                                 temperature, stop_id, pad_id, generator):
+    _rollout_checks(policy, prompt_ids, max_new_tokens, temperature)
+    sequences, finished = _sample_all(policy, prompt_ids, max_new_tokens, temperature, stop_id, (pad_id,), generator)
+    width = max(len(p) for p in prompt_ids) + max_new_tokens  # "room for every reply", allocated up front
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for b, seq in enumerate(sequences):
+        input_ids[b, : len(seq)] = torch.tensor(seq)
+    prompt_lengths = torch.tensor([len(p) for p in prompt_ids])
+    logprobs, values, mask = policy.response_outputs(input_ids, prompt_lengths, pad_id, temperature)
+    ref_logprobs, _ = response_logprobs(reference, input_ids, prompt_lengths, pad_id, temperature)
+    scores = reward_model(input_ids, prompt_lengths)
+    return Rollout(input_ids, prompt_lengths, mask, logprobs, ref_logprobs, values, scores, torch.tensor(finished))
