@@ -12,9 +12,9 @@ many tokens (a mean is not a sum); log-probability gaps of -150 (where ``log(sig
 is ``log(0)``), ties (not a win), betas other than 1 (beta applied twice shows); rewards of
 groups laid out consecutively, with group sizes 2 to 8 and one group of equal rewards first (a
 missing epsilon gives 0 / 0 there, and changes every other advantage by far more than rounding),
-an ``eps`` other than the default, int64 rewards, and equal rewards such as 0.9 whose float32
-std is not exactly 0 (only comparing the group's extremes is exact); replies whose first
-sentence ends at '?', at '...' or '!!', or holds a period with no space after it ('2.5');
+an ``eps`` other than the default, int64 and float64 rewards (the advantages are float32 either
+way: ``exact_dtype``), and equal rewards such as 0.9 whose float32 std is not exactly 0 (only
+comparing the group's extremes is exact); replies whose first sentence ends at '?', at '...' or '!!', or holds a period with no space after it ('2.5');
 per-token log-probabilities whose ratios leave the clip range on both sides, with advantages of
 both signs, padding filled with large finite garbage (a loss that reaches the padding shows) and
 with -inf and NaN (a mask applied by multiplying lets them through: 0 * inf is NaN), replies of
@@ -618,6 +618,8 @@ def advantage_cases(rng: random.Random) -> list[Case]:
              hint="eps_fixed", eps=0.5),
         case("int64 rewards (torch.tensor([1, 0, ...])): cast them, the advantages are float32",
              [1, 0, 0, 1, 1, 1], 3, hint="no_float", dtype=torch.int64),
+        case("float64 rewards: the advantages are float32 all the same", [1, 0, 0.5, 1, 1, 0.25], 3,
+             hint="dtype", dtype=torch.float64),
         case("a group of one: ValueError (nothing to compare with)", [1, 0, 1], 1, hint="no_checks"),
         case("group_size 2.0, a float: ValueError (an int >= 2)", [1, 0, 1, 1], 2.0, hint="no_checks"),
         case("5 rewards in groups of 2: ValueError", [1, 0, 1, 0, 1], 2, hint="no_checks"),
@@ -644,6 +646,7 @@ register(Checkpoint(
     reference=grpo("group_advantages"),
     tol=1e-6,
     fingerprint_tol=1e-6,
+    exact_dtype=True,  # float32, as the docstring promises, whatever the rewards' dtype
     fingerprints=[(kind, _advantage_variant(kind)) for kind in ADVANTAGE_MISTAKES],
     # the mean or std of an integer tensor: the rewards were not cast to float
     raised_hints=[(r"mean\(\): could not infer output dtype|std and var only support floating point", "no_float")],
@@ -668,6 +671,8 @@ register(Checkpoint(
         "no_float": "Cast the rewards to float32 first, grouped = rewards.float().view(-1, group_size): rewards may "
         "come as integers (torch.tensor([1, 0, 1]) is int64, whose mean and std torch refuses), and the advantages "
         "are float32 whatever the rewards' dtype.",
+        "dtype": "Return float32 advantages whatever the rewards' dtype: yours are right in value but keep the "
+        "rewards' float64. Cast first, grouped = rewards.float().view(-1, group_size).",
         "no_checks": "Raise ValueError for rewards that are not a non-empty 1-d tensor, a group_size that is not an "
         "int >= 2 (a group of one has no other reply to compare with; 2.0 is a float), a length that is not a "
         "multiple of group_size, eps < 0, or a scale other than 'std' or 'none'.",

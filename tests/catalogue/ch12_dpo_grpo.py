@@ -412,6 +412,18 @@ def advantages_divided_by_the_bare_std(rewards, group_size, scale="std", eps=1e-
     return adv.flatten()
 
 
+@mistake("12.group_advantages", "dtype")
+def advantages_in_the_rewards_dtype(rewards, group_size, scale="std", eps=1e-4):
+    _adv_checks(rewards, group_size, scale, eps)
+    grouped = rewards.view(-1, group_size)  # int64 refused by mean(); float64 kept as it is
+    if not grouped.is_floating_point():
+        grouped = grouped.float()
+    adv = grouped - grouped.mean(1, keepdim=True)
+    if scale == "std":
+        adv = adv / (grouped.std(1, keepdim=True) + eps)
+    return adv.flatten()
+
+
 @mistake("12.group_advantages", "batch_std")
 def advantages_scaled_by_the_batch_std(rewards, group_size, scale="std", eps=1e-4):
     _adv_checks(rewards, group_size, scale, eps)
