@@ -14,7 +14,8 @@ groups laid out consecutively, with group sizes 2 to 8 and one group of equal re
 missing epsilon gives 0 / 0 there, and changes every other advantage by far more than rounding),
 an ``eps`` other than the default, int64 and float64 rewards (the advantages are float32 either
 way: ``exact_dtype``), and equal rewards such as 0.9 whose float32 std is not exactly 0 (only
-comparing the group's extremes is exact); replies whose first sentence ends at '?', at '...' or '!!', or holds a period with no space after it ('2.5');
+comparing the group's extremes is exact); replies whose first sentence ends at '?', at '...'
+or '!!', or holds a period with no space after it ('2.5');
 per-token log-probabilities whose ratios leave the clip range on both sides, with advantages of
 both signs, padding filled with large finite garbage (a loss that reaches the padding shows) and
 with -inf and NaN (a mask applied by multiplying lets them through: 0 * inf is NaN), replies of
