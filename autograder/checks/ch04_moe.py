@@ -14,6 +14,9 @@ How the cases expose mistakes:
 * realistic cases: 64 experts with top-6 or top-8 (two-digit expert ids, many tokens per
   expert), bfloat16 logits for the router (its softmax runs in float32), then seeded random
   routings;
+* the router's weights and probabilities, the aux-loss-free router's weights and the
+  load-balancing loss are float32 whatever the inputs, as documented (``exact_dtype``: a
+  float64 answer is refused with the hint ``dtype``);
 * known mistakes are named only on evidence: a variant of the reference with that one
   mistake in it (``fingerprints``) that the learner's output matches on every case where
   the variant is wrong, or the exception the learner raised;
@@ -129,6 +132,7 @@ register(Checkpoint(
         ("float32", _router_with(upcast=False)),
     ],
     grad_probe=True,
+    exact_dtype=True,  # weights and probs are float32 whatever the logits' dtype (the docstring's promise)
     hints={
         "default": "probs = F.softmax(logits.float(), dim=-1); top, indices = probs.topk(top_k, dim=-1); "
         "weights = top / top.sum(dim=-1, keepdim=True); return weights, indices, probs.",
@@ -149,6 +153,8 @@ register(Checkpoint(
         "scattered back: the load-balancing loss needs the probabilities of the experts not chosen too.",
         "float32": "Compute the softmax in float32, F.softmax(logits.float(), dim=-1), whatever the logits' dtype: "
         "in bfloat16 the probabilities keep 3 significant digits, and the router's choices and weights drift.",
+        "dtype": "Return weights and probs as float32 tensors (F.softmax(logits.float(), dim=-1)), not float64: "
+        "the rest of the layer, and the load-balancing loss added to a float32 training loss, expect float32.",
     },
 ))
 
@@ -397,6 +403,7 @@ register(Checkpoint(
     ],
     raised_hints=[(r"size of tensor a \(\d+\) must match", "shapes")],
     grad_probe=True,
+    exact_dtype=True,  # a 0-dimensional float32 tensor, as documented
     hints={
         "default": "counts = torch.bincount(indices.reshape(-1), minlength=n_experts); f = counts / (n_tokens * "
         "top_k); P = probs.mean(dim=0); return n_experts * (f * P).sum().",
@@ -418,6 +425,8 @@ register(Checkpoint(
         "indices has no row.",
         "shapes": "f and P must both have one entry per expert: bincount with minlength=n_experts, and "
         "average the probabilities over the tokens, probs.mean(dim=0) (not over the experts).",
+        "dtype": "Return a float32 loss (counts.float(), probs.float()), not float64: it is added to the float32 "
+        "training loss, and a float64 term would turn the whole loss, and its backward pass, into float64.",
     },
 ))
 
@@ -431,6 +440,9 @@ def layout_cases(rng: random.Random) -> list[Case]:
         Case("top_k larger than n_experts", (4, 6, 64, 1, 0), "top_k"),
         Case("granularity 0", (8, 2, 64, 0, 0), "arguments"),
         Case("a negative number of shared experts", (8, 2, 64, 2, -1), "arguments"),
+        Case("hidden_dim 0", (8, 2, 0, 2, 0), "arguments"),
+        Case("no experts (n_experts 0)", (0, 1, 64, 1, 0), "arguments"),
+        Case("top_k 0", (8, 0, 64, 2, 0), "arguments"),
         Case("granularity 1, no shared expert: the coarse MoE unchanged", (8, 2, 64, 1, 0)),
         Case("one shared expert, no segmentation", (8, 2, 64, 1, 1), "shared_total"),
         Case("DeepSeekMoE 2B: 16 experts top-2 -> 1 shared + 63 routed, 7 active", (16, 2, 1024, 4, 1), "shared_active"),
@@ -559,6 +571,7 @@ register(Checkpoint(
         ("bias_sign", _aux_free_with(select=lambda s, b, logits: s - b)),
     ],
     grad_probe=True,
+    exact_dtype=True,  # weights float32, as documented
     hints={
         "default": "scores = torch.sigmoid(logits.float()); indices = (scores + bias).topk(top_k, dim=-1).indices; "
         "w = scores.gather(-1, indices); weights = w / w.sum(dim=-1, keepdim=True).",
@@ -573,6 +586,7 @@ register(Checkpoint(
         "topk(torch.sigmoid(logits) + bias).",
         "renormalise": "Renormalise the chosen scores so that each token's k weights sum to 1.",
         "bias_sign": "Add the bias (scores + bias): a positive bias makes an expert more likely to be chosen.",
+        "dtype": "Return the weights as a float32 tensor (torch.sigmoid(logits.float())), not float64.",
     },
 ))
 

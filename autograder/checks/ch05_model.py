@@ -13,8 +13,9 @@ shows); batches of 2 and 3, odd sequence lengths, GQA; a model of twelve layers 
 token ids have three digits (a layer loop that stops early, or selects ``layers.1`` with
 ``layers.10`` and ``layers.11``, shows); tied and untied output projections; rope_theta
 500000; real configs (LLaMA-2 7B, Mixtral 8x7B, Llama 3.2 1B) for the counts; names with
-two-digit layer and expert numbers, and names of no Llama tensor, which must raise
-``ValueError``. The block's gradient with respect to its input is probed: a block that
+two-digit layer and expert numbers, and names of no Llama tensor (in a layer or outside
+the layers, as a classification head's ``score.weight``), which must raise ``ValueError``;
+``norm_eps`` 1.0 in the logits' last case (a hard-coded eps shows). The block's gradient with respect to its input is probed: a block that
 computes a sub-layer under ``torch.no_grad()`` or on detached tensors has the right values
 and the wrong gradient.
 
@@ -238,6 +239,10 @@ def logits_cases(rng: random.Random) -> list[Case]:
         cases.append(case(f"random model (case {n + 1})", rng.randint(1, 3), rng.randint(2, 6), rng.choice([9, 16, 40]),
                           rng.randint(1, 3), n_heads, rng.choice([h for h in (1, 2) if n_heads % h == 0]),
                           rng.random() < 0.5, eps=rng.choice([1e-5, 1e-6])))
+    # after the random cases, so that they keep their weights: an eps of 1 on activations of
+    # RMS about 1 halves them (1e-5 and 1e-6 change the logits by less than the tolerance)
+    cases.append(case("norm_eps = 1.0: the config's eps reaches every RMSNorm", 1, 4, 11, 2, 2, 1, False,
+                      hint="eps", eps=1.0))
     return cases
 
 
@@ -247,6 +252,7 @@ def _logits_variant(kind: str):
         embed = weights["embed_tokens.weight"]
         head_dim = embed.shape[1] // config["n_heads"]
         theta = 10000.0 if kind == "theta" else config["rope_theta"]
+        eps = 1e-5 if kind == "eps" else config["norm_eps"]
         cos, sin = layers("rope_cache")(head_dim, tokens.shape[1], theta)
         x = embed[tokens]
         if kind == "scaled":
@@ -257,9 +263,9 @@ def _logits_variant(kind: str):
                 layer = {k.split(".", 2)[2]: v for k, v in weights.items() if k.startswith(f"layers.{i}")}
             else:
                 layer = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
-            x = block(x, layer, cos, sin, config["n_heads"], config["n_kv_heads"], config["norm_eps"])
+            x = block(x, layer, cos, sin, config["n_heads"], config["n_kv_heads"], eps)
         if kind != "final_norm":
-            x = norm(x, weights["norm.weight"], config["norm_eps"])
+            x = norm(x, weights["norm.weight"], eps)
         w_out = embed if (config["tie_embeddings"] or kind == "lm_head") else weights["lm_head.weight"]
         logits = F.linear(x, w_out)
         if kind == "softmax":
@@ -271,7 +277,7 @@ def _logits_variant(kind: str):
     return wrong
 
 
-LOGITS_MISTAKES = ("final_norm", "lm_head", "scaled", "theta", "softmax", "last", "layers", "layer_prefix")
+LOGITS_MISTAKES = ("final_norm", "lm_head", "scaled", "theta", "softmax", "last", "layers", "layer_prefix", "eps")
 
 register(Checkpoint(
     id="05.logits",
@@ -306,6 +312,8 @@ register(Checkpoint(
         "('layers.{i}.' prefix removed).",
         "layer_prefix": "Select layer i's tensors by the prefix f'layers.{i}.' with its final dot: 'layers.1' is also "
         "the start of 'layers.10', 'layers.11', ..., so with ten layers or more layer 1 picks up their weights.",
+        "eps": "Pass config['norm_eps'] to every block_forward and to the final rms_norm, not a constant such as 1e-5: "
+        "the config decides it (1e-5 in LLaMA 2, 1e-6 in some others).",
     },
 ))
 
@@ -418,6 +426,7 @@ def hf_key_cases(rng: random.Random) -> list[Case]:
         Case("a bias (the course model has none): ValueError", ("model.layers.3.self_attn.q_proj.bias",), "unknown"),
         Case("an expert matrix of no Mixtral name (w4): ValueError",
              ("model.layers.5.block_sparse_moe.experts.2.w4.weight",), "unknown"),
+        Case("a classification head outside the layers (score.weight): ValueError", ("score.weight",), "unknown"),
         Case("layer 12's w1", ("model.layers.12.block_sparse_moe.experts.11.w1.weight",)),
     ]
     fixed = ["model.norm.weight", "model.layers.10.input_layernorm.weight"]
@@ -488,7 +497,8 @@ register(Checkpoint(
         "w1_w3": "In Mixtral's experts w1 is the gate projection and w3 the up projection (the one not passed "
         "through SiLU): w1 -> gate_proj, w3 -> up_proj.",
         "w2": "In Mixtral's experts w2 is the down projection, (dim, hidden_dim), the last matrix: w2 -> down_proj.",
-        "unknown": "A name that is not a Llama or Mixtral tensor must raise ValueError naming it (here "
-        "'q_norm', a Qwen3 tensor), not be passed on: loading would fail later with a less clear error.",
+        "unknown": "A name that is not a Llama or Mixtral tensor (a Qwen3 'q_norm', a bias, an expert's 'w4', a "
+        "classification head's 'score.weight', inside the layers or outside them) must raise ValueError naming it, "
+        "not be passed on: loading would fail later with a less clear error.",
     },
 ))

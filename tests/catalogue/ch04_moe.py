@@ -91,6 +91,14 @@ def router_softmax_in_the_logits_dtype(logits, top_k):
     return (top / top.sum(dim=-1, keepdim=True)).float(), indices, probs.float()
 
 
+@mistake("04.router", "dtype")
+def router_softmax_in_float64(logits, top_k):
+    _check_top_k(logits, top_k)
+    probs = F.softmax(logits.double(), dim=-1)  # "float64 is more precise than float32, so better"
+    top, indices = probs.topk(top_k, dim=-1)
+    return top / top.sum(dim=-1, keepdim=True), indices, probs
+
+
 @mistake("04.router", "grad_detached")
 def router_routes_under_no_grad(logits, top_k):
     _check_top_k(logits, top_k)
@@ -376,6 +384,15 @@ def loss_without_empty_check(probs, indices, n_experts):
     return n_experts * (f * probs.float().mean(dim=0)).sum()
 
 
+@mistake("04.load_balancing_loss", "dtype")
+def loss_in_float64(probs, indices, n_experts):
+    _check_batch(indices)
+    n_tokens, top_k = indices.shape
+    # "a ratio of counts deserves float64": the loss comes back float64 and promotes the training loss
+    f = torch.bincount(indices.reshape(-1), minlength=n_experts).double() / (n_tokens * top_k)
+    return n_experts * (f * probs.double().mean(dim=0)).sum()
+
+
 # ------------------------------------------------------------------- 04.shared_experts
 
 
@@ -470,6 +487,21 @@ def layout_accepts_negative_shared(n_experts, top_k, hidden_dim, granularity, n_
     return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
 
 
+@mistake("04.shared_experts", "arguments")
+def layout_checks_only_what_divides(n_experts, top_k, hidden_dim, granularity, n_shared):
+    # "only granularity (a divisor) and n_shared (a count to subtract) can be out of range":
+    # hidden_dim 0 gives experts of hidden size 0
+    if granularity < 1 or n_shared < 0:
+        raise ValueError("granularity must be >= 1 and n_shared >= 0")
+    if top_k > n_experts:
+        raise ValueError("top_k must be at most n_experts")
+    if hidden_dim % granularity:
+        raise ValueError("hidden_dim must be divisible by granularity")
+    if n_shared >= granularity * top_k:
+        raise ValueError("too many shared experts")
+    return granularity * n_experts - n_shared, granularity * top_k - n_shared, hidden_dim // granularity
+
+
 # ------------------------------------------------------------------- 04.aux_free_bias
 
 
@@ -541,6 +573,16 @@ def aux_free_checks_only_large_top_k(logits, bias, top_k):
     if top_k > logits.shape[-1]:  # top_k = 0 slips through
         raise ValueError("top_k larger than the number of experts")
     scores = torch.sigmoid(logits.float())
+    indices = (scores + bias).topk(top_k, dim=-1).indices
+    w = scores.gather(-1, indices)
+    return w / w.sum(dim=-1, keepdim=True), indices
+
+
+@mistake("04.aux_free_bias", "dtype")
+def aux_free_scores_in_float64(logits, bias, top_k):
+    if not 1 <= top_k <= logits.shape[-1]:
+        raise ValueError("top_k must be between 1 and the number of experts")
+    scores = torch.sigmoid(logits.double())  # "sigmoids saturate: float64 keeps more of them"
     indices = (scores + bias).topk(top_k, dim=-1).indices
     w = scores.gather(-1, indices)
     return w / w.sum(dim=-1, keepdim=True), indices

@@ -201,6 +201,22 @@ def logits_layer_prefix_without_dot(tokens, weights, config):
     return F.linear(x, weights["embed_tokens.weight"] if config["tie_embeddings"] else weights["lm_head.weight"])
 
 
+@mistake("05.logits", "eps")
+def logits_default_eps(tokens, weights, config):
+    from solutions.model import block_forward
+
+    eps = 1e-5  # "LLaMA's norm eps": the config's norm_eps is never read
+    cos, sin = _tables(tokens, weights, config)
+    x = weights["embed_tokens.weight"][tokens]
+    for i in range(config["n_layers"]):
+        prefix = f"layers.{i}."
+        layer = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+        x = block_forward(x, layer, cos, sin, config["n_heads"], config["n_kv_heads"], eps)
+    x = rms_norm(x, weights["norm.weight"], eps)
+    w_out = weights["embed_tokens.weight"] if config["tie_embeddings"] else weights["lm_head.weight"]
+    return F.linear(x, w_out)
+
+
 @mistake("05.logits", "prefix")
 def logits_hf_names(tokens, weights, config):
     embed = weights["model.embed_tokens.weight"]
@@ -335,3 +351,15 @@ def key_without_validation(name):
     for old, new in EXPERT.items():
         key = key.replace(f".{old}.", f".{new}.")
     return key
+
+
+@mistake("05.hf_key_mapping", "unknown")
+def key_checks_layer_names_only(name):
+    if name.endswith("inv_freq"):
+        return None
+    key = name.removeprefix("model.").replace("block_sparse_moe", "mlp")
+    if not key.startswith("layers."):
+        return key  # "outside the layers there are only the embedding, the final norm and lm_head"
+    for old, new in EXPERT.items():
+        key = key.replace(f".{old}.", f".{new}.")
+    return _checked(name, key)

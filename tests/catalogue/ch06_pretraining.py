@@ -88,6 +88,16 @@ def batch_checks_length_only(tokens, batch_size, block_size, generator):
     return windows[:, :-1], windows[:, 1:]
 
 
+@mistake("06.get_batch", "validate")
+def batch_length_check_one_too_lax(tokens, batch_size, block_size, generator):
+    # "a window needs block_size tokens": but x and y together need block_size + 1
+    if tokens.ndim != 1 or len(tokens) < block_size:
+        raise ValueError("the stream is shorter than block_size")
+    starts = torch.randint(0, len(tokens) - block_size, (batch_size,), generator=generator)
+    windows = tokens[starts[:, None] + torch.arange(block_size + 1)]
+    return windows[:, :-1], windows[:, 1:]
+
+
 # ------------------------------------------------------------------------------ 06.cross_entropy
 
 
