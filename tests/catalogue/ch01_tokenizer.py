@@ -224,6 +224,44 @@ def train_counts_once_only(text, vocab_size, pat_str, special_tokens):
     return ranks
 
 
+@mistake("01.train_bpe", "too_small")
+def train_minimum_forgets_the_special_tokens(text, vocab_size, pat_str, special_tokens):
+    # the learner thought only the 256 bytes need room: vocab_size 257 with 2 special tokens is
+    # accepted, and yields the 256 bytes (negative merges learn nothing)
+    if vocab_size < 256:
+        raise ValueError(f"vocab_size must be at least 256, got {vocab_size}")
+    return naive_bpe(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens))
+
+
+@mistake("01.train_bpe", "too_small_equal")
+def train_refuses_the_smallest_valid_size(text, vocab_size, pat_str, special_tokens):
+    # the learner thought a vocabulary without a single merge is too small: <= instead of <
+    if vocab_size <= 256 + len(special_tokens):
+        raise ValueError(f"vocab_size is too small: it must be more than {256 + len(special_tokens)}")
+    return naive_bpe(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens))
+
+
+@mistake("01.train_bpe", "special_in_training")
+def train_cuts_only_endoftext(text, vocab_size, pat_str, special_tokens):
+    # the learner thought '<|endoftext|>' is the only special token that can be in a text
+    _check_size(vocab_size, special_tokens)
+    chunks = Counter()
+    for piece in text.split("<|endoftext|>"):
+        chunks.update(regex.findall(pat_str, piece))
+    return naive_bpe(chunks, vocab_size - 256 - len(special_tokens))
+
+
+@mistake("01.train_bpe", "escape")
+def train_splits_on_unescaped_special_tokens(text, vocab_size, pat_str, special_tokens):
+    # the learner thought '|'.join(special_tokens) matches the special tokens: '|' is 'or', so
+    # the text is cut at every '<', '>' and at the words inside ('im_end')
+    _check_size(vocab_size, special_tokens)
+    chunks = Counter()
+    for piece in regex.split("|".join(special_tokens), text) if special_tokens else [text]:
+        chunks.update(regex.findall(pat_str, piece))
+    return naive_bpe(chunks, vocab_size - 256 - len(special_tokens))
+
+
 # ---------------------------------------------------------------------------- 01.encode
 
 def _bpe(chunk: bytes, ranks):
@@ -301,6 +339,25 @@ def encode_characters_not_bytes(text, mergeable_ranks, pat_str):
                 break
             _, i = min(candidates)
             parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        ids += [mergeable_ranks[p] for p in parts]
+    return ids
+
+
+@mistake("01.encode", "ties")
+def encode_rightmost_of_equal_ranks(text, mergeable_ranks, pat_str):
+    ids = []
+    for chunk in regex.findall(pat_str, text):
+        parts = [bytes([b]) for b in chunk.encode("utf-8")]
+        while len(parts) > 1:
+            best_rank, best_i = None, None
+            for i in range(len(parts) - 1):
+                rank = mergeable_ranks.get(parts[i] + parts[i + 1])
+                # the learner thought <= and < pick the same pair: of equal ranks, <= keeps the last
+                if rank is not None and (best_rank is None or rank <= best_rank):
+                    best_rank, best_i = rank, i
+            if best_i is None:
+                break
+            parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
         ids += [mergeable_ranks[p] for p in parts]
     return ids
 
