@@ -532,6 +532,10 @@ def _mask_floats(q_len, kv_len=None):
     return _mask(q_len, kv_len).float()
 
 
+def _mask_ints(q_len, kv_len=None):
+    return _mask(q_len, kv_len).long()
+
+
 def _mask_additive(q_len, kv_len=None):
     return torch.zeros(_mask(q_len, kv_len).shape).masked_fill(~_mask(q_len, kv_len), float("-inf"))
 
@@ -547,6 +551,15 @@ def _mask_triangle(diagonal, lower=True):
     return mask
 
 
+def _mask_of_numbers(case: Case, expected, got) -> str | None:
+    """An integer tensor of 0s and 1s exactly where the mask is False and True: the right mask,
+    not boolean (0/1 floats are a variant above)."""
+    if (isinstance(got, torch.Tensor) and got.dtype != torch.bool and not got.is_floating_point()
+            and not got.is_complex() and got.shape == expected.shape and bool(torch.equal(got.long(), expected.long()))):
+        return "bool"
+    return None
+
+
 register(Checkpoint(
     id="02.causal_mask",
     points=1,
@@ -558,18 +571,21 @@ register(Checkpoint(
         ("inverted", _mask_inverted),
         ("transposed", _mask_transposed),
         ("bool", _mask_floats),
+        ("bool", _mask_ints),  # a release has no diagnose: it names the int64 mask by this variant
         ("additive", _mask_additive),
         ("lower", _mask_triangle(lambda q, k: 0, lower=False)),
         ("diagonal", _mask_triangle(lambda q, k: k - q - 1)),
         ("offset", _mask_triangle(lambda q, k: 0)),
     ],
+    diagnose=_mask_of_numbers,
     # kv_len=None used as a number: "NoneType" in the message (q_len is never None)
     raised_hints=[(r"^TypeError: .*NoneType", "default_kv")],
     hints={
         "default": "Query i sits at position kv_len - q_len + i and may attend to every key at or "
         "before it: k_pos[None, :] <= q_pos[:, None], a (q_len, kv_len) bool tensor.",
         "bool": "Return a boolean mask, True = may attend (what F.scaled_dot_product_attention "
-        "expects as attn_mask): not 0/1 floats.",
+        "expects as attn_mask): not 0/1 numbers (floats, ints or uint8). Build it from a comparison "
+        "(k_pos <= q_pos) or with dtype=torch.bool.",
         "additive": "This is an additive mask (0 where a query may attend, -inf where not), the form "
         "that is added to the scores: return the boolean mask itself, True = may attend.",
         "inverted": "True and False are swapped: True means the query MAY attend to the key (the "

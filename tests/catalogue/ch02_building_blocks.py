@@ -321,3 +321,17 @@ def causal_mask_keys_as_rows(q_len, kv_len=None):
 @mistake("02.causal_mask", "default_kv")
 def causal_mask_needs_kv_len(q_len, kv_len=None):
     return torch.ones(q_len, kv_len, dtype=torch.bool).tril(diagonal=kv_len - q_len)
+
+
+@mistake("02.causal_mask", "bool")
+def causal_mask_of_int64_ones(q_len, kv_len=None):
+    # the learner thought a 0/1 mask is a mask: ones and zeros in torch.ones' int64, not booleans
+    kv_len = q_len if kv_len is None else kv_len
+    return torch.ones(q_len, kv_len, dtype=torch.long).tril(diagonal=kv_len - q_len)
+
+
+@mistake("02.causal_mask", "bool")
+def causal_mask_of_uint8(q_len, kv_len=None):
+    # the learner thought uint8, the old PyTorch mask dtype, is as good as bool
+    kv_len = q_len if kv_len is None else kv_len
+    return torch.tril(torch.ones(q_len, kv_len, dtype=torch.uint8), diagonal=kv_len - q_len)
