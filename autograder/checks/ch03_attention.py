@@ -98,6 +98,9 @@ def attention_cases(rng: random.Random) -> list[Case]:
         mask = {"none": None, "causal": causal(q_len, kv_len), "random": random_mask(g, q_len, kv_len)}[kind]
         cases.append(case(f"random shapes and mask (case {n + 1})", (b, h, q_len, kv_len, d), mask,
                           f"{kind} mask({q_len}, {kv_len})"))
+    # "broadcastable to (q_len, kv_len)": one row for every query (appended: the draws above stay)
+    cases.append(case("a padding mask of shape (1, 5), one row broadcast over the 3 queries", (2, 2, 3, 5, 4),
+                      torch.tensor([[True, True, False, True, False]]), "mask(1, 5) hiding keys 2 and 4", "given_mask"))
     return cases
 
 
@@ -139,9 +142,17 @@ checkpoint(
         ("mask_inverted", attention_variant(mask_mode="inverted")),
         ("own_mask", attention_variant(mask_mode="own")),
     ],
-    raised_hints=[(r"unary ~: 'NoneType'|NoneType", "no_mask")],
+    raised_hints=[
+        (r"unary ~: 'NoneType'|NoneType", "no_mask"),
+        # `if mask:` to test for None: a tensor of several values has no truth value
+        (r"Boolean value of Tensor with more than one (value|element) is ambiguous", "mask_truthy"),
+        # a (q_len, kv_len) mask assumed: .view(1, 1, q_len, kv_len) of a mask of another shape
+        (r"shape '\[1, 1, \d+, \d+\]' is invalid for input of size", "given_mask"),
+    ],
     grad_probe=True,
     hints={
+        "mask_truthy": "Test `if mask is not None:`, not `if mask:`: a mask of several values has no "
+        "truth value (RuntimeError), and None is what means 'no mask'.",
         "default": "scores = q @ k.transpose(-2, -1) / math.sqrt(head_dim); set masked scores to "
         "-inf with scores.masked_fill(~mask, float('-inf')); softmax over the last axis (the keys); "
         "multiply by v.",
@@ -335,8 +346,22 @@ checkpoint(
         ("mask", gqa_variant(use_mask=False)),
         ("own_mask", gqa_variant(own_mask=True)),
     ],
+    raised_hints=[
+        # `if mask:` to test for None: a tensor of several values has no truth value
+        (r"Boolean value of Tensor with more than one (value|element) is ambiguous", "mask_truthy"),
+        # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
+        (r"view size is not compatible with input tensor's size and stride", "contiguous"),
+        # apply_rope on the heads-first (batch, heads, seq, head_dim) layout
+        (r"apply_rope takes x as \(batch, seq, n_heads, head_dim\)", "rope_layout"),
+    ],
     grad_probe=True,
     hints={
+        "mask_truthy": "Test `if mask is not None:`, not `if mask:`: a mask of several values has no "
+        "truth value (RuntimeError), and None is what means 'no mask'.",
+        "contiguous": "After transpose(1, 2) the tensor is not contiguous, so .view cannot merge the heads: "
+        "use .reshape(batch, seq, n_heads * head_dim) (or .contiguous().view(...)).",
+        "rope_layout": "apply_rope takes (batch, seq, n_heads, head_dim): rotate q and k right after "
+        "the projection and view, BEFORE transpose(1, 2) moves the heads first.",
         "default": "project with F.linear(x, w) and view as (batch, seq, heads, head_dim); apply_rope to "
         "q and k; transpose(1, 2) to heads-first; repeat_kv k and v by n_heads // n_kv_heads; attention; "
         "transpose back, reshape to (batch, seq, n_heads * head_dim); F.linear with o_proj.",
@@ -432,7 +457,13 @@ checkpoint(
         ("positions_shift", kv_variant(positions="shift")),
         ("cache_return", kv_variant(return_new=True)),
     ],
-    raised_hints=[(r"Sizes of tensors must match except in dimension [013]\b", "cache_axis")],
+    raised_hints=[
+        (r"Sizes of tensors must match except in dimension [013]\b", "cache_axis"),
+        # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
+        (r"view size is not compatible with input tensor's size and stride", "contiguous"),
+        # apply_rope on the heads-first (batch, heads, seq, head_dim) layout
+        (r"apply_rope takes x as \(batch, seq, n_heads, head_dim\)", "rope_layout"),
+    ],
     hints={
         "default": "past = k_cache.shape[2]; project_qkv the new tokens with cos[past:past + seq]; "
         "torch.cat the new keys and values to the caches on dim=2; attend with causal_mask(seq, "
@@ -451,6 +482,10 @@ checkpoint(
         "positions, then append them. Keys already in the cache are never rotated again.",
         "cache_axis": "Append to the caches along the sequence axis: torch.cat([k_cache, k], dim=2) "
         "with both (batch, n_kv_heads, seq, head_dim).",
+        "contiguous": "After transpose(1, 2) the tensor is not contiguous, so .view cannot merge the heads: "
+        "use .reshape(batch, seq, n_heads * head_dim) (or .contiguous().view(...)).",
+        "rope_layout": "apply_rope takes (batch, seq, n_heads, head_dim): rotate q and k right after "
+        "the projection and view, BEFORE transpose(1, 2) moves the heads first.",
         "return_type": "Return three tensors, (out, k_cache, v_cache): the output and both caches "
         "extended by the new tokens.",
     },
@@ -496,7 +531,7 @@ def mla_cases(rng: random.Random) -> list[Case]:
 
 
 def mla_variant(rope_key=True, positions="offset", kv_split="per_head", q_split="nope_first",
-                rotate_cache=False, scale="both", mask_mode="offset"):
+                rotate_cache=False, scale="both", mask_mode="offset", return_new=False):
     """A wrong ``mla_forward``: one of its choices bent."""
     apply_rope = layers("apply_rope")
 
@@ -529,14 +564,15 @@ def mla_variant(rope_key=True, positions="offset", kv_split="per_head", q_split=
             k_nope, v = (t.reshape(batch, total, n_heads, head_dim) for t in kv.chunk(2, dim=-1))
         k = torch.cat([k_nope, k_rope[:, :, None, :].expand(batch, total, n_heads, rope_dim)], dim=-1)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        mask = causal(seq, total) if mask_mode == "offset" else torch.ones(seq, total, dtype=torch.bool).tril()
+        mask = {"offset": causal(seq, total), "tril": torch.ones(seq, total, dtype=torch.bool).tril(),
+                "none": torch.ones(seq, total, dtype=torch.bool)}[mask_mode]
         if scale == "nope":  # scores divided by sqrt(head_dim), forgetting the rope part
             scores = (q @ k.transpose(-2, -1) / math.sqrt(head_dim)).masked_fill(~mask, float("-inf"))
             out = torch.softmax(scores, dim=-1) @ v
         else:
             out = att("attention")(q, k, v, mask)
         out = out.transpose(1, 2).reshape(batch, seq, n_heads * head_dim)
-        return F.linear(out, weights["o_proj"]), latent_cache
+        return F.linear(out, weights["o_proj"]), latent_cache[:, past:] if return_new else latent_cache
 
     return wrong
 
@@ -557,9 +593,21 @@ checkpoint(
         ("cache_rotated", mla_variant(rotate_cache=True)),
         ("scale", mla_variant(scale="nope")),
         ("mask_offset", mla_variant(mask_mode="tril")),
+        ("cache_return", mla_variant(return_new=True)),
+        ("mask", mla_variant(mask_mode="none")),
+    ],
+    raised_hints=[
+        # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
+        (r"view size is not compatible with input tensor's size and stride", "contiguous"),
     ],
     grad_probe=True,
     hints={
+        "contiguous": "After transpose(1, 2) the tensor is not contiguous, so .view cannot merge the heads: "
+        "use .reshape(batch, seq, n_heads * head_dim) (or .contiguous().view(...)).",
+        "mask": "Latent attention is causal: several new tokens must not see each other's future. Attend "
+        "with causal_mask(seq, past + seq).",
+        "cache_return": "Return the latent cache extended by the new tokens, torch.cat([latent_cache, new], "
+        "dim=1), not only the new tokens' latents: the next step needs every position so far.",
         "default": "Queries: q_proj, view (batch, seq, n_heads, head_dim + rope_dim), split [head_dim, "
         "rope_dim], rotate the rope part. Latent: kv_a_proj_with_mqa, split [rank, rope_dim], rotate "
         "k_rope, append [c_kv; k_rope] to the cache. Keys and values: kv_b_proj of the cached c_kv, "

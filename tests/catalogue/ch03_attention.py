@@ -110,6 +110,23 @@ def attention_detaches_the_weights(q, k, v, mask):
     return weights @ v
 
 
+@mistake("03.attention", "mask_truthy")
+def attention_tests_the_mask_for_truth(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask:  # the learner thought `if mask:` asks "is there a mask?"; a tensor of many values cannot answer
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@mistake("03.attention", "given_mask")
+def attention_views_the_mask_as_q_by_kv(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        # the learner thought the mask is always (q_len, kv_len): a (1, kv_len) padding mask cannot be viewed so
+        scores = scores.masked_fill(~mask.view(1, 1, q.shape[-2], k.shape[-2]), float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
 # -------------------------------------------------------------------------- 03.repeat_kv
 
 
@@ -255,6 +272,40 @@ def gqa_projects_under_no_grad(x, weights, cos, sin, mask, n_heads, n_kv_heads):
         return _finish(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, weights, n_heads, n_kv_heads)
 
 
+@mistake("03.gqa_forward", "mask_truthy")
+def gqa_tests_the_mask_for_truth(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+    q, k, v = _projections(x, weights, n_heads, n_kv_heads)
+    q, k, v = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
+    n_rep = n_heads // n_kv_heads
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask:  # the learner thought `if mask:` asks "is there a mask?"
+        scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v
+    batch, _, seq, head_dim = out.shape
+    return F.linear(out.transpose(1, 2).reshape(batch, seq, n_heads * head_dim), weights["o_proj"])
+
+
+@mistake("03.gqa_forward", "contiguous")
+def gqa_views_the_transposed_output(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+    q, k, v = _projections(x, weights, n_heads, n_kv_heads)
+    q, k, v = apply_rope(q, cos, sin).transpose(1, 2), apply_rope(k, cos, sin).transpose(1, 2), v.transpose(1, 2)
+    n_rep = n_heads // n_kv_heads
+    out = attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
+    batch, _, seq, head_dim = out.shape
+    # the learner thought view and reshape are the same: view cannot merge the transposed heads
+    return F.linear(out.transpose(1, 2).view(batch, seq, n_heads * head_dim), weights["o_proj"])
+
+
+@mistake("03.gqa_forward", "rope_layout")
+def gqa_rotates_after_moving_the_heads(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+    q, k, v = _projections(x, weights, n_heads, n_kv_heads)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    # the learner thought RoPE can come after the transpose: apply_rope wants (batch, seq, heads, head_dim)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return _finish(q, k, v, mask, weights, n_heads, n_kv_heads)
+
+
 # --------------------------------------------------------------------------- 03.kv_cache
 
 
@@ -329,11 +380,24 @@ def decode_returns_only_the_output(x, weights, cos, sin, k_cache, v_cache, n_hea
     return attend(q, k_cache, v_cache, causal_mask(seq, past + seq), weights["o_proj"])
 
 
+@mistake("03.kv_cache", "contiguous")
+def decode_views_the_transposed_output(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
+    past, seq = k_cache.shape[2], x.shape[1]
+    q, k, v = project_qkv(x, weights, cos[past : past + seq], sin[past : past + seq], n_heads, n_kv_heads)
+    k_cache, v_cache = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
+    n_rep = n_heads // n_kv_heads
+    out = attention(q, repeat_kv(k_cache, n_rep), repeat_kv(v_cache, n_rep), causal_mask(seq, past + seq))
+    batch, _, _, head_dim = out.shape
+    # the learner thought view and reshape are the same: fine for one new token, not for a prompt
+    return F.linear(out.transpose(1, 2).view(batch, seq, n_heads * head_dim), weights["o_proj"]), k_cache, v_cache
+
+
 # -------------------------------------------------------------------------------- 03.mla
 
 
 def _mla(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim, *, restart=False, rotate_key=True,
-         rope_first=False, kv_halves=False, rotate_cache=False, scale_nope=False, tril=False, detach_cache=False):
+         rope_first=False, kv_halves=False, rotate_cache=False, scale_nope=False, tril=False, detach_cache=False,
+         no_mask=False, only_new=False, view=False):
     """A learner's MLA with one switch flipped (each entry below flips exactly one)."""
     batch, seq, _ = x.shape
     past = latent_cache.shape[1]
@@ -364,13 +428,15 @@ def _mla(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim, *, resta
     k = torch.cat([k_nope, k_rope[:, :, None, :].expand(batch, total, n_heads, rope_dim)], dim=-1)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     mask = torch.ones(seq, total, dtype=torch.bool).tril() if tril else causal_mask(seq, total)
+    mask = None if no_mask else mask
     if scale_nope:
         scores = (q @ k.transpose(-2, -1) / math.sqrt(head_dim)).masked_fill(~mask, float("-inf"))
         out = torch.softmax(scores, dim=-1) @ v
     else:
         out = attention(q, k, v, mask)
-    out = out.transpose(1, 2).reshape(batch, seq, n_heads * head_dim)
-    return F.linear(out, weights["o_proj"]), latent_cache
+    out = out.transpose(1, 2)
+    out = out.view(batch, seq, n_heads * head_dim) if view else out.reshape(batch, seq, n_heads * head_dim)
+    return F.linear(out, weights["o_proj"]), new if only_new else latent_cache
 
 
 @mistake("03.mla", "rope_key")
@@ -411,3 +477,18 @@ def mla_mask_not_offset(*args):
 @mistake("03.mla", "grad_differs")
 def mla_detaches_the_cache_entry(*args):
     return _mla(*args, detach_cache=True)  # "the cache is storage": keys and values lose their gradient
+
+
+@mistake("03.mla", "mask")
+def mla_without_a_mask(*args):
+    return _mla(*args, no_mask=True)  # the learner thought decoding is one token at a time, so nothing to mask
+
+
+@mistake("03.mla", "cache_return")
+def mla_returns_only_the_new_latents(*args):
+    return _mla(*args, only_new=True)  # the learner thought the caller appends them to its cache
+
+
+@mistake("03.mla", "contiguous")
+def mla_views_the_transposed_output(*args):
+    return _mla(*args, view=True)  # the learner thought view and reshape are the same
