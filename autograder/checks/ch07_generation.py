@@ -50,6 +50,11 @@ TOL = 1e-6  # float32, one division deep
 INF = float("-inf")
 
 
+LAST_DIM = ("Work along the last dimension, dim=-1 (and [..., -1:], not [:, -1:]): logits are (..., vocab), one row "
+            "(vocab,), a batch (batch, vocab) or more leading dimensions (batch, seq, vocab); dim=1 is the vocabulary "
+            "only for 2-D logits.")
+
+
 def _shown(t: torch.Tensor, name: str = "logits"):
     return tensor_label(t, name, small=12)
 
@@ -253,7 +258,9 @@ register(Checkpoint(
         ("k_large", _topk_unclamped), ("kth_index", _topk_kth_index), ("keepdim", _topk_no_keepdim),
     ]],
     # torch.topk's own error when k exceeds the vocabulary (no case has a negative k, which raises it too)
-    raised_hints=[(r"selected index k out of range", "k_large")],
+    raised_hints=[(r"selected index k out of range", "k_large"),
+                  # dim=1 (or [:, ...]) on the case of 1-D logits: written for (batch, vocab) only
+                  (r"Dimension out of range|too many indices for tensor of dimension 1", "last_dim")],
     hints={
         "default": "kth = torch.topk(logits, min(k, vocab), dim=-1).values[..., -1:] (keep the last dimension), then "
         "logits.masked_fill(logits < kth, float('-inf')); raise ValueError if k < 1.",
@@ -278,6 +285,7 @@ register(Checkpoint(
         "size. torch.topk(logits, k, dim=-1).values[..., -1:] gives it directly.",
         "validate": "Raise ValueError when k is not an int >= 1 (isinstance(k, int) and k >= 1): top-0 would remove "
         "every token, and a negative or fractional k means nothing.",
+        "last_dim": LAST_DIM,
     },
 ))
 
@@ -323,6 +331,12 @@ def top_p_cases(rng: random.Random) -> list[Case]:
             if _boundary_safe(logits, p):
                 break
         cases.append(Case(f"random logits {shape}, p = {p} (case {n + 1})", (logits, p)))
+    while True:  # (after the random cases: their draws stay as they were)
+        deep = _realistic(g, 6, 40).reshape(2, 3, 40)
+        if _boundary_safe(deep, 0.7):
+            break
+    cases.append(Case("logits (2, 3, 40), batch and sequence dimensions, p = 0.7: the vocabulary is the last dimension",
+                      (deep, 0.7), "last_dim"))
     for case in cases:
         case.show = (_shown(case.args[0]), case.args[1])
     return cases
@@ -341,6 +355,14 @@ def _nucleus(logits, p, *, rule="before", descending=True, scatter=True, source=
     return torch.softmax(filtered, dim=-1) if out == "probs" else filtered
 
 
+def _nucleus_dim1(logits, p):
+    """Every step along dim=1, written for (batch, vocab) logits."""
+    probs = torch.softmax(logits.float(), dim=1)
+    sorted_probs, order = probs.sort(dim=1, descending=True, stable=True)
+    remove_sorted = sorted_probs.cumsum(dim=1) - sorted_probs >= p
+    return logits.masked_fill(remove_sorted.scatter(1, order, remove_sorted), INF)
+
+
 # keep_top before crossing: its output is wrong wherever crossing's is (and more), so a learner
 # who keeps the most likely token is tried against keep_top first and does not match it there.
 TOP_P_MISTAKES = {
@@ -353,6 +375,7 @@ TOP_P_MISTAKES = {
     "zero_fill": functools.partial(_nucleus, fill=0.0),
     "probabilities": functools.partial(_nucleus, out="probs"),
     "p_one": _nucleus,  # the rule without p == 1's shortcut: rounding removes the tail at p = 1
+    "last_dim": _nucleus_dim1,
 }
 
 register(Checkpoint(
@@ -363,7 +386,9 @@ register(Checkpoint(
     cases=top_p_cases,
     reference=gen("top_p_filter"),
     tol=TOL,
-    fingerprints=[(hint, _validated_p(fn, shortcut=hint != "p_one")) for hint, fn in TOP_P_MISTAKES.items()],
+    fingerprints=[(hint, _validated_p(fn, shortcut=hint != "p_one")) for hint, fn in TOP_P_MISTAKES.items()]
+    + [("last_dim", _validated_p(functools.partial(_nucleus, dim=1)))],  # only the softmax along dim=1
+    raised_hints=[(r"Dimension out of range|too many indices for tensor of dimension 1", "last_dim")],
     hints={
         "default": "probs = softmax(logits); sort descending; before = cumsum - sorted_probs (the mass of the more "
         "likely tokens); remove where before >= p; scatter the mask back to vocabulary order; masked_fill with -inf.",
@@ -381,6 +406,7 @@ register(Checkpoint(
         "zero_fill": "Set removed tokens to float('-inf'), not 0: a logit of 0 keeps a non-zero probability.",
         "probabilities": "Return the filtered *logits* (removed ones at -inf), not probabilities.",
         "validate": "Raise ValueError when p is not in (0, 1]: p = 0 would remove everything, p > 1 is no probability.",
+        "last_dim": LAST_DIM,
         "p_one": "p = 1 keeps every token: return the logits unchanged (a copy) when p == 1. Computed, the rule "
         "removes tokens there: in float32 the cumulative probability reaches 1.0 before a tail of tiny "
         "probabilities, and 'mass before >= 1' is then true for tokens that can still be drawn.",
@@ -453,6 +479,17 @@ def sample_cases(rng: random.Random) -> list[Case]:
         case_ = case(f"random: {batch} rows of {vocab}, T = {temperature}, top_k = {top_k}, top_p = {top_p} "
                      f"(case {n + 1})", logits, temperature, top_k, top_p, u)
         cases.append(case_)
+    # (after the random cases: their draws stay as they were)
+    deep = _realistic(g, 6, 30).reshape(2, 3, 30)
+    cases += [
+        case("greedy with ties: the first of the tied largest logits (argmax's rule)",
+             torch.tensor([[1.0, 2.0, 2.0, 0.0], [0.5, 0.5, 0.5, 0.5]]), 0.0, None, 1.0, torch.tensor([0.3, 0.7]),
+             "greedy"),
+        case("logits (2, 3, 30), batch and sequence dimensions, u (2, 3), T = 0.9, top-p 0.9: one token per row, "
+             "the vocabulary is the last dimension", deep, 0.9, None, 0.9, _sweep(6).reshape(2, 3), "last_dim"),
+        case("1-D logits (one row of 30) and a 0-d u, T = 1.2, top-k 10: a 0-d token id", deep[1, 2], 1.2, 10, 1.0,
+             torch.tensor(0.8), "last_dim"),
+    ]
     return cases
 
 
@@ -480,6 +517,8 @@ def _sample_variant(kind: str):
             z = top_p_filter(z, top_p) if top_p < 1 else z
         if kind == "logits":
             cdf = z.cumsum(dim=-1)
+        elif kind == "last_dim":  # softmax and cumsum along dim=1, written for (batch, vocab) logits
+            cdf = torch.softmax(z, dim=1).cumsum(dim=1)
         elif kind == "renormalise":  # probabilities of the unfiltered distribution, masked, not renormalised
             probs = torch.softmax(apply_temperature(logits, temperature), dim=-1)
             cdf = probs.masked_fill(z == INF, 0.0).cumsum(dim=-1)
@@ -497,7 +536,8 @@ def _sample_variant(kind: str):
     return wrong
 
 
-SAMPLE_MISTAKES = ("temperature", "order_temperature", "order", "logits", "renormalise", "inverse_cdf", "u_zero")
+SAMPLE_MISTAKES = ("temperature", "order_temperature", "order", "logits", "renormalise", "inverse_cdf", "u_zero",
+                   "last_dim")
 
 
 def _sample_keepdim(logits, temperature, top_k, top_p, u):
@@ -543,11 +583,15 @@ register(Checkpoint(
     diagnose=diagnose_sample,
     raised_hints=[(r"NoneType|got None", "none_filters"),
                   # apply_temperature refusing T = 0: the greedy case was sent through the division
-                  (r"ValueError: .*temperature.*(> ?0|greedy|positive)", "greedy")],
+                  (r"ValueError: .*temperature.*(> ?0|greedy|positive)", "greedy"),
+                  # dim=1 or [:, None] on the 1-D case: written for (batch, vocab) only
+                  (r"Dimension out of range|too many indices for tensor of dimension", "last_dim")],
     hints={
         "default": "check_sampling(temperature, top_k, top_p); if temperature == 0 return logits.argmax(-1); else "
         "apply_temperature, top_k_filter (if top_k is not None), top_p_filter (if top_p < 1), softmax, cumsum, "
-        "and return (cdf <= u[..., None]).sum(-1), the first token whose cumulative probability exceeds u.",
+        "and return (cdf <= (u * cdf[..., -1])[..., None]).sum(-1), the first token whose cumulative probability "
+        "exceeds u (u scaled by cdf[..., -1], which rounding can leave a hair below 1).",
+        "last_dim": LAST_DIM,
         "greedy": "Temperature 0 is greedy decoding: return logits.argmax(dim=-1) before any division by the "
         "temperature (u, top_k and top_p do not matter then).",
         "inverse_cdf": "Draw with u: the token is the first j whose cumulative probability F_j = p_0 + ... + p_j "
@@ -662,6 +706,8 @@ def generate_cases(rng: random.Random) -> list[Case]:
     w3 = _model(g, c3, [(p3, 10)])
 
     cases = [
+        case("greedy with the KV cache: a prompt of 3 tokens, 3 new tokens", c1, w1, p1, "whole_sequence",
+             max_new_tokens=3),
         case("greedy with the KV cache: a prompt of 3 tokens, 6 new tokens", c1, w1, p1, max_new_tokens=6),
         case("greedy without the cache (use_cache=False): the whole sequence every step", c1, w1, p1, "uncached",
              max_new_tokens=6, use_cache=False),
@@ -829,9 +875,12 @@ register(Checkpoint(
     + [("ints", _one_thread(_generate_tensors))],
     compare=compare_generate,
     diagnose=diagnose_generate,
-    # the model's own error when the cache grows faster than the tokens: fed whole sequences;
-    # then a ValueError about the context raised where the prompt and the new tokens fit exactly
-    raised_hints=[(r"positions do not fit max_seq_len", "whole_sequence"),
+    # the model's own error, "N positions do not fit max_seq_len", where the prompt and the new tokens
+    # fit: the model ran on more positions than they hold, which a cache fed whole sequences and a loop
+    # that ignores max_new_tokens both do (the message cannot tell which: the first case, 3 new
+    # tokens, fits even whole sequences, so there their variant names whole_sequence). Then a
+    # ValueError of the learner's own about the context, raised where everything fits exactly.
+    raised_hints=[(r"^ValueError: \d+ positions do not fit max_seq_len", "overflow"),
                   (r"^ValueError: .*(context|max_seq_len|too long|does not fit|exceed)", "context")],
     hints={
         "default": "Validate; caches = model.new_caches() once; logits = model(prompt, caches) (prefill); then each "
@@ -847,6 +896,10 @@ register(Checkpoint(
         "max_length": "max_new_tokens counts the *new* tokens: loop max_new_tokens times, whatever the prompt's "
         "length (Hugging Face's max_length would include the prompt; max_new_tokens does not).",
         "count": "Generate exactly max_new_tokens tokens: none at all when it is 0 (no first token before the loop).",
+        "overflow": "The model refused to run past max_seq_len although the prompt and max_new_tokens fit: it was "
+        "run on more positions than the prompt and the new tokens hold. Either the loop ran more than "
+        "max_new_tokens steps (loop for _ in range(max_new_tokens): a stop token may never come), or the cache was "
+        "fed tokens it had already seen (after the prefill, feed only the newest token, a (1, 1) tensor).",
         "stop": "When the new token is a stop token, end the generator (return) *before* yielding it: the caller "
         "gets the text without the end-of-text marker.",
         "stop_included": "Check for a stop token before yielding: the stop token itself is not part of the output.",

@@ -831,3 +831,57 @@ def generate_with_torch_multinomial(model, prompt_ids, max_new_tokens, temperatu
         yield next_id.item()
         new = next_id.view(1, 1)
         tokens = torch.cat([tokens, new], dim=1)
+
+
+@mistake("07.generate", "overflow")
+@_adapter
+def generate_until_a_stop_token(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
+                                stop_tokens=(), use_cache=True, generator=None):
+    # the learner thought a stop token always comes, and looped `while True` (max_new_tokens only validated)
+    tokens = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    caches = model.new_caches() if use_cache else None
+    new = tokens
+    while True:
+        with torch.no_grad():
+            logits = model(new, caches) if use_cache else model(tokens)
+        next_id = _sample(logits, temperature, top_k, top_p, generator)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
+        new = next_id.view(1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
+
+
+# ----------------------------------------------- the last dimension (written for (batch, vocab) only)
+
+
+@mistake("07.top_k", "last_dim")
+def top_k_along_dim_1(logits, k):
+    # the learner thought logits are always (batch, vocab), so the vocabulary is dim 1
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError("k must be an int >= 1")
+    kth = torch.topk(logits, min(k, logits.shape[-1]), dim=1).values[..., -1:]
+    return logits.masked_fill(logits < kth, INF)
+
+
+@mistake("07.top_p", "last_dim")
+def top_p_softmax_along_dim_1(logits, p):
+    # the learner thought logits are always (batch, vocab): softmax(dim=1) is the vocabulary there
+    if not 0 < p <= 1:
+        raise ValueError("p must be in (0, 1]")
+    if p == 1:
+        return logits.clone()
+    probs = torch.softmax(logits, dim=1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    remove = sorted_probs.cumsum(dim=-1) - sorted_probs >= p
+    return logits.masked_fill(remove.scatter(-1, order, remove), INF)
+
+
+@mistake("07.sample", "last_dim")
+def sample_softmax_along_dim_1(logits, temperature, top_k, top_p, u):
+    # the learner thought logits are always (batch, vocab): softmax and cumsum along dim 1
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    cdf = torch.softmax(_filtered(logits, temperature, top_k, top_p), dim=1).cumsum(dim=1)
+    return (cdf <= u[..., None]).sum(dim=-1)
