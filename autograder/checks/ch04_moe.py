@@ -543,12 +543,15 @@ def aux_free_cases(rng: random.Random) -> list[Case]:
     return cases
 
 
-def _aux_free_with(score=torch.sigmoid, select=lambda s, b, logits: s + b, weight_from=lambda s, b: s, renorm=True):
+def _aux_free_with(score=torch.sigmoid, select=lambda s, b, logits: s + b, weight_from=lambda s, b: s, renorm=True,
+                   sort_by_id=False):
     def wrong(logits, bias, top_k):
         if not 1 <= top_k <= logits.shape[-1]:
             raise ValueError("top_k out of range")
         s = score(logits.float())
         indices = select(s, bias, logits.float()).topk(top_k, dim=-1).indices
+        if sort_by_id:
+            indices = indices.sort(dim=-1).values
         chosen = weight_from(s, bias).gather(-1, indices)
         return (_renorm(chosen) if renorm else chosen), indices
     return wrong
@@ -569,6 +572,7 @@ register(Checkpoint(
         ("bias_on_logits", _aux_free_with(select=lambda s, b, logits: torch.sigmoid(logits + b))),
         ("renormalise", _aux_free_with(renorm=False)),
         ("bias_sign", _aux_free_with(select=lambda s, b, logits: s - b)),
+        ("order", _aux_free_with(sort_by_id=True)),
     ],
     grad_probe=True,
     exact_dtype=True,  # weights float32, as documented
@@ -587,6 +591,8 @@ register(Checkpoint(
         "renormalise": "Renormalise the chosen scores so that each token's k weights sum to 1.",
         "bias_sign": "Add the bias (scores + bias): a positive bias makes an expert more likely to be chosen.",
         "dtype": "Return the weights as a float32 tensor (torch.sigmoid(logits.float())), not float64.",
+        "order": "Return the chosen experts in decreasing biased score, as torch.topk gives them (sorted=True), "
+        "each weight beside its expert; do not re-sort them by expert id.",
     },
 ))
 

@@ -365,11 +365,12 @@ def _count_variant(kind: str):
         router = 0 if kind == "router" else n_experts * dim
         if n_experts:
             total_ffn = n_experts * expert + router
-            active_ffn = (n_experts if kind == "active_experts" else c["top_k"]) * expert + router
+            active_router = 0 if kind == "router_active" else router
+            active_ffn = (n_experts if kind == "active_experts" else c["top_k"]) * expert + active_router
         else:
             total_ffn = active_ffn = expert
         norms = 0 if kind == "norms" else 2 * dim
-        final = 0 if kind == "norms" else dim
+        final = 0 if kind in ("norms", "final_norm") else dim
         tied = c["tie_embeddings"] and kind != "tied"
         emb = c["vocab_size"] * dim * (1 if tied else 2)
         total = c["n_layers"] * (attention_ + total_ffn + norms) + emb + final
@@ -390,7 +391,10 @@ register(Checkpoint(
     signature="param_count(config)",
     cases=param_count_cases,
     reference=model("param_count"),
-    fingerprints=[(kind, _count_variant(kind)) for kind in COUNT_MISTAKES],
+    # the router counted in total only, and only the final norm forgotten: the same hints as
+    # forgetting the router or the norms altogether, whose texts say both
+    fingerprints=[(kind, _count_variant(kind)) for kind in COUNT_MISTAKES]
+    + [("router", _count_variant("router_active")), ("norms", _count_variant("final_norm"))],
     hints={
         "default": "Per layer: q, o: dim x n_heads*head_dim each; k, v: dim x n_kv_heads*head_dim each; SwiGLU "
         "3 x dim x hidden_dim (times n_experts in total, times top_k active); router n_experts x dim; two norms "

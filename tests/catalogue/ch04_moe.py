@@ -578,6 +578,16 @@ def aux_free_checks_only_large_top_k(logits, bias, top_k):
     return w / w.sum(dim=-1, keepdim=True), indices
 
 
+@mistake("04.aux_free_bias", "order")
+def aux_free_sorts_experts_by_id(logits, bias, top_k):
+    if not 1 <= top_k <= logits.shape[-1]:
+        raise ValueError("top_k must be between 1 and the number of experts")
+    scores = torch.sigmoid(logits.float())
+    indices = (scores + bias).topk(top_k, dim=-1).indices.sort(dim=-1).values  # "tidier" in expert order
+    w = scores.gather(-1, indices)
+    return w / w.sum(dim=-1, keepdim=True), indices
+
+
 @mistake("04.aux_free_bias", "dtype")
 def aux_free_scores_in_float64(logits, bias, top_k):
     if not 1 <= top_k <= logits.shape[-1]:

@@ -280,6 +280,21 @@ def count_active_first(config):
     return active, total
 
 
+@mistake("05.param_count", "router")
+def count_router_in_total_only(config):
+    # "the router is overhead, not something a token's forward pass uses"
+    total, active = _count(config)
+    if config["n_experts"]:
+        active -= config["n_layers"] * config["n_experts"] * config["dim"]
+    return total, active
+
+
+@mistake("05.param_count", "norms")
+def count_without_final_norm(config):
+    total, active = _count(config)
+    return total - config["dim"], active - config["dim"]  # "the norms live in the blocks"
+
+
 # --------------------------------------------------------------------- 05.hf_key_mapping
 
 EXPERT = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
