@@ -86,6 +86,12 @@ def toy_ranks(*merged: bytes) -> dict[bytes, int]:
     return ranks
 
 
+# Another split pattern than GPT-4's, for the cases where pat_str must be the one passed: words,
+# numbers, punctuation and whitespace each a chunk of their own, so a word's leading space is no
+# part of it (" the" is two chunks, " " and "the").
+WORDS_APART = r"\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+|\s+"
+
+
 def _bytes_merge(word: list[bytes], pair: tuple[bytes, bytes]) -> list[bytes]:
     out, i = [], 0
     while i < len(word):
@@ -242,6 +248,9 @@ def train_cases(rng: random.Random) -> list[Case]:
         case("'<', '>' and '|' as ordinary characters between special tokens, 10 merges",
              (tie_free(rng, lambda: between(rng, 60, 10, chat, tagged=True), 10, chat), 268, pat, chat),
              "special_in_training"),
+        Case("another split pattern: words apart from their leading spaces, 10 merges",
+             (tie_free(rng, lambda: sample_text(rng, 1500), 10, pat_str=WORDS_APART), 266, WORDS_APART, ()), "presplit",
+             show=(Label("<1500 words>"), 266, Label("WORDS_APART"), ())),
     ]
 
 
@@ -259,10 +268,11 @@ def between(rng: random.Random, n: int, words: int, special_tokens, tagged: bool
     return "".join(parts)
 
 
-def tie_free(rng: random.Random, make_text, n_merges: int, special_tokens=(), tries: int = 500) -> str:
+def tie_free(rng: random.Random, make_text, n_merges: int, special_tokens=(), tries: int = 500,
+             pat_str: str | None = None) -> str:
     """A text whose first ``n_merges`` merges have one most frequent pair each, so that
     exactly one answer is right (what a stored fixture can check)."""
-    pat = tok("GPT4_SPLIT_PATTERN")
+    pat = pat_str or tok("GPT4_SPLIT_PATTERN")
     for _ in range(tries):
         text = make_text()
         chunks = _chunks(text, pat, special_tokens)
@@ -305,6 +315,10 @@ def check_training(case: Case, expected, got):
         return "ids 0..255 must be the 256 single bytes", "bytes"
     if sorted(got.values()) != list(range(len(got))):
         return f"the ids are not 0..{len(got) - 1}, each used once", "ids"
+    # no merge can spell a special token (training never sees one): it was added to the ranks
+    inside = [s for s in special_tokens if s.encode("utf-8") in got]
+    if inside:
+        return f"the special token {inside[0]!r} is in the ranks, with id {got[inside[0].encode('utf-8')]}", "specials_in_ranks"
 
     chunks = _chunks(text, pat_str, special_tokens)
     words = [[bytes([b]) for b in chunk.encode("utf-8")] for chunk in chunks]
@@ -386,7 +400,8 @@ def _diagnose_merge(token, chunks, words, special_tokens, counts, initial, befor
 
 
 def _trainer(*, presplit: bool = True, weighted: bool = True, pick=max, cut_specials: bool = True,
-             count_specials: bool = True, recount: bool = True, escape: bool = True):
+             count_specials: bool = True, recount: bool = True, escape: bool = True,
+             own_pattern: bool = False):
     """A textbook trainer (recount every pair after every merge; of equal counts, the pair met
     first wins) with one choice bent: the known mistakes of 01.train_bpe as variants, so a
     release without the replay above can name them too."""
@@ -401,7 +416,8 @@ def _trainer(*, presplit: bool = True, weighted: bool = True, pick=max, cut_spec
             pieces = regex.split(pattern, text)
         chunks: Counter = Counter()
         for piece in pieces:
-            chunks.update(regex.findall(pat_str, piece) if presplit else [piece])
+            split = tok("GPT4_SPLIT_PATTERN") if own_pattern else pat_str  # own_pattern: pat_str ignored
+            chunks.update(regex.findall(split, piece) if presplit else [piece])
         words = {chunk: list(chunk.encode("utf-8")) for chunk in chunks}
         ranks = {bytes([i]): i for i in range(256)}
         vocab = {i: bytes([i]) for i in range(256)}
@@ -433,6 +449,14 @@ def _trainer(*, presplit: bool = True, weighted: bool = True, pick=max, cut_spec
     return train
 
 
+def _specials_in_ranks(text, vocab_size, pat_str, special_tokens):
+    """The reference's ranks, with the special tokens appended to them."""
+    ranks = tok("train_bpe")(text, vocab_size, pat_str, special_tokens)
+    for s in special_tokens:
+        ranks[s.encode("utf-8")] = len(ranks)
+    return ranks
+
+
 register(Checkpoint(
     id="01.train_bpe",
     points=3,
@@ -451,12 +475,15 @@ register(Checkpoint(
         ("size_specials", _trainer(count_specials=False)),
         ("special_in_training", _trainer(cut_specials=False)),
         ("escape", _trainer(escape=False)),
+        ("presplit", _trainer(own_pattern=True)),
+        ("specials_in_ranks", _specials_in_ranks),
     ],
     raised_hints=[
         (r"^ValueError: (max|min)\(\) (arg is an empty sequence|iterable argument is empty)", "run_out"),
         # a ValueError about the size, raised on a valid vocab_size (the too-small cases expect one,
         # and an expected exception is never looked up here): the minimum is off by one
         (r"^ValueError: .*(vocab|too small|at least|256)", "too_small_equal"),
+        (r"bad escape \\p", "regex_module"),
     ],
     hints={
         "default": "Each step: count adjacent pairs in every chunk, weighted by how often the chunk "
@@ -473,6 +500,10 @@ register(Checkpoint(
         "escape": "Your merges are those of a text cut at '<', '>' and the words inside the special tokens: "
         "'|' means 'or' in a regex, so split on the special tokens with a pattern built from "
         "regex.escape(token) (special_token_pattern), not '|'.join(special_tokens).",
+        "specials_in_ranks": "The special tokens are not mergeable ranks: return the 256 bytes and the "
+        "learned merges only, vocab_size - len(special_tokens) entries. The tokenizer gives the special "
+        "tokens the ids after the ranks, outside them.",
+        "regex_module": "Python's re module does not know \\p{L}: use the regex module (import regex).",
         "too_small_equal": "vocab_size = 256 + len(special_tokens) is valid: the bytes and the special "
         "tokens, no merges. Raise ValueError only when vocab_size < 256 + len(special_tokens).",
         "presplit": "A learned token spans two chunks: split the text with regex.findall(pat_str, text) "
@@ -520,6 +551,10 @@ def encode_cases(rng: random.Random) -> list[Case]:
             cases.append(case(label, text, enc._mergeable_ranks, "default", "<cl100k_base ranks>"))
     for n in range(25):
         cases.append(case(f"random text (case {n + 1})", sample_text(rng, rng.randrange(1, 60))))
+    # appended, so that the draws above stay the same
+    cases.append(Case("another split pattern: words apart from their leading spaces",
+                      ("Once upon a time the little cat sat on the big mat.", ranks, WORDS_APART), "pat_str",
+                      show=("Once upon a time the little cat sat on the big mat.", shown, Label("WORDS_APART"))))
     return cases
 
 
@@ -596,6 +631,7 @@ register(Checkpoint(
         ("longest_match", _encode_fingerprint(_longest_match)),
         ("until_none", _encode_fingerprint(_one_sweep)),
         ("ties", _encode_fingerprint(_rightmost_tie)),
+        ("pat_str", lambda text, ranks, pat_str: tok("encode_ordinary")(text, ranks, tok("GPT4_SPLIT_PATTERN"))),
     ],
     raised_hints=[
         (r"bad escape \\p", "regex_module"),
@@ -612,6 +648,8 @@ register(Checkpoint(
         "presplit": "Split the text into chunks with regex.findall(pat_str, text) before BPE: merges "
         "must not cross chunk boundaries (word, number, whitespace).",
         "longest_match": "BPE is not greedy longest-match: replay merges by rank, lowest first.",
+        "pat_str": "Split with the pat_str you are given, regex.findall(pat_str, text), not with "
+        "GPT4_SPLIT_PATTERN: a tokenizer brings its own split pattern.",
         "ties": "Of several pairs with the same lowest rank ('aa' twice in 'aaaa'), merge the LEFTMOST "
         "first, as tiktoken does: keep the first one found (rank < best, not rank <= best).",
         "utf8_bytes": "Work on UTF-8 bytes, not characters: chunk.encode('utf-8') and "
@@ -739,6 +777,10 @@ def special_cases(rng: random.Random) -> list[Case]:
         stories = [sample_text(rng, rng.randrange(0, 20)) for _ in range(rng.randrange(2, 6))]
         text = stories[0] + "".join(rng.choice(list(specials)) + story for story in stories[1:])
         cases.append(case(f"random stories between {len(specials)} kinds of special token (case {k + 1})", text, specials))
+    # appended, so that the draws above stay the same
+    text = "Once upon a time the cat sat.<|endoftext|>The end, said the old owl."
+    cases.append(Case("another split pattern: words apart from their leading spaces", (text, ranks, WORDS_APART, eot),
+                      "pat_str", show=(text, shown, Label("WORDS_APART"), eot)))
     return cases
 
 
@@ -832,6 +874,7 @@ register(Checkpoint(
         ("adjacent", _specials_by(_drop_repeats)),
         ("longest_first", _specials_by(_cut(_escaped_in_dict_order))),
         ("ids", _encode_position_ids),
+        ("pat_str", lambda text, ranks, pat_str, specials: tok("encode")(text, ranks, tok("GPT4_SPLIT_PATTERN"), specials)),
     ],
     raised_hints=[
         (r"^KeyError: ''", "none_given"),  # the empty alternation matched the empty string
@@ -852,6 +895,8 @@ register(Checkpoint(
         "alternatives by length, longest first.",
         "none_given": "With no special tokens, encode the whole text as ordinary text (an empty "
         "alternation would match everywhere).",
+        "pat_str": "Split with the pat_str you are given, encode_ordinary(piece, mergeable_ranks, pat_str), not with "
+        "GPT4_SPLIT_PATTERN: a tokenizer brings its own split pattern.",
         "ids": "Each special token's id is its value in special_tokens, special_tokens[token]: not "
         "len(mergeable_ranks) plus its position in the dict.",
     },

@@ -7,6 +7,8 @@ from collections import Counter
 
 import regex
 
+from solutions.tokenizer import GPT4_SPLIT_PATTERN
+
 from . import mistake
 
 # ------------------------------------------------------------------------------ 01.merge
@@ -262,6 +264,33 @@ def train_splits_on_unescaped_special_tokens(text, vocab_size, pat_str, special_
     return naive_bpe(chunks, vocab_size - 256 - len(special_tokens))
 
 
+@mistake("01.train_bpe", "specials_in_ranks")
+def train_adds_special_tokens_to_the_ranks(text, vocab_size, pat_str, special_tokens):
+    # the learner thought vocab_size - len(special_tokens) merges leave room for the special tokens
+    # IN the ranks: they belong to the tokenizer, after the ranks
+    _check_size(vocab_size, special_tokens)
+    ranks = naive_bpe(_words(text, pat_str, special_tokens), vocab_size - 256 - len(special_tokens))
+    for s in special_tokens:
+        ranks[s.encode("utf-8")] = len(ranks)
+    return ranks
+
+
+@mistake("01.train_bpe", "regex_module")
+def train_with_the_re_module(text, vocab_size, pat_str, special_tokens):
+    # the learner thought re and regex are the same module: re does not know \p{L}
+    _check_size(vocab_size, special_tokens)
+    pieces = re.split("|".join(map(re.escape, special_tokens)), text) if special_tokens else [text]
+    chunks = Counter(chunk for piece in pieces for chunk in re.findall(pat_str, piece))
+    return naive_bpe(chunks, vocab_size - 256 - len(special_tokens))
+
+
+@mistake("01.train_bpe", "presplit")
+def train_splits_with_gpt4_pattern_whatever_pat_str(text, vocab_size, pat_str, special_tokens):
+    # the learner thought every tokenizer splits as GPT-4 does: pat_str is ignored
+    _check_size(vocab_size, special_tokens)
+    return naive_bpe(_words(text, GPT4_SPLIT_PATTERN, special_tokens), vocab_size - 256 - len(special_tokens))
+
+
 # ---------------------------------------------------------------------------- 01.encode
 
 def _bpe(chunk: bytes, ranks):
@@ -360,6 +389,12 @@ def encode_rightmost_of_equal_ranks(text, mergeable_ranks, pat_str):
             parts[best_i : best_i + 2] = [parts[best_i] + parts[best_i + 1]]
         ids += [mergeable_ranks[p] for p in parts]
     return ids
+
+
+@mistake("01.encode", "pat_str")
+def encode_with_gpt4_pattern_whatever_pat_str(text, mergeable_ranks, pat_str):
+    # the learner thought the split pattern is always GPT-4's
+    return [i for chunk in regex.findall(GPT4_SPLIT_PATTERN, text) for i in _bpe(chunk.encode("utf-8"), mergeable_ranks)]
 
 
 @mistake("01.encode", "regex_module")
@@ -535,3 +570,17 @@ def encode_empty_alternation(text, mergeable_ranks, pat_str, special_tokens):
         ids.append(special_tokens[m.group()])
         start = m.end()
     return ids + _ordinary(text[start:], mergeable_ranks, pat_str)
+
+
+@mistake("01.special_tokens", "pat_str")
+def encode_specials_with_gpt4_pattern(text, mergeable_ranks, pat_str, special_tokens):
+    # the learner thought the split pattern is always GPT-4's: pat_str is never used
+    if not special_tokens:
+        return _ordinary(text, mergeable_ranks, GPT4_SPLIT_PATTERN)
+    pattern = "|".join(regex.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
+    ids, start = [], 0
+    for m in regex.finditer(pattern, text):
+        ids += _ordinary(text[start : m.start()], mergeable_ranks, GPT4_SPLIT_PATTERN)
+        ids.append(special_tokens[m.group()])
+        start = m.end()
+    return ids + _ordinary(text[start:], mergeable_ranks, GPT4_SPLIT_PATTERN)
