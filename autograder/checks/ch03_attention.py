@@ -289,7 +289,7 @@ def gqa_cases(rng: random.Random) -> list[Case]:
 
 
 def gqa_variant(rope_q=True, rope_k=True, rope_v=False, grouping="interleave", heads_first="transpose",
-                merge="transpose", linear="linear", use_mask=True, own_mask=False):
+                merge="transpose", linear="linear", use_mask=True, own_mask=False, o_proj=True):
     """A wrong ``gqa_forward``: one of its choices bent."""
     apply_rope = layers("apply_rope")
 
@@ -321,6 +321,8 @@ def gqa_variant(rope_q=True, rope_k=True, rope_v=False, grouping="interleave", h
         if merge == "transpose":
             out = out.transpose(1, 2)
         out = out.reshape(batch, seq, n_heads * head_dim)
+        if not o_proj:
+            return out
         w = weights["o_proj"]
         return out @ w if linear == "no_transpose" else F.linear(out, w)
 
@@ -345,6 +347,7 @@ checkpoint(
         ("linear_layout", gqa_variant(linear="no_transpose")),
         ("mask", gqa_variant(use_mask=False)),
         ("own_mask", gqa_variant(own_mask=True)),
+        ("o_proj", gqa_variant(o_proj=False)),
     ],
     raised_hints=[
         # `if mask:` to test for None: a tensor of several values has no truth value
@@ -380,6 +383,8 @@ checkpoint(
         "linear_layout": "nn.Linear stores weights as (out_features, in_features): project with "
         "F.linear(x, w) = x @ w.T, not x @ w.",
         "mask": "Pass the mask to attention: without it every token sees the future.",
+        "o_proj": "Finish with the output projection: the heads side by side, (batch, seq, n_heads * head_dim), "
+        "go through F.linear(out, weights['o_proj']), which mixes them back into dim.",
         "own_mask": "Pass on the mask you are given, whatever it is: mask=None means every token sees every "
         "other (an encoder, or a single new token), so do not build a causal mask yourself.",
     },
@@ -416,7 +421,7 @@ def kv_cases(rng: random.Random) -> list[Case]:
     return cases
 
 
-def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False, return_new=False):
+def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False, return_new=False, o_proj=True):
     """A wrong ``gqa_decode``: one of its choices bent."""
 
     def wrong(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
@@ -435,7 +440,12 @@ def kv_variant(positions="offset", mask_mode="offset", rotate_cache=False, retur
             keys = layers("apply_rope")(k_cache.transpose(1, 2), cos[:total], sin[:total]).transpose(1, 2)
         mask = {"offset": causal(seq, total), "none": None,
                 "tril": torch.ones(seq, total, dtype=torch.bool).tril()}[mask_mode]
-        out = att("attend")(q, keys, v_cache, mask, weights["o_proj"])
+        if o_proj:
+            out = att("attend")(q, keys, v_cache, mask, weights["o_proj"])
+        else:  # attend without its last step, the output projection
+            n_rep = n_heads // n_kv_heads
+            out = att("attention")(q, att("repeat_kv")(keys, n_rep), att("repeat_kv")(v_cache, n_rep), mask)
+            out = out.transpose(1, 2).reshape(x.shape[0], seq, -1)
         return (out, k, v) if return_new else (out, k_cache, v_cache)
 
     return wrong
@@ -456,6 +466,7 @@ checkpoint(
         ("cache_rotated", kv_variant(rotate_cache=True)),
         ("positions_shift", kv_variant(positions="shift")),
         ("cache_return", kv_variant(return_new=True)),
+        ("o_proj", kv_variant(o_proj=False)),
     ],
     raised_hints=[
         (r"Sizes of tensors must match except in dimension [013]\b", "cache_axis"),
@@ -478,6 +489,8 @@ checkpoint(
         "0 .. past + i. Use causal_mask(seq, past + seq), not a lower triangle starting at key 0.",
         "mask": "Several new tokens (a prompt) must not see each other's future: attend with "
         "causal_mask(seq, past + seq).",
+        "o_proj": "Finish with the output projection: the heads side by side, (batch, seq, n_heads * head_dim), "
+        "go through F.linear(out, weights['o_proj']), which mixes them back into dim.",
         "cache_rotated": "The cache holds keys after RoPE: rotate only the new keys, at their own "
         "positions, then append them. Keys already in the cache are never rotated again.",
         "cache_axis": "Append to the caches along the sequence axis: torch.cat([k_cache, k], dim=2) "
@@ -597,6 +610,8 @@ checkpoint(
         ("mask", mla_variant(mask_mode="none")),
     ],
     raised_hints=[
+        # the latent cache is (batch, past, kv_lora_rank + rope_dim): appended on another axis than 1
+        (r"Sizes of tensors must match except in dimension [02]\b", "cache_axis"),
         # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
         (r"view size is not compatible with input tensor's size and stride", "contiguous"),
     ],
@@ -606,6 +621,8 @@ checkpoint(
         "use .reshape(batch, seq, n_heads * head_dim) (or .contiguous().view(...)).",
         "mask": "Latent attention is causal: several new tokens must not see each other's future. Attend "
         "with causal_mask(seq, past + seq).",
+        "cache_axis": "Append to the latent cache along the sequence axis: torch.cat([latent_cache, new], dim=1), "
+        "both (batch, positions, kv_lora_rank + rope_dim).",
         "cache_return": "Return the latent cache extended by the new tokens, torch.cat([latent_cache, new], "
         "dim=1), not only the new tokens' latents: the next step needs every position so far.",
         "default": "Queries: q_proj, view (batch, seq, n_heads, head_dim + rope_dim), split [head_dim, "

@@ -492,3 +492,39 @@ def mla_returns_only_the_new_latents(*args):
 @mistake("03.mla", "contiguous")
 def mla_views_the_transposed_output(*args):
     return _mla(*args, view=True)  # the learner thought view and reshape are the same
+
+
+@mistake("03.gqa_forward", "o_proj")
+def gqa_without_the_output_projection(x, weights, cos, sin, mask, n_heads, n_kv_heads):
+    q, k, v = project_qkv(x, weights, cos, sin, n_heads, n_kv_heads)
+    n_rep = n_heads // n_kv_heads
+    out = attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), mask)
+    batch, _, seq, head_dim = out.shape
+    # the learner thought concatenating the heads is the end: (batch, seq, n_heads * head_dim) has dim's shape
+    return out.transpose(1, 2).reshape(batch, seq, n_heads * head_dim)
+
+
+@mistake("03.kv_cache", "o_proj")
+def decode_without_the_output_projection(x, weights, cos, sin, k_cache, v_cache, n_heads, n_kv_heads):
+    past, seq = k_cache.shape[2], x.shape[1]
+    q, k, v = project_qkv(x, weights, cos[past : past + seq], sin[past : past + seq], n_heads, n_kv_heads)
+    k_cache, v_cache = torch.cat([k_cache, k], dim=2), torch.cat([v_cache, v], dim=2)
+    n_rep = n_heads // n_kv_heads
+    out = attention(q, repeat_kv(k_cache, n_rep), repeat_kv(v_cache, n_rep), causal_mask(seq, past + seq))
+    batch, _, _, head_dim = out.shape
+    # the learner thought the heads side by side are the output: o_proj is forgotten
+    return out.transpose(1, 2).reshape(batch, seq, n_heads * head_dim), k_cache, v_cache
+
+
+@mistake("03.mla", "cache_axis")
+def mla_appends_on_the_feature_axis(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim):
+    batch, seq, _ = x.shape
+    past = latent_cache.shape[1]
+    cos, sin = cos_all[past : past + seq], sin_all[past : past + seq]
+    latent = F.linear(x, weights["kv_a_proj_with_mqa"])
+    rank = latent.shape[-1] - rope_dim
+    c_kv, k_rope = latent.split([rank, rope_dim], dim=-1)
+    k_rope = apply_rope(k_rope[:, :, None, :], cos, sin)[:, :, 0]
+    # the learner thought the cache grows on its last axis, as the per-head caches grow on dim=2
+    latent_cache = torch.cat([latent_cache, torch.cat([c_kv, k_rope], dim=-1)], dim=2)
+    return _mla(x, weights, cos_all, sin_all, latent_cache, n_heads, rope_dim)
