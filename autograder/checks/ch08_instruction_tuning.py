@@ -169,6 +169,8 @@ def render_cases(rng: random.Random) -> list[Case]:
              hint="validate"),
         case("a system message after the first: ValueError", byte, BYTES,
              [_msg("user", "Hi"), _msg("system", "Be brief.")], hint="validate"),
+        case("a system message, then the assistant: ValueError (the first turn after the system message is the "
+             "user's)", byte, BYTES, [_msg("system", "Be brief."), _msg("assistant", "Hi")], hint="validate"),
         case("a generation prompt after the assistant's message: ValueError", byte, BYTES, qa, True,
              "generation_after_assistant"),
     ]
@@ -187,6 +189,8 @@ register(Checkpoint(
     cases=render_cases,
     reference=sft("render_chat_from_data"),
     fingerprints=[(kind, _render_variant(kind)) for kind in RENDER_MISTAKES],
+    # tiktoken's encode() refusing the <|im_end|> a user typed: the content was encoded with encode()
+    raised_hints=[(r"disallowed special token", "encode_special")],
     hints={
         "default": "check_conversation(messages); then for each message: [<|im_start|> id] + "
         "encode_ordinary(role) + encode_ordinary('\\n') + encode_ordinary(content) + [<|im_end|> id] + "
@@ -206,6 +210,9 @@ register(Checkpoint(
         "<|im_start|>role\\ncontent<|im_end|>\\n.",
         "injection": "Encode the content with tokenizer.encode_ordinary: with encode(..., allowed_special='all') "
         "a user who types <|im_end|> ends the turn and can write the assistant's part (prompt injection).",
+        "encode_special": "Encode role, content and newlines with tokenizer.encode_ordinary: tokenizer.encode refuses "
+        "text that looks like a special token, and a user may well type <|im_end|> (it is text, not the end of "
+        "the turn).",
         "generation_prompt": "With add_generation_prompt=True, end with the assistant's header, <|im_start|>assistant\\n: "
         "it is the prompt after which the model writes its reply.",
         "generation_newline": "The generation prompt is the whole assistant header, newline included: "
@@ -291,6 +298,8 @@ def example_cases(rng: random.Random) -> list[Case]:
         case("two user messages, then the assistant: ValueError (turns alternate)",
              [_msg("user", "Hi"), _msg("user", "Who?"), _msg("assistant", "Pip")], hint="validate"),
         case("an empty conversation: ValueError", [], hint="validate"),
+        case("a system message, then the assistant: ValueError (the first turn after the system message is the "
+             "user's)", [_msg("system", "Be brief."), _msg("assistant", "Pip")], hint="validate"),
         Case("a tokenizer with 5 special tokens, <|im_end|> (300) before <|im_start|> (1024), two turns",
              (_other_data(), [_msg("system", "Use the tools."), *qa, _msg("user", "And Mia?"),
                               _msg("assistant", "a girl in Oakford")], 256),
@@ -385,6 +394,8 @@ def collate_cases(rng: random.Random) -> list[Case]:
                ([17, 2048, 3999, 4094], [2048, 3999, 4094, -100])], 4095)),
         Case("no examples: ValueError", ([], 0), "empty"),
         Case("inputs and labels of different lengths: ValueError", ([([1, 2, 3], [2, 3])], 0), "lengths"),
+        Case("the second example has more labels than inputs: ValueError (every example is checked, both ways)",
+             ([([1, 2, 3], [2, 3, 4]), ([5, 6], [6, 7, 8])], 0), "lengths"),
     ]
     for n in range(5):
         examples = []
@@ -485,6 +496,9 @@ def loss_cases(rng: random.Random) -> list[Case]:
              (two, torch.full((2, 4), IGNORE)), "empty"),
         Case("labels of another length than the logits: ValueError", (two, torch.zeros(2, 5, dtype=torch.long)),
              "shape"),
+        Case("labels (4, 2) for logits (2, 4, 7): as many positions, another shape: ValueError (flattening both "
+             "would pair each logit with another row's label)", (two, torch.tensor([[0, 1], [2, 3], [4, 5], [6, 0]])),
+             "shape"),
     ]
     # the realistic cases' logits are multiples of 1/16 drawn as integers: the same bits on every CPU
     # (torch.randn's vectorised transform rounds differently), and exact in bfloat16
@@ -515,6 +529,7 @@ register(Checkpoint(
     reference=sft("sft_loss"),
     tol=TOL,
     fingerprint_tol=1e-6,
+    exact_dtype=True,  # "Returns a 0-d float32 tensor", whatever the logits' dtype
     fingerprints=[(kind, _loss_variant(kind)) for kind in LOSS_MISTAKES],
     # trained through: the gradient must reach the logits (a loss under torch.no_grad() or on
     # detached logits has the right value and trains nothing)
@@ -539,6 +554,9 @@ register(Checkpoint(
         "low_precision": "Compute the loss in float32, F.cross_entropy(logits.float(), ...): in bfloat16 the "
         "log-softmax over the vocabulary keeps 2 to 3 significant digits, and the loss is returned in bfloat16.",
         "empty": "Raise ValueError when every label is -100: there is no token to average over.",
-        "shape": "Raise ValueError when labels are not (batch, seq) for logits (batch, seq, vocab).",
+        "shape": "Raise ValueError when labels are not (batch, seq) for logits (batch, seq, vocab): compare "
+        "logits.shape[:-1] with labels.shape before flattening (cross_entropy only checks the flattened lengths).",
+        "dtype": "Return the loss as a 0-d float32 tensor: compute in float32, logits.float(), not in float64 (nor in "
+        "the logits' own dtype).",
     },
 ))

@@ -550,3 +550,116 @@ def collate_pads_labels_with_zero(examples, pad_id):
         input_ids[b, :len(x)] = torch.tensor(x)
         labels[b, :len(y)] = torch.tensor(y)
     return input_ids, labels
+
+
+# ------------------------------------------------------------- turn order, lengths, shapes, dtype
+
+
+def _roles_checked_pairwise(messages):
+    """What the learner thought alternation means: known roles, system only first, no role twice in a
+    row, not starting with the assistant. A system message followed by the assistant slips through."""
+    if not messages:
+        raise ValueError("empty conversation")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError("each message needs a role and a content")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown role {m['role']!r}")
+        if m["role"] == "system" and i > 0:
+            raise ValueError("the system message comes first")
+        if i and messages[i - 1]["role"] == m["role"]:
+            raise ValueError("roles must alternate")
+    if messages[0]["role"] == "assistant":
+        raise ValueError("the user speaks first")
+
+
+@mistake("08.render_chat", "validate")
+@via_adapter
+def render_checks_roles_pairwise(tokenizer, messages, add_generation_prompt=False):
+    # the learner thought "no two equal roles in a row" is alternation: [system, assistant] passes
+    _roles_checked_pairwise(messages)
+    if add_generation_prompt and messages[-1]["role"] == "assistant":
+        raise ValueError("the assistant has already answered")
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    newline = tokenizer.encode_ordinary("\n")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode_ordinary(m["role"]) + newline + tokenizer.encode_ordinary(m["content"])
+        ids += [end] + newline
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode_ordinary("assistant") + newline
+    return ids
+
+
+@mistake("08.sft_example", "validate")
+@via_adapter
+def example_checks_roles_pairwise(tokenizer, messages, max_len):
+    # the same learner, with their own render_chat: [system, assistant] becomes an example
+    _roles_checked_pairwise(messages)
+    if messages[-1]["role"] != "assistant":
+        raise ValueError("the conversation must end with the assistant")
+    tokens = render_checks_roles_pairwise(tiktoken_data(tokenizer), messages, False)
+    if len(tokens) - 1 > max_len:
+        raise ValueError("longer than the context")
+    trained = [False] * len(tokens)
+    newline = len(tokenizer.encode_ordinary("\n"))
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant":
+            first = len(render_checks_roles_pairwise(tiktoken_data(tokenizer), messages[:i], True))
+            last = len(render_checks_roles_pairwise(tiktoken_data(tokenizer), messages[:i + 1], False)) - newline
+            trained[first:last] = [True] * (last - first)
+    return tokens[:-1], [t if k else IGNORE for t, k in zip(tokens[1:], trained[1:])]
+
+
+def tiktoken_data(tokenizer):
+    return {"name": tokenizer.name, "pat_str": tokenizer._pat_str, "mergeable_ranks": tokenizer._mergeable_ranks,
+            "special_tokens": tokenizer._special_tokens}
+
+
+@mistake("08.collate", "lengths")
+def collate_checks_the_first_example_only(examples, pad_id):
+    # the learner thought every example is built alike, so checking one is enough
+    if not examples:
+        raise ValueError("no examples")
+    if len(examples[0][0]) != len(examples[0][1]):
+        raise ValueError("inputs and labels differ in length")
+    longest = max(len(x) for x, _ in examples)
+    input_ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE, dtype=torch.long)
+    for b, (x, y) in enumerate(examples):
+        input_ids[b, :len(x)] = torch.tensor(x)
+        labels[b, :len(y)] = torch.tensor(y[:longest])
+    return input_ids, labels
+
+
+@mistake("08.sft_loss", "shape")
+def loss_flattens_and_lets_cross_entropy_check(logits, labels):
+    # the learner thought cross_entropy's own "batch size" error checks the shapes
+    if not (labels != IGNORE).any():
+        raise ValueError("no trained label")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE)
+
+
+@mistake("08.sft_loss", "dtype")
+def loss_in_float64_for_precision(logits, labels):
+    # the learner thought float64 is the safe choice for a sum of log-probabilities
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError("shapes")
+    if not (labels != IGNORE).any():
+        raise ValueError("no trained label")
+    return F.cross_entropy(logits.flatten(0, 1).double(), labels.flatten(), ignore_index=IGNORE)
+
+
+@mistake("08.render_chat", "encode_special")
+@via_adapter
+def render_with_plain_encode(tokenizer, messages, add_generation_prompt=False):
+    # the learner thought tokenizer.encode is the way to encode text (it refuses "<|im_end|>" typed by a user)
+    _check(messages, add_generation_prompt)
+    start, end = tokenizer.encode_single_token("<|im_start|>"), tokenizer.encode_single_token("<|im_end|>")
+    newline = tokenizer.encode("\n")
+    ids = []
+    for m in messages:
+        ids += [start] + tokenizer.encode(m["role"]) + newline + tokenizer.encode(m["content"]) + [end] + newline
+    if add_generation_prompt:
+        ids += [start] + tokenizer.encode("assistant") + newline
+    return ids
