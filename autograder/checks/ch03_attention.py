@@ -101,6 +101,8 @@ def attention_cases(rng: random.Random) -> list[Case]:
     # "broadcastable to (q_len, kv_len)": one row for every query (appended: the draws above stay)
     cases.append(case("a padding mask of shape (1, 5), one row broadcast over the 3 queries", (2, 2, 3, 5, 4),
                       torch.tensor([[True, True, False, True, False]]), "mask(1, 5) hiding keys 2 and 4", "given_mask"))
+    cases.append(case("a padding mask of shape (4,), one per key", (1, 2, 2, 4, 4),
+                      torch.tensor([False, True, True, True]), "mask(4,) hiding key 0", "given_mask"))
     return cases
 
 
@@ -148,6 +150,8 @@ checkpoint(
         (r"Boolean value of Tensor with more than one (value|element) is ambiguous", "mask_truthy"),
         # a (q_len, kv_len) mask assumed: .view(1, 1, q_len, kv_len) of a mask of another shape
         (r"shape '\[1, 1, \d+, \d+\]' is invalid for input of size", "given_mask"),
+        # mask[None, None, :, :] (or mask[:, :]) of a one-dimensional mask
+        (r"too many indices for tensor of dimension 1", "given_mask"),
     ],
     grad_probe=True,
     hints={

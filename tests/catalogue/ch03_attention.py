@@ -127,6 +127,15 @@ def attention_views_the_mask_as_q_by_kv(q, k, v, mask):
     return torch.softmax(scores, dim=-1) @ v
 
 
+@mistake("03.attention", "given_mask")
+def attention_indexes_the_mask_as_2d(q, k, v, mask):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        # the learner thought every mask has two axes to put under (batch, heads): a (kv_len,) one has one
+        scores = scores.masked_fill(~mask[None, None, :, :], float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
 # -------------------------------------------------------------------------- 03.repeat_kv
 
 
