@@ -216,6 +216,16 @@ def linear_cases(rng: random.Random) -> list[Case]:
         shape = rng.choice([(rng.randint(1, 4), in_features), (rng.randint(1, 2), rng.randint(1, 4), in_features)])
         cases.append(case(f"random layer {in_features} -> {out_features}, r {r} (case {n + 1})", shape, out_features,
                           r, rng.choice([1.0, 2.0, 8.0, 16.0, 32.0]), p=rng.choice([None, 0.25, 0.5])))
+    # (after the random cases: their draws stay as they were)
+    weight, lora_A, lora_B = _adapter(g, 5, 6, 2)
+    x, mask = _randn(g, 2, 3, 6), _mask(g, (6,), 0.5)
+    shown = (tensor_label(weight, "weight"), tensor_label(lora_A, "lora_A"), tensor_label(lora_B, "lora_B"), 4.0)
+    cases.append(Case("x with 5 features for a layer of 6 inputs: ValueError (not torch's RuntimeError from the "
+                      "product)", (x[..., :5].contiguous(), weight, lora_A, lora_B, 4.0, None), "validate",
+                      show=(Label("<x of shape (2, 3, 5)>"), *shown, None)))
+    cases.append(Case("a dropout mask of shape (6,) for x (2, 3, 6): ValueError (it would broadcast: one mask for "
+                      "every position)", (x, weight, lora_A, lora_B, 4.0, mask), "validate",
+                      show=(tensor_label(x, "x"), *shown, Label("<dropout_mask of shape (6,)>"))))
     return cases
 
 
@@ -252,7 +262,7 @@ register(Checkpoint(
         "transposed": "nn.Linear stores weights as (out_features, in_features): multiply by the transpose, "
         "F.linear(x, weight) = x @ weight.T, and likewise F.linear(F.linear(h, lora_A), lora_B) = h @ lora_A.T @ lora_B.T.",
         "validate": "Raise ValueError when the shapes do not fit: weight (out, in), lora_A (r, in), lora_B (out, r), "
-        "x (..., in), before multiplying.",
+        "x (..., in), dropout_mask None or of x's shape, before multiplying.",
     },
 ))
 
@@ -279,6 +289,8 @@ def _inject_variant(kind: str):
             for target in target_modules:
                 if kind == "substring":
                     found = [n for n in modules if n and target in n.rsplit(".", 1)[-1]]
+                elif kind == "dotted":  # the last component only: a dotted target matches nothing
+                    found = [n for n in modules if n.rsplit(".", 1)[-1] == target]
                 else:
                     found = [n for n in modules if n == target or n.endswith("." + target)]
                 if not found and kind != "missing_target":
@@ -324,7 +336,7 @@ def _inject_variant(kind: str):
 
 
 INJECT_MISTAKES = ("no_freeze", "wrapped_only", "all_frozen", "tied", "lm_head", "substring", "missing_target",
-                   "total_before", "swapped")
+                   "total_before", "swapped", "dotted")
 
 
 def inject_cases(rng: random.Random) -> list[Case]:
@@ -346,6 +358,9 @@ def inject_cases(rng: random.Random) -> list[Case]:
              _tiny_config(rng, 2, tied=False, n_experts=3), ["gate"], 1, hint="substring"),
         case("target 'mlp' is a SwiGLU, not a linear layer: ValueError", _tiny_config(rng, 1, tied=False), ["mlp"], 2,
              hint="not_linear"),
+        case("dotted targets: 'layers.1.self_attn.v_proj' is one module, 'self_attn.o_proj' every layer's (a name "
+             "matches when it is the target or ends with '.' + target)", _tiny_config(rng, 2, tied=False),
+             ["layers.1.self_attn.v_proj", "self_attn.o_proj"], 2, hint="dotted"),
         case("three layers, ['gate_proj', 'up_proj', 'down_proj'], r 8, tied", _tiny_config(rng, 3, tied=True),
              ["gate_proj", "up_proj", "down_proj"], 8),
     ]
@@ -365,7 +380,10 @@ register(Checkpoint(
     cases=inject_cases,
     reference=lora("inject_lora_from_config"),
     fingerprints=[(kind, _inject_variant(kind)) for kind in INJECT_MISTAKES],
-    raised_hints=[(r"^TypeError: LoRA wraps an nn\.Linear", "not_linear")],
+    raised_hints=[(r"^TypeError: LoRA wraps an nn\.Linear", "not_linear"),
+                  # a ValueError saying a target matches nothing, where every target matches (no case
+                  # expecting a value has a target that matches nothing): the matching rule misses names
+                  (r"^ValueError: .*(match|found|not in|exist|no module)", "dotted")],
     hints={
         "default": "names = the modules whose name is a target or ends with '.' + target (or every nn.Linear but "
         "lm_head for 'all-linear'), ValueError if a target matches none; setattr(parent, child, LoRALinear(module, r, "
@@ -387,6 +405,9 @@ register(Checkpoint(
         "(q_proj, k_proj, ...): a typo would otherwise silently train fewer layers than asked.",
         "not_linear": "Raise ValueError when a target is not an nn.Linear (here 'mlp', a SwiGLU): LoRA wraps linear "
         "layers; name them (gate_proj, up_proj, down_proj).",
+        "dotted": "A target matches every module whose name is the target or ends with '.' + target (PEFT's rule): "
+        "name == target or name.endswith('.' + target). A target may hold dots: 'layers.1.self_attn.v_proj' is one "
+        "module, 'self_attn.o_proj' every layer's; comparing only the last component of the name finds neither.",
         "total_before": "Count the total after wrapping: it includes the adapters' parameters (PEFT's 'all params').",
         "swapped": "Return (trainable, total), in that order.",
     },
@@ -595,6 +616,8 @@ def key_cases(rng: random.Random) -> list[Case]:
         Case("an embedding adapter: ValueError (the course adapts linear layers)",
              (p + "model.embed_tokens.lora_embedding_A",), "unknown"),
         Case("a name without PEFT's prefix: ValueError", ("model.layers.0.self_attn.v_proj.lora_A.weight",), "unknown"),
+        Case("an in-memory name with the adapter's name ('default'), not a saved one: ValueError",
+             (p + "model.layers.0.self_attn.q_proj.lora_A.default.weight",), "unknown"),
         Case("layer 12's up_proj", (p + "model.layers.12.mlp.up_proj.lora_A.weight",)),
     ]
     modules = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
@@ -736,6 +759,7 @@ register(Checkpoint(
     cases=dora_cases,
     reference=lora("dora_from_data"),
     tol=TOL,
+    exact_dtype=True,  # the magnitude "(out_features,) float32", the merged weight in weight's dtype
     fingerprints=[(kind, _dora_variant(kind)) for kind in DORA_MISTAKES],
     hints={
         "default": "dora_magnitude: torch.linalg.vector_norm(W + (alpha / r) * (B @ A), dim=1).detach() in float32; "
@@ -753,6 +777,8 @@ register(Checkpoint(
         "times the magnitude. With B = 0 and m = ||W|| the layer must equal the base layer.",
         "unscaled_update": "Scale the whole LoRA output by m / ||W + s B A||: (m / n) * (x W^T + s x A^T B^T), not only "
         "the base part.",
+        "dtype": "Keep the dtypes the docstrings give: dora_magnitude returns float32 (computed in float32, not "
+        "float64), dora_linear the dtype of x, and dora_merge the weight's dtype.",
         "merge_plain": "A merged DoRA weight includes the magnitude: (m / n)[:, None] * (W + s B A), not W + s B A "
         "alone (that is plain LoRA's merge).",
     },

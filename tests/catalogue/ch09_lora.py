@@ -160,6 +160,8 @@ def _checked(x, weight, lora_A, lora_B, dropout_mask):
         raise ValueError("shapes")
     if dropout_mask is not None and dropout_mask.shape != x.shape:
         raise ValueError("mask")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError("x")
 
 
 @mistake("09.lora_linear", "alpha")
@@ -641,3 +643,68 @@ def dora_merge_as_lora(weight, lora_A, lora_B, alpha, magnitude):
 
 
 mistake("09.dora", "merge_plain")(via_dora(merge_fn=dora_merge_as_lora, name="dora_merge_as_lora"))
+
+
+# ------------------------------------------------- shapes, dotted targets, in-memory names, dtypes
+
+
+@mistake("09.lora_linear", "validate")
+def lora_linear_checks_the_adapter_only(x, weight, lora_A, lora_B, alpha, dropout_mask):
+    # the learner thought torch checks x itself (it raises RuntimeError, not ValueError) and that a
+    # mask of shape (in_features,) is as good as one of x's shape (it broadcasts: one mask for all positions)
+    out_features, in_features = weight.shape
+    r = lora_A.shape[0]
+    if lora_A.shape != (r, in_features) or lora_B.shape != (out_features, r):
+        raise ValueError("lora_A must be (r, in) and lora_B (out, r)")
+    h = x if dropout_mask is None else x * dropout_mask
+    return F.linear(x, weight) + F.linear(F.linear(h, lora_A), lora_B) * (alpha / r)
+
+
+@mistake("09.inject", "dotted")
+@via_inject
+def inject_matches_the_last_name_component(model, target_modules, r, alpha):
+    # the learner thought a target is always a short name such as "q_proj": name.split(".")[-1] == target
+    modules = dict(model.named_modules())
+    if target_modules == "all-linear":
+        names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n != "lm_head"]
+    else:
+        names = []
+        for target in target_modules:
+            found = [n for n in modules if n.split(".")[-1] == target]
+            if not found:
+                raise ValueError(f"target {target!r} matches no module")
+            names += [n for n in found if n not in names]
+        for name in names:
+            if not isinstance(modules[name], nn.Linear):
+                raise ValueError(f"{name} is not a linear layer")
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, LoRALinear(modules[name], r, alpha))
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+@mistake("09.peft_key", "unknown")
+def peft_key_by_regex(name):
+    # the learner thought any name with lora_A / lora_B in it is an adapter tensor, "default" included
+    import re
+
+    found = re.fullmatch(r"base_model\.model\.(.+?)\.(lora_A|lora_B)(?:\.default)?\.weight|"
+                         r"base_model\.model\.(.+?)\.lora_magnitude_vector", name)
+    if not found:
+        raise ValueError(f"{name} is not a PEFT adapter tensor")
+    if found.group(3):
+        return hf_key(found.group(3) + ".weight")[: -len(".weight")] + ".lora_magnitude_vector"
+    return hf_key(found.group(1) + ".weight")[: -len(".weight")] + f".{found.group(2)}.weight"
+
+
+def _magnitude_in_float64(weight, lora_A, lora_B, alpha):
+    # the learner thought a norm is safer in float64, and returned it so
+    r = lora_A.shape[0]
+    combined = weight.double() + (alpha / r) * (lora_B.double() @ lora_A.double())
+    return torch.linalg.vector_norm(combined, dim=1).detach()
+
+
+mistake("09.dora", "dtype")(via_dora(magnitude_fn=_magnitude_in_float64, name="dora_magnitude_in_float64"))
