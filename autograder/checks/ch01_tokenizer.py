@@ -481,8 +481,9 @@ register(Checkpoint(
     raised_hints=[
         (r"^ValueError: (max|min)\(\) (arg is an empty sequence|iterable argument is empty)", "run_out"),
         # a ValueError about the size, raised on a valid vocab_size (the too-small cases expect one,
-        # and an expected exception is never looked up here): the minimum is off by one
-        (r"^ValueError: .*(vocab|too small|at least|256)", "too_small_equal"),
+        # and an expected exception is never looked up here): the minimum is off by one. Not any
+        # ValueError: bytes([id]) of an id >= 256 says "bytes must be in range(0, 256)"
+        (r"^ValueError: (?!bytes must be in range).*(vocab|too small)", "too_small_equal"),
         (r"bad escape \\p", "regex_module"),
     ],
     hints={

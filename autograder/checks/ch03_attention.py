@@ -146,8 +146,9 @@ checkpoint(
     ],
     raised_hints=[
         (r"unary ~: 'NoneType'|NoneType", "no_mask"),
-        # `if mask:` to test for None: a tensor of several values has no truth value
-        (r"Boolean value of Tensor with more than one (value|element) is ambiguous", "mask_truthy"),
+        # `if mask:` to test for None: a tensor of several values has no truth value (the learner's
+        # line, quoted after the message, must test the mask: Python's max() of a tensor says the same)
+        (r"Boolean value of Tensor with more than one (value|element) is ambiguous.*\bif\b[^:]*mask", "mask_truthy"),
         # a (q_len, kv_len) mask assumed: .view(1, 1, q_len, kv_len) of a mask of another shape
         (r"shape '\[1, 1, \d+, \d+\]' is invalid for input of size", "given_mask"),
         # mask[None, None, :, :] (or mask[:, :]) of a one-dimensional mask
@@ -354,12 +355,14 @@ checkpoint(
         ("o_proj", gqa_variant(o_proj=False)),
     ],
     raised_hints=[
-        # `if mask:` to test for None: a tensor of several values has no truth value
-        (r"Boolean value of Tensor with more than one (value|element) is ambiguous", "mask_truthy"),
+        # `if mask:` to test for None: a tensor of several values has no truth value (the learner's
+        # line, quoted after the message, must test the mask: Python's max() of a tensor says the same)
+        (r"Boolean value of Tensor with more than one (value|element) is ambiguous.*\bif\b[^:]*mask", "mask_truthy"),
         # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
         (r"view size is not compatible with input tensor's size and stride", "contiguous"),
-        # apply_rope on the heads-first (batch, heads, seq, head_dim) layout
-        (r"apply_rope takes x as \(batch, seq, n_heads, head_dim\)", "rope_layout"),
+        # apply_rope on the heads-first (batch, heads, seq, head_dim) layout: x's third axis is cos's
+        # first (a whole, unsliced table of 16 rows in 03.kv_cache is another mistake)
+        (r"apply_rope takes x as .*got x \(\d+, \d+, (\d+), (\d+)\), cos \(\1, \2\)", "rope_layout"),
     ],
     grad_probe=True,
     hints={
@@ -476,8 +479,9 @@ checkpoint(
         (r"Sizes of tensors must match except in dimension [013]\b", "cache_axis"),
         # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
         (r"view size is not compatible with input tensor's size and stride", "contiguous"),
-        # apply_rope on the heads-first (batch, heads, seq, head_dim) layout
-        (r"apply_rope takes x as \(batch, seq, n_heads, head_dim\)", "rope_layout"),
+        # apply_rope on the heads-first (batch, heads, seq, head_dim) layout: x's third axis is cos's
+        # first (a whole, unsliced table of 16 rows in 03.kv_cache is another mistake)
+        (r"apply_rope takes x as .*got x \(\d+, \d+, (\d+), (\d+)\), cos \(\1, \2\)", "rope_layout"),
     ],
     hints={
         "default": "past = k_cache.shape[2]; project_qkv the new tokens with cos[past:past + seq]; "
@@ -615,7 +619,8 @@ checkpoint(
     ],
     raised_hints=[
         # the latent cache is (batch, past, kv_lora_rank + rope_dim): appended on another axis than 1
-        (r"Sizes of tensors must match except in dimension [02]\b", "cache_axis"),
+        # (the learner's line, quoted after the message, names the cache: q and k are concatenated too)
+        (r"Sizes of tensors must match except in dimension [02]\b.*cache", "cache_axis"),
         # .view on the transposed (batch, seq, n_heads, head_dim) output, which is not contiguous
         (r"view size is not compatible with input tensor's size and stride", "contiguous"),
     ],
