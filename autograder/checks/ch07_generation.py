@@ -741,6 +741,17 @@ def generate_cases(rng: random.Random) -> list[Case]:
         case("the same sampling without the cache", c1, w1, p1, "sampling", max_new_tokens=10, temperature=1.3,
              top_k=8, seed=3, use_cache=False),
     ]
+    # Sampling where each parameter shows: a seed (no RNG draw: the first that works) whose tokens change
+    # when the temperature, top_k or top_p is left out, so that a loop that does not pass one of them on to
+    # sample_next fails on every seed of the checks, not only where a random case happens to catch it.
+    sampled = {"max_new_tokens": 16, "temperature": 0.6, "top_k": 6, "top_p": 0.8}
+    without = [{"temperature": 1.0}, {"top_k": None}, {"top_p": 1.0}]
+    for seed in range(100, 200):
+        tokens = run(c1, w1, p1, {**sampled, "seed": seed})["tokens"]
+        if all(run(c1, w1, p1, {**sampled, **left_out, "seed": seed})["tokens"] != tokens for left_out in without):
+            break
+    cases.append(case(f"sampling with every parameter (T = 0.6, top-k 6, top-p 0.8), seed {seed}: each of them "
+                      "changes the tokens", c1, w1, p1, "sampling", **sampled, seed=seed))
     for n in range(3):
         n_heads = rng.choice([2, 4])
         config = _config(rng.randint(16, 32), 16, rng.randint(1, 2), n_heads,

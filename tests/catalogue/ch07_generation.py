@@ -885,3 +885,22 @@ def sample_softmax_along_dim_1(logits, temperature, top_k, top_p, u):
         return logits.argmax(dim=-1)
     cdf = torch.softmax(_filtered(logits, temperature, top_k, top_p), dim=1).cumsum(dim=1)
     return (cdf <= u[..., None]).sum(dim=-1)
+
+
+@mistake("07.generate", "sampling")
+@_adapter
+def generate_forgets_top_p(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
+                           stop_tokens=(), use_cache=True, generator=None):
+    # the learner validated top_p, then called sample_next without it (its default of "no nucleus" in mind)
+    tokens = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    caches = model.new_caches() if use_cache else None
+    new = tokens
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(new, caches) if use_cache else model(tokens)
+        next_id = _sample(logits, temperature, top_k, 1.0, generator)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
+        new = next_id.view(1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
