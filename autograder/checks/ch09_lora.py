@@ -283,7 +283,8 @@ def _inject_variant(kind: str):
         LoRALinear = lora("LoRALinear")
         modules = dict(model.named_modules())
         if target_modules == "all-linear":
-            names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and (n != "lm_head" or kind == "lm_head")]
+            names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and (n != "lm_head" or kind == "lm_head")
+                     and not (kind == "all_linear_routers" and n.endswith(".gate"))]
         else:
             names = []
             for target in target_modules:
@@ -336,7 +337,7 @@ def _inject_variant(kind: str):
 
 
 INJECT_MISTAKES = ("no_freeze", "wrapped_only", "all_frozen", "tied", "lm_head", "substring", "missing_target",
-                   "total_before", "swapped", "dotted")
+                   "total_before", "swapped", "dotted", "all_linear_routers")
 
 
 def inject_cases(rng: random.Random) -> list[Case]:
@@ -348,6 +349,8 @@ def inject_cases(rng: random.Random) -> list[Case]:
              _tiny_config(rng, 2, tied=False), ["q_proj", "v_proj"], 2, hint="no_freeze"),
         case("'all-linear': every nn.Linear but the output head lm_head", _tiny_config(rng, 2, tied=False),
              "all-linear", 2, hint="lm_head"),
+        case("'all-linear' in a MoE model: the routers layers.{i}.mlp.gate are nn.Linear layers too",
+             _tiny_config(rng, 2, tied=False, n_experts=3), "all-linear", 2, hint="all_linear_routers"),
         case("tied embeddings: lm_head.weight is embed_tokens.weight, one tensor counted once",
              _tiny_config(rng, 2, tied=True), ["o_proj"], 4, hint="tied"),
         case("a target that matches no module ('query'): ValueError naming the model's linear layers",
@@ -405,6 +408,9 @@ register(Checkpoint(
         "(q_proj, k_proj, ...): a typo would otherwise silently train fewer layers than asked.",
         "not_linear": "Raise ValueError when a target is not an nn.Linear (here 'mlp', a SwiGLU): LoRA wraps linear "
         "layers; name them (gate_proj, up_proj, down_proj).",
+        "all_linear_routers": "'all-linear' is every nn.Linear of the model but lm_head (PEFT's rule), whatever its "
+        "role: a MoE model's routers, layers.{i}.mlp.gate, are linear layers and are wrapped too. Select by "
+        "isinstance(module, nn.Linear), not by a list of projection names.",
         "dotted": "A target matches every module whose name is the target or ends with '.' + target (PEFT's rule): "
         "name == target or name.endswith('.' + target). A target may hold dots: 'layers.1.self_attn.v_proj' is one "
         "module, 'self_attn.o_proj' every layer's; comparing only the last component of the name finds neither.",

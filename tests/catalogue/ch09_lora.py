@@ -708,3 +708,28 @@ def _magnitude_in_float64(weight, lora_A, lora_B, alpha):
 
 
 mistake("09.dora", "dtype")(via_dora(magnitude_fn=_magnitude_in_float64, name="dora_magnitude_in_float64"))
+
+
+@mistake("09.inject", "all_linear_routers")
+@via_inject
+def inject_all_linear_as_the_projection_names(model, target_modules, r, alpha):
+    # the learner thought 'all-linear' means the seven LLaMA projections, and listed them
+    if target_modules == "all-linear":
+        target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    modules = dict(model.named_modules())
+    names = []
+    for target in target_modules:
+        found = [n for n in modules if n == target or n.endswith("." + target)]
+        if not found:
+            raise ValueError(f"target {target!r} matches no module")
+        names += [n for n in found if n not in names]
+    for name in names:
+        if not isinstance(modules[name], nn.Linear):
+            raise ValueError(f"{name} is not a linear layer")
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, LoRALinear(modules[name], r, alpha))
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
