@@ -225,7 +225,8 @@ def generate_from_weights(config: dict, weights: dict[str, torch.Tensor], prompt
     Builds ``Transformer(LlamaConfig(**config))``, loads ``weights``, runs
     ``generate(model, prompt, **options)`` (``options["seed"]``, if there, seeds its
     ``torch.Generator``) and returns ``{"tokens": [...], "each position run once": bool}``:
-    the tokens it yields, and whether the model ran on no more positions in all than the
+    the tokens it yields (at most ``max_new_tokens + 1``: a generator that never ends shows as
+    one token too many instead of running forever), and whether the model ran on no more positions in all than the
     prompt and the new tokens hold, as cached decoding does (running the whole sequence again
     at every step does not).
     """
@@ -240,7 +241,13 @@ def generate_from_weights(config: dict, weights: dict[str, torch.Tensor], prompt
     options = dict(options)
     seed = options.pop("seed", None)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    tokens = list(generate(model, prompt, generator=generator, **options))
+    n = options.get("max_new_tokens")
+    limit = max(n, 0) + 1 if isinstance(n, int) and not isinstance(n, bool) else None  # None: generate refuses it
+    tokens = []
+    for token in generate(model, prompt, generator=generator, **options):
+        tokens.append(token)
+        if len(tokens) == limit:  # one more than asked for: enough to show a loop that never ends
+            break
     return {"tokens": tokens, "each position run once": sum(runs) <= len(prompt) + len(tokens)}
 
 

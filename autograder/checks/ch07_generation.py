@@ -779,7 +779,13 @@ def _through_adapter(generate, config, weights, prompt, options) -> dict:
     options = dict(options)
     seed = options.pop("seed", None)
     generator = None if seed is None else torch.Generator().manual_seed(seed)
-    tokens = list(generate(model, prompt, generator=generator, **options))
+    n = options.get("max_new_tokens")
+    limit = max(n, 0) + 1 if isinstance(n, int) and not isinstance(n, bool) else None
+    tokens = []
+    for token in generate(model, prompt, generator=generator, **options):
+        tokens.append(token)
+        if len(tokens) == limit:  # one more than asked for: enough to show a loop that never ends
+            break
     return {"tokens": tokens, "each position run once": sum(runs) <= len(prompt) + len(tokens)}
 
 
@@ -867,6 +873,8 @@ def diagnose_generate(case: Case, expected, got) -> str | None:
     tokens = got.get("tokens") if isinstance(got, dict) else None
     if isinstance(tokens, list) and any(not isinstance(t, int) or isinstance(t, bool) for t in tokens):
         return "ints"
+    if isinstance(tokens, list) and len(tokens) > case.args[3].get("max_new_tokens", 0):
+        return "too_many"  # more tokens than asked for (the adapter reads one more, so an endless loop shows)
     if isinstance(got, dict) and isinstance(expected, dict) and got.get("tokens") == expected["tokens"]:
         if expected["each position run once"] and not got.get("each position run once"):
             return "no_cache"
@@ -888,8 +896,9 @@ register(Checkpoint(
     diagnose=diagnose_generate,
     # the model's own error, "N positions do not fit max_seq_len", where the prompt and the new tokens
     # fit: the model ran on more positions than they hold, which a cache fed whole sequences and a loop
-    # that ignores max_new_tokens both do (the message cannot tell which: the first case, 3 new
-    # tokens, fits even whole sequences, so there their variant names whole_sequence). Then a
+    # that ignores max_new_tokens both do, so the hint says both (a safety net: the first case, 3 new
+    # tokens, fits even whole sequences, so there their variant names whole_sequence; and the adapter
+    # reads at most max_new_tokens + 1 tokens, so an endless loop shows as too_many first). Then a
     # ValueError of the learner's own about the context, raised where everything fits exactly.
     raised_hints=[(r"^ValueError: \d+ positions do not fit max_seq_len", "overflow"),
                   (r"^ValueError: .*(context|max_seq_len|too long|does not fit|exceed)", "context")],
@@ -907,6 +916,9 @@ register(Checkpoint(
         "max_length": "max_new_tokens counts the *new* tokens: loop max_new_tokens times, whatever the prompt's "
         "length (Hugging Face's max_length would include the prompt; max_new_tokens does not).",
         "count": "Generate exactly max_new_tokens tokens: none at all when it is 0 (no first token before the loop).",
+        "too_many": "Yours yielded more than max_new_tokens tokens: stop after max_new_tokens new tokens (for _ in "
+        "range(max_new_tokens)), whatever the model says; a stop token may never come. (The checkpoint reads at most "
+        "max_new_tokens + 1 of them, so a loop that never ends shows as one token too many.)",
         "overflow": "The model refused to run past max_seq_len although the prompt and max_new_tokens fit: it was "
         "run on more positions than the prompt and the new tokens hold. Either the loop ran more than "
         "max_new_tokens steps (loop for _ in range(max_new_tokens): a stop token may never come), or the cache was "

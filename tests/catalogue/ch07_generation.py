@@ -437,7 +437,13 @@ def _adapter(generate):
         options = dict(options)
         seed = options.pop("seed", None)
         generator = None if seed is None else torch.Generator().manual_seed(seed)
-        tokens = list(generate(model, prompt, generator=generator, **options))
+        n = options.get("max_new_tokens")
+        limit = max(n, 0) + 1 if isinstance(n, int) and not isinstance(n, bool) else None
+        tokens = []
+        for token in generate(model, prompt, generator=generator, **options):
+            tokens.append(token)
+            if len(tokens) == limit:  # one more than asked for: enough to show a loop that never ends
+                break
         return {"tokens": tokens, "each position run once": sum(runs) <= len(prompt) + len(tokens)}
 
     run.__name__ = generate.__name__
@@ -833,7 +839,7 @@ def generate_with_torch_multinomial(model, prompt_ids, max_new_tokens, temperatu
         tokens = torch.cat([tokens, new], dim=1)
 
 
-@mistake("07.generate", "overflow")
+@mistake("07.generate", "too_many")
 @_adapter
 def generate_until_a_stop_token(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
                                 stop_tokens=(), use_cache=True, generator=None):
@@ -904,3 +910,20 @@ def generate_forgets_top_p(model, prompt_ids, max_new_tokens, temperature=0.0, t
         yield next_id.item()
         new = next_id.view(1, 1)
         tokens = torch.cat([tokens, new], dim=1)
+
+
+@mistake("07.generate", "too_many")
+@_adapter
+def generate_cropped_until_a_stop_token(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
+                                        stop_tokens=(), use_cache=True, generator=None):
+    # the learner thought a stop token always comes: `while True`, the window cropped as in nanoGPT,
+    # so the model never refuses and the loop never ends (the adapter reads max_new_tokens + 1)
+    tokens = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    while True:
+        with torch.no_grad():
+            logits = model(tokens[:, -model.cfg.max_seq_len:])
+        next_id = _sample(logits, temperature, top_k, top_p, generator)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
+        tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
