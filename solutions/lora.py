@@ -391,11 +391,12 @@ def dora_linear(x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lor
     ``magnitude`` :math:`m`: ``(out_features,)``; :math:`n` = :func:`dora_magnitude` (detached:
     ``sg`` is stop-gradient), so gradients reach :math:`m`, :math:`A` and :math:`B` through the
     numerator only. Each output feature :math:`i` is the LoRA layer's output
-    (:func:`lora_linear`, which checks the shapes) scaled by :math:`m_i / n_i`. Returns
-    ``(..., out_features)``.
+    (:func:`lora_linear`, which checks the shapes: ``ValueError`` if they do not fit, before the
+    norm is computed) scaled by :math:`m_i / n_i`. Returns ``(..., out_features)``.
     """
+    out = lora_linear(x, weight, lora_A, lora_B, alpha)  # (..., out); first: it checks the shapes (ValueError)
     norm = dora_magnitude(weight, lora_A, lora_B, alpha).to(x.dtype)  # (out,), a constant
-    return (magnitude / norm) * lora_linear(x, weight, lora_A, lora_B, alpha)  # (..., out)
+    return (magnitude / norm) * out  # (..., out)
 
 
 def dora_merge(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, alpha: float,

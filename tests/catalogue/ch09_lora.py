@@ -650,8 +650,7 @@ mistake("09.dora", "merge_plain")(via_dora(merge_fn=dora_merge_as_lora, name="do
 
 @mistake("09.lora_linear", "validate")
 def lora_linear_checks_the_adapter_only(x, weight, lora_A, lora_B, alpha, dropout_mask):
-    # the learner thought torch checks x itself (it raises RuntimeError, not ValueError) and that a
-    # mask of shape (in_features,) is as good as one of x's shape (it broadcasts: one mask for all positions)
+    # the learner thought torch checks x itself (it raises RuntimeError, not ValueError)
     out_features, in_features = weight.shape
     r = lora_A.shape[0]
     if lora_A.shape != (r, in_features) or lora_B.shape != (out_features, r):
@@ -733,3 +732,13 @@ def inject_all_linear_as_the_projection_names(model, target_modules, r, alpha):
         p.requires_grad_("lora_" in name)
     params = list(model.parameters())
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _dora_linear_norm_first(x, weight, lora_A, lora_B, alpha, magnitude):
+    # the learner wrote the formula left to right: the norm of W + s B A first, so a lora_A of the
+    # wrong width fails in torch's broadcasting (RuntimeError) before lora_linear can refuse it
+    norm = dora_magnitude(weight, lora_A, lora_B, alpha).to(x.dtype)
+    return (magnitude / norm) * lora_linear(x, weight, lora_A, lora_B, alpha)
+
+
+mistake("09.dora", "validate")(via_dora(linear_fn=_dora_linear_norm_first, name="dora_linear_norm_before_the_shape_check"))
