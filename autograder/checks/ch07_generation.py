@@ -873,7 +873,11 @@ def diagnose_generate(case: Case, expected, got) -> str | None:
     tokens = got.get("tokens") if isinstance(got, dict) else None
     if isinstance(tokens, list) and any(not isinstance(t, int) or isinstance(t, bool) for t in tokens):
         return "ints"
-    if isinstance(tokens, list) and len(tokens) > case.args[3].get("max_new_tokens", 0):
+    prompt = list(case.args[2])
+    if isinstance(tokens, list) and isinstance(expected, dict) and prompt and tokens[:len(prompt)] == prompt \
+            and expected["tokens"][:len(prompt)] != prompt:
+        return "echo"  # the prompt came back first (and the expected tokens do not start with it)
+    if isinstance(tokens, list) and isinstance(expected, dict) and len(tokens) > case.args[3].get("max_new_tokens", 0):
         return "too_many"  # more tokens than asked for (the adapter reads one more, so an endless loop shows)
     if isinstance(got, dict) and isinstance(expected, dict) and got.get("tokens") == expected["tokens"]:
         if expected["each position run once"] and not got.get("each position run once"):
@@ -916,6 +920,8 @@ register(Checkpoint(
         "max_length": "max_new_tokens counts the *new* tokens: loop max_new_tokens times, whatever the prompt's "
         "length (Hugging Face's max_length would include the prompt; max_new_tokens does not).",
         "count": "Generate exactly max_new_tokens tokens: none at all when it is 0 (no first token before the loop).",
+        "echo": "Yield only the new tokens: yours yielded the prompt first. The caller has the prompt already (Hugging "
+        "Face's generate returns both; this generate streams what the model adds).",
         "too_many": "Yours yielded more than max_new_tokens tokens: stop after max_new_tokens new tokens (for _ in "
         "range(max_new_tokens)), whatever the model says; a stop token may never come. (The checkpoint reads at most "
         "max_new_tokens + 1 of them, so a loop that never ends shows as one token too many.)",

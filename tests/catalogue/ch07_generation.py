@@ -927,3 +927,23 @@ def generate_cropped_until_a_stop_token(model, prompt_ids, max_new_tokens, tempe
             return
         yield next_id.item()
         tokens = torch.cat([tokens, next_id.view(1, 1)], dim=1)
+
+
+@mistake("07.generate", "echo")
+@_adapter
+def generate_yields_the_prompt_too(model, prompt_ids, max_new_tokens, temperature=0.0, top_k=None, top_p=1.0,
+                                   stop_tokens=(), use_cache=True, generator=None):
+    # the learner thought generate returns the whole text, as Hugging Face's generate does
+    tokens = _checked_prompt(model, prompt_ids, max_new_tokens, temperature, top_k, top_p)
+    yield from (int(t) for t in tokens[0])
+    caches = model.new_caches() if use_cache else None
+    new = tokens
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(new, caches) if use_cache else model(tokens)
+        next_id = _sample(logits, temperature, top_k, top_p, generator)
+        if next_id.item() in stop_tokens:
+            return
+        yield next_id.item()
+        new = next_id.view(1, 1)
+        tokens = torch.cat([tokens, new], dim=1)
