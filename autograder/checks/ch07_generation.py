@@ -489,6 +489,11 @@ def sample_cases(rng: random.Random) -> list[Case]:
              "the vocabulary is the last dimension", deep, 0.9, None, 0.9, _sweep(6).reshape(2, 3), "last_dim"),
         case("1-D logits (one row of 30) and a 0-d u, T = 1.2, top-k 10: a 0-d token id", deep[1, 2], 1.2, 10, 1.0,
              torch.tensor(0.8), "last_dim"),
+        # 47 equal logits: every probability is fl(1/47), and the cumulative sum ends at 1 - 2^-24 (in float64
+        # and in float32 accumulation alike), the largest u torch.rand can return: unscaled, no F_j exceeds it
+        case("47 equally likely tokens, u = 1 - 2^-24 (torch.rand's largest value), 0.5, 0: rounding leaves the last "
+             "cumulative probability at 1 - 2^-24, so u must be scaled by it (u * cdf[..., -1]) to land on token 46",
+             torch.zeros(3, 47), 1.0, None, 1.0, torch.tensor([1 - 2**-24, 0.5, 0.0]), "u_scale"),
     ]
     return cases
 
@@ -568,6 +573,11 @@ def diagnose_sample(case: Case, expected, got) -> str | None:
             return "shape"
         if got.is_floating_point():
             return "dtype"
+        vocab, temperature, u = case.args[0].shape[-1], case.args[1], case.args[4]
+        past = got >= vocab
+        if temperature > 0 and isinstance(u, torch.Tensor) and u.shape == got.shape and bool(past.any()) \
+                and bool((got[past] == vocab).all()) and bool((u[past] > 0.999).all()):
+            return "u_scale"  # id = vocab where u is next to 1: no cumulative probability exceeded u
     return None
 
 
@@ -613,6 +623,10 @@ register(Checkpoint(
         "shape": "Return one token id per row, shape logits.shape[:-1] (for (batch, vocab) logits, (batch,)): "
         "no keepdim, no extra dimension.",
         "dtype": "Return token ids as integers (int64, what argmax and sum of booleans give), not floats.",
+        "u_scale": "Yours returned a token id past the vocabulary: no cumulative probability exceeded u. torch.rand "
+        "returns up to 1 - 2^-24, and rounding can leave the last cumulative probability cdf[..., -1] just as low, "
+        "so compare cdf with u * cdf[..., -1]: (cdf <= (u * cdf[..., -1])[..., None]).sum(-1) always lands on a "
+        "token of non-zero probability.",
         "u_zero": "At u = 0 yours drew a token of probability 0 (one the filters removed): the token is the first j "
         "whose cumulative probability is strictly above u, (cdf <= u[..., None]).sum(-1). torch.searchsorted(cdf, u) "
         "and (cdf < u).sum(-1) return the first j with F_j >= u, which at u = 0 is token 0 whatever its probability.",

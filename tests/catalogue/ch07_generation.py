@@ -947,3 +947,13 @@ def generate_yields_the_prompt_too(model, prompt_ids, max_new_tokens, temperatur
         yield next_id.item()
         new = next_id.view(1, 1)
         tokens = torch.cat([tokens, new], dim=1)
+
+
+@mistake("07.sample", "u_scale")
+def sample_compares_with_u_unscaled(logits, temperature, top_k, top_p, u):
+    # the learner thought the cumulative probabilities end at exactly 1, so some F_j always exceeds u < 1
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    cdf = torch.softmax(_filtered(logits, temperature, top_k, top_p), dim=-1).cumsum(dim=-1)
+    return (cdf <= u[..., None]).sum(dim=-1)
