@@ -605,7 +605,8 @@ register(Checkpoint(
         "greedy": "Temperature 0 is greedy decoding: return logits.argmax(dim=-1) before any division by the "
         "temperature (u, top_k and top_p do not matter then).",
         "inverse_cdf": "Draw with u: the token is the first j whose cumulative probability F_j = p_0 + ... + p_j "
-        "exceeds u, i.e. (cdf <= u[..., None]).sum(-1). torch.multinomial would draw its own random numbers.",
+        "exceeds u, i.e. (cdf <= (u * cdf[..., -1])[..., None]).sum(-1) (u scaled by the last F, which rounding can "
+        "leave a hair below 1). torch.multinomial would draw its own random numbers.",
         "temperature": "Apply the temperature to the logits before the softmax (apply_temperature): dividing "
         "probabilities by T changes nothing once they are renormalised.",
         "top_k": "With top_k set, only the top_k most likely tokens may be drawn: filter the logits with "
@@ -628,7 +629,8 @@ register(Checkpoint(
         "so compare cdf with u * cdf[..., -1]: (cdf <= (u * cdf[..., -1])[..., None]).sum(-1) always lands on a "
         "token of non-zero probability.",
         "u_zero": "At u = 0 yours drew a token of probability 0 (one the filters removed): the token is the first j "
-        "whose cumulative probability is strictly above u, (cdf <= u[..., None]).sum(-1). torch.searchsorted(cdf, u) "
+        "whose cumulative probability is strictly above u, (cdf <= (u * cdf[..., -1])[..., None]).sum(-1). "
+        "torch.searchsorted(cdf, u) "
         "and (cdf < u).sum(-1) return the first j with F_j >= u, which at u = 0 is token 0 whatever its probability.",
     },
 ))
