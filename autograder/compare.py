@@ -15,7 +15,11 @@ MAX_REPR = 120
 
 def short(value: Any, limit: int = MAX_REPR) -> str:
     """``repr`` cut to ``limit`` characters, so a 10,000-token list fits on one line."""
-    text = repr(value)
+    try:  # a learner's object: its __repr__ may raise, or return something that is not a str
+        text = repr(value)
+        text = text if type(text) is str else str.__str__(text)
+    except Exception:  # noqa: BLE001
+        return f"<a {type(value).__name__} whose repr could not be shown>"
     if len(text) <= limit:
         return text
     if isinstance(value, (list, tuple)):

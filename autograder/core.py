@@ -27,7 +27,8 @@ from typing import Any, Callable
 from .compare import difference, digest, dtype_difference, short
 from .declarations import (  # noqa: F401  (re-exported: checks modules import them from here)
     COMMON_HINTS, FINGERPRINT_TOL, GENERIC_HINTS, GRAD_TOL, HIDDEN_SEED_OFFSET, PROBED_CASES, REGISTRY,
-    Case, Checkpoint, CheckpointFailed, CheckUsageError, Label, Raised, Result, _learner_frame, _probe_cases,
+    Case, Checkpoint, CheckpointFailed, CheckUsageError, Label, Raised, Result, _exception_text, _learner_frame,
+    _probe_cases,
     as_callable, call, probe_callable, register,
 )
 from .fixtures import load_registry
@@ -95,14 +96,17 @@ def outcome_difference(cp: Checkpoint, case: Case, expected: Any, got: Any) -> s
         )
     if isinstance(got, Raised):
         return f"it raised {got.type.__name__}: {got.message}"
-    if cp.compare is not None:
-        return cp.compare(case, expected, got)
-    problem = difference(expected, got, cp.tol)
-    if problem is None and cp.exact_dtype:
-        problem = dtype_difference(expected, got)
-        if problem is not None and "dtype" in cp.hints:
-            return problem, "dtype"
-    return problem
+    try:  # got is a learner's object: comparing it may raise (a sparse or meta tensor, an int past float's range)
+        if cp.compare is not None:
+            return cp.compare(case, expected, got)
+        problem = difference(expected, got, cp.tol)
+        if problem is None and cp.exact_dtype:
+            problem = dtype_difference(expected, got)
+            if problem is not None and "dtype" in cp.hints:
+                return problem, "dtype"
+        return problem
+    except Exception as exc:  # noqa: BLE001 - never a pass, never a crash of the check
+        return f"its result could not be compared with the expected one ({type(exc).__name__}: {_exception_text(exc)})"
 
 
 def hint_text(cp: Checkpoint, hint: str) -> str:
@@ -198,7 +202,10 @@ def _choose_hint(cp, n, expected, got, compare_hint, cases, outputs, expecteds, 
         if hint:
             return hint, "fingerprint"
     if cp.diagnose is not None:
-        hint = cp.diagnose(case, expected, got)
+        try:
+            hint = cp.diagnose(case, expected, got)
+        except Exception:  # noqa: BLE001 - a learner's object the diagnosis cannot read: no named mistake
+            hint = None
         if hint:
             return hint, "diagnosis"
     if isinstance(expected, Raised):

@@ -185,12 +185,36 @@ def _always_close_zeros(logprobs, ref_logprobs, kind="k1"):
     return torch.zeros_like(logprobs).as_subclass(_tensor_that_is_always_close())
 
 
+class _Unrepresentable:
+    def __repr__(self):
+        raise RuntimeError("no repr")
+
+
+def _sparse_zeros(logprobs, ref_logprobs, kind="k1"):
+    return torch_zeros_like(logprobs).to_sparse()  # torch.isclose has no sparse kernel
+
+
+def _meta_zeros(logprobs, ref_logprobs, kind="k1"):
+    return torch_zeros_like(logprobs).to("meta")  # no data to compare
+
+
+def torch_zeros_like(t):
+    import torch
+
+    return torch.zeros_like(t)
+
+
 @pytest.mark.parametrize("checkpoint_id, answer", [
     ("13.accept", _lying_ints_of_the_right_length),
+    ("13.expected_tokens", lambda alpha, gamma: 10 ** 400),  # math.isclose cannot make it a float
+    ("13.expected_tokens", lambda alpha, gamma: _Unrepresentable()),
+    ("11.kl_penalty", _sparse_zeros),
+    ("11.kl_penalty", _meta_zeros),
     ("13.expected_tokens", _raise(_UnprintableError())),
     ("13.expected_tokens", _raise(SystemExit(3))),
     ("11.kl_penalty", _always_close_zeros),
-], ids=["int_whose_eq_lies", "str_raises", "system_exit", "tensor_whose_isclose_lies"])
+], ids=["int_whose_eq_lies", "int_past_float", "repr_raises", "sparse_tensor", "meta_tensor", "str_raises",
+        "system_exit", "tensor_whose_isclose_lies"])
 def test_a_hostile_answer_neither_passes_nor_crashes_the_check(checkpoint_id, answer):
     result = run(lookup(checkpoint_id), answer)
     assert not result.passed
