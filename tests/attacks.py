@@ -361,11 +361,11 @@ __main__.receive = lambda channel: __import__('time').sleep(10**6)
 return ''
 """), True, nbgrader_safe=False, kind="reply channel", verdict="timeout"),
     Attack("return 10**400 where a float is expected", "06.lr_at", body("lr_at", """
-return 10**400  # math.isclose(10**400, x) raises OverflowError
-"""), True, nbgrader_safe=False, kind="reply channel", chapter="06_pretraining", verdict="crashed"),
+return 10**400  # math.isclose(10**400, x) raises OverflowError: the case fails, the check goes on
+"""), False, nbgrader_safe=False, kind="reply channel", chapter="06_pretraining", verdict="fail"),
     Attack("return 10**5000 (too long to print)", TARGET, body("decode", """
-return 10**5000  # repr() refuses more than 4,300 digits
-"""), True, nbgrader_safe=False, kind="reply channel", verdict="crashed"),
+return 10**5000  # repr() refuses more than 4,300 digits: the report says so, the case fails
+"""), False, nbgrader_safe=False, kind="reply channel", verdict="fail"),
     # 6. the submission file itself
     Attack("metadata.nbgrader is a string", TARGET, string_metadata, False, nbgrader_safe=False,
            kind="submission file", refused=True),
