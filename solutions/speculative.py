@@ -50,6 +50,7 @@ This module has, in the order the chapter builds them:
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -254,10 +255,10 @@ def speculative_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: 
     stop = set(stop_tokens)
     t_caches, d_caches = target.new_caches(), draft.new_caches()
     with torch.no_grad():
-        if len(prompt) > 1:  # prefill: everything but the last token
+        if len(prompt) > 1:  # prefill: everything but the last token, whose logits nobody reads
             head = torch.tensor([prompt[:-1]])
-            target(head, t_caches)
-            draft(head, d_caches)
+            for model, caches in ((target, t_caches), (draft, d_caches)):
+                getattr(model, "prefill", model)(head, caches)  # a model's own prefill if it has one
     committed = len(prompt)  # tokens so far
     last = prompt[-1]
     draft_todo = [last]  # tokens the draft has not seen yet
@@ -269,7 +270,7 @@ def speculative_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: 
             for _ in range(g):
                 logits = draft(torch.tensor([draft_todo]), d_caches)[0, -1]  # (vocab,)
                 if temperature == 0:  # greedy: q is one-hot on the argmax, nothing to draw
-                    x = int(logits.argmax())
+                    x = int(logits.max(dim=-1).indices)  # the argmax (the first maximum), faster on a CPU
                 else:
                     q = to_probs(logits, temperature, top_k, top_p)
                     x = _inverse_cdf(q, float(torch.rand(1, generator=generator)))
@@ -278,7 +279,7 @@ def speculative_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: 
                 draft_todo = [x]
             logits = target(torch.tensor([[last] + drafted]), t_caches)[0]  # (g + 1, vocab)
         if temperature == 0:  # accept_draft on one-hot p and q, without building them
-            best = logits.argmax(dim=-1).tolist()
+            best = logits.max(dim=-1).indices.tolist()  # the target's argmax at each position
             n = next((i for i, x in enumerate(drafted) if x != best[i]), g)
             new = drafted[:n] + [best[n]]
         else:
@@ -380,6 +381,11 @@ class StaticKVCache:
         self.length = min(self.length, length)
 
 
+def _transposed(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's ``(out, in)`` weight as a contiguous ``(in, out)`` tensor, detached."""
+    return weight.detach().t().contiguous()
+
+
 class LeanDecoder:
     """A :class:`~solutions.model.Transformer` (dense) for decoding at batch 1, with less work per call.
 
@@ -388,7 +394,9 @@ class LeanDecoder:
     and v projected by one fused matrix and rotated together (one RoPE for q and k), SwiGLU's gate
     and up by another fused matrix, ``F.rms_norm`` as one operation, keys and values written in
     place into preallocated :class:`StaticKVCache` s, no mask for a single token (it may see every
-    cached key), plain functions instead of module calls, and ``torch.inference_mode``.
+    cached key), plain functions instead of module calls, and ``torch.inference_mode``; weights
+    stored transposed for ``x @ w``, whose cost grows less with the rows than ``F.linear``'s (a
+    verifying pass has gamma + 1 of them).
     ``decoder(tokens, caches)`` and ``decoder.new_caches()`` as the model's; ``decoder.cfg`` its
     config. Logits agree with the model's within float32 rounding (tests: 1e-4).
     """
@@ -400,22 +408,34 @@ class LeanDecoder:
         self.cfg, self.eps = cfg, cfg.norm_eps
         self.nh, self.nkv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.embed = model.embed_tokens.weight.detach()
-        self.head = model.lm_head.weight.detach()
+        # Every weight stored transposed, (in, out), and applied as ``x @ w``: the same products as
+        # ``F.linear(x, weight)``, but on the CPUs measured the kernel behind ``F.linear`` slows down from
+        # 4 rows on while ``x @ w`` stays nearly flat (chapter 13, section 1 times both on the output
+        # layer). A verifying pass of gamma + 1 rows pays that difference.
+        self.head = _transposed(model.lm_head.weight)  # (dim, vocab)
+        self.lm_head = model.lm_head.weight.detach()  # (vocab, dim), as the model's, for multi-token heads
         self.norm = model.norm.weight.detach()
         self.cos = model.rope_cos[:, None, :]  # (max_seq_len, 1, head_dim): broadcasts over heads
         self.sin = model.rope_sin[:, None, :]
-        self.mask = causal_mask(cfg.max_seq_len, device=self.embed.device)  # sliced, never rebuilt
+        allowed = causal_mask(cfg.max_seq_len, device=self.embed.device)
+        # additive (0 or -inf), sliced, never rebuilt: SDPA adds it as it stands (a boolean one is converted)
+        self.mask = torch.zeros(allowed.shape, dtype=self.embed.dtype, device=self.embed.device)
+        self.mask.masked_fill_(~allowed, -math.inf)  # (max_seq_len, max_seq_len)
         self.layers = []
         for layer in model.layers:
             a, m = layer.self_attn, layer.mlp
             self.layers.append((
                 layer.input_layernorm.weight.detach(),
-                torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
-                a.o_proj.weight.detach(),
+                _transposed(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])),  # (dim, (nh + 2 nkv) hd)
+                _transposed(a.o_proj.weight),
                 layer.post_attention_layernorm.weight.detach(),
-                torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach(),
-                m.down_proj.weight.detach(),
+                _transposed(torch.cat([m.gate_proj.weight, m.up_proj.weight])),  # (dim, 2 hidden)
+                _transposed(m.down_proj.weight),
             ))
+
+    def prefill(self, tokens: torch.Tensor, caches: list[StaticKVCache]) -> torch.Tensor:
+        """Fill ``caches`` with ``tokens``; logits of the last position only (the output layer on one row)."""
+        return self(tokens, caches, last_only=True)
 
     def new_caches(self) -> list[StaticKVCache]:
         return [StaticKVCache(1, self.nkv, self.cfg.max_seq_len, self.hd, self.embed.dtype, self.embed.device)
@@ -439,22 +459,22 @@ class LeanDecoder:
         half, dim = hd // 2, self.embed.shape[1]
         x = F.embedding(tokens, self.embed)  # (batch, seq, dim)
         for (g1, w_qkv, w_o, g2, w_gu, w_down), cache in zip(self.layers, caches):
-            qkv = F.linear(F.rms_norm(x, (dim,), g1, self.eps), w_qkv).view(batch, seq, nh + 2 * nkv, hd)
+            qkv = (F.rms_norm(x, (dim,), g1, self.eps) @ w_qkv).view(batch, seq, nh + 2 * nkv, hd)
             qk, v = qkv[:, :, :nh + nkv], qkv[:, :, nh + nkv:]  # queries and keys rotated together
             qk = (qk * cos + torch.cat([-qk[..., half:], qk[..., :half]], dim=-1) * sin).transpose(1, 2)
             cache.k[:, :, past:end] = qk[:, nh:]  # (batch, nkv, seq, hd), written in place
             cache.v[:, :, past:end] = v.transpose(1, 2)
             att = F.scaled_dot_product_attention(qk[:, :nh], cache.k[:, :, :end], cache.v[:, :, :end],
                                                  attn_mask=mask, enable_gqa=True)  # (batch, nh, seq, hd)
-            x = x + F.linear(att.transpose(1, 2).reshape(batch, seq, nh * hd), w_o)
-            gate, up = F.linear(F.rms_norm(x, (dim,), g2, self.eps), w_gu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w_down)
+            x = x + att.transpose(1, 2).reshape(batch, seq, nh * hd) @ w_o
+            gate, up = (F.rms_norm(x, (dim,), g2, self.eps) @ w_gu).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ w_down
         for cache in caches:
             cache.length = end
         if last_only:
             x = x[:, -1:]
         x = F.rms_norm(x, (dim,), self.norm, self.eps)
-        logits = F.linear(x, self.head)  # (batch, seq, vocab)
+        logits = x @ self.head  # (batch, seq, vocab)
         return (logits, x) if return_hidden else logits
 
 
@@ -468,7 +488,7 @@ def greedy_decode(model, prompt_ids, max_new_tokens: int) -> list[int]:
         prompt = torch.tensor([list(prompt_ids)])
         logits = model(prompt, caches, last_only=True) if isinstance(model, LeanDecoder) else model(prompt, caches)
         for _ in range(max_new_tokens):
-            token = int(logits[0, -1].argmax())
+            token = int(logits[0, -1].max(dim=-1).indices)  # argmax, the same kernel as speculative_generate's
             out.append(token)
             if len(out) < max_new_tokens:
                 logits = model(torch.tensor([[token]]), caches)
@@ -642,7 +662,7 @@ def mtp_generate(decoder: LeanDecoder, heads: MTPHeads, prompt_ids, max_new_toke
     with torch.inference_mode():
         logits, h = decoder(torch.tensor([prompt]), caches, last_only=True, return_hidden=True)
         last = int(logits[0, -1].argmax())
-        guesses = heads(h[0, -1], decoder.head).argmax(dim=-1).tolist()  # (K,): tokens after `last`
+        guesses = heads(h[0, -1], decoder.lm_head).argmax(dim=-1).tolist()  # (K,): tokens after `last`
     yield last  # the cache holds every token yielded so far but `last`
     produced = 1
     while produced < max_new_tokens:
@@ -652,7 +672,7 @@ def mtp_generate(decoder: LeanDecoder, heads: MTPHeads, prompt_ids, max_new_toke
             logits, h = decoder(torch.tensor([[last] + drafted]), caches, return_hidden=True)  # (1, g + 1, ...)
             best = logits[0].argmax(dim=-1).tolist()
             n = next((i for i, x in enumerate(drafted) if x != best[i]), g)
-            guesses = heads(h[0, n], decoder.head).argmax(dim=-1).tolist()
+            guesses = heads(h[0, n], decoder.lm_head).argmax(dim=-1).tolist()
         new = drafted[:n] + [best[n]]
         if stats is not None:
             stats.append((g, n))
@@ -717,11 +737,20 @@ class NGramDraft:
     @classmethod
     @torch.no_grad()
     def distil(cls, model: Transformer, ids, order: int = 4, window: int = 256, batch_size: int = 16,
-               progress=None) -> "NGramDraft":
+               continuations: int = 0, new_tokens: int = 200, seed: int = 0, progress=None) -> "NGramDraft":
         """The table from the target ``model``'s greedy predictions on the text ``ids`` (token ids),
-        cut into windows of ``window`` tokens; ``progress`` wraps the batches (``tqdm``, say)."""
+        cut into windows of ``window`` tokens; ``progress`` wraps the batches (``tqdm``, say).
+
+        ``continuations`` > 0 adds the target's **own text** (on-policy data, as DistillSpec, Zhou et
+        al., 2023, distils a draft): that many greedy continuations of ``new_tokens`` tokens, each
+        after a window of ``ids`` drawn with ``random.Random(seed)``, decoded ``batch_size`` at a time
+        with the model's KV caches. In greedy text every token is the target's prediction after the
+        tokens before it, so its n-grams are counted as they stand. The draft is then scored on text
+        of that kind: what the target writes, not the stories it learned from."""
         if not isinstance(order, int) or order < 1:
             raise ValueError(f"order must be an int >= 1, got {order!r}")
+        if not isinstance(continuations, int) or continuations < 0:
+            raise ValueError(f"continuations must be an int >= 0, got {continuations!r}")
         ids = [int(t) for t in (ids.tolist() if torch.is_tensor(ids) else ids)]
         window = min(window, model.cfg.max_seq_len)
         if len(ids) < window:
@@ -733,10 +762,20 @@ class NGramDraft:
         for batch in progress(batches) if progress else batches:
             predicted = model(batch).argmax(dim=-1).tolist()  # (batch, window): the target's next token
             for text, guesses in zip(batch.tolist(), predicted):
-                for i, guess in enumerate(guesses):  # the n-grams ending at position i
-                    for n in range(1, min(order, i + 1) + 1):
-                        seen = counts[n].setdefault(tuple(text[i + 1 - n:i + 1]), {})
-                        seen[guess] = seen.get(guess, 0) + 1
+                _count_ngrams(counts, text, guesses, 0)
+        if continuations:
+            prompt_len = min(window, model.cfg.max_seq_len - new_tokens)
+            if prompt_len < 1 or len(ids) <= prompt_len:
+                raise ValueError(f"new_tokens={new_tokens} leaves no room for a prompt in max_seq_len="
+                                 f"{model.cfg.max_seq_len} positions, or the text is too short: ask for fewer")
+            rng = random.Random(seed)
+            starts = [rng.randrange(len(ids) - prompt_len) for _ in range(continuations)]
+            groups = [starts[i:i + batch_size] for i in range(0, continuations, batch_size)]
+            for group in progress(groups) if progress else groups:
+                prompts = torch.tensor([ids[s:s + prompt_len] for s in group])  # (batch, prompt_len)
+                text = torch.cat([prompts, _greedy_batch(model, prompts, new_tokens)], dim=1).tolist()
+                for row in text:  # row[i + 1] is the target's greedy choice after row[:i + 1]
+                    _count_ngrams(counts, row[:-1], row[1:], prompt_len - 1)
         table = [{}] + [{gram: max(seen, key=seen.get) for gram, seen in level.items()} for level in counts[1:]]
         return cls(table, model.cfg)
 
@@ -770,3 +809,27 @@ class NGramDraft:
         if guess is not None:
             logits.fill_(-math.inf)[0, 0, guess] = 0.0
         return logits
+
+
+def _count_ngrams(counts: list[dict], text: list[int], guesses: list[int], first: int) -> None:
+    """Count ``guesses[i]`` after every n-gram of ``text`` ending at position ``i`` (``i >= first``),
+    ``counts[n][n-gram][token]``, n = 1 .. len(counts) - 1."""
+    order = len(counts) - 1
+    for i in range(first, len(guesses)):
+        guess = guesses[i]
+        for n in range(1, min(order, i + 1) + 1):
+            seen = counts[n].setdefault(tuple(text[i + 1 - n:i + 1]), {})
+            seen[guess] = seen.get(guess, 0) + 1
+
+
+@torch.no_grad()
+def _greedy_batch(model: Transformer, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """``(batch, new_tokens)``: greedy continuations of equal-length ``prompts`` ``(batch, len)``, cached."""
+    caches = model.new_caches()
+    logits = model(prompts, caches)[:, -1]  # (batch, vocab)
+    out = []
+    for step in range(new_tokens):
+        out.append(logits.argmax(dim=-1, keepdim=True))  # (batch, 1)
+        if step < new_tokens - 1:
+            logits = model(out[-1], caches)[:, -1]
+    return torch.cat(out, dim=1)
