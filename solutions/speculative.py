@@ -480,13 +480,13 @@ class LeanDecoder:
 
 def greedy_decode(model, prompt_ids, max_new_tokens: int) -> list[int]:
     """Plain cached greedy decoding, the baseline: the prompt once, then one token per call, argmax.
-    ``model``: a :class:`LeanDecoder` (its prefill computes the last position's logits only, as
+    ``model``: a :class:`LeanDecoder` (its ``prefill`` computes the last position's logits only, as
     ``transformers``' ``generate`` does) or a :class:`~solutions.model.Transformer`."""
     caches = model.new_caches()
     out = []
     with torch.no_grad():
         prompt = torch.tensor([list(prompt_ids)])
-        logits = model(prompt, caches, last_only=True) if isinstance(model, LeanDecoder) else model(prompt, caches)
+        logits = getattr(model, "prefill", model)(prompt, caches)  # as speculative_generate fills its caches
         for _ in range(max_new_tokens):
             token = int(logits[0, -1].max(dim=-1).indices)  # argmax, the same kernel as speculative_generate's
             out.append(token)
