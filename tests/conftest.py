@@ -56,9 +56,28 @@ def pytest_xdist_make_scheduler(config, log):
     class ByFileAndChapter(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path, _, name = nodeid.partition("::")
-            chapter = re.search(r"\[(\d\d_[a-z_]+)\]", name)
-            if path.endswith("test_notebooks.py") and chapter:
-                return f"{path}[{chapter.group(1)}]"
-            return path
+            chapter = _notebook_chapter(nodeid)
+            return f"{path}[{chapter}]" if chapter else path
 
+    # Hand out the groups in collection order (pytest_collection_modifyitems puts the longest first),
+    # not xdist's default of the groups with the most tests first, which left the chapter notebooks,
+    # a few tests each and minutes long, for the end: one worker idle while the other ran them.
+    config.option.loadscopereorder = False
     return ByFileAndChapter(config, log)
+
+
+def _notebook_chapter(nodeid: str) -> str | None:
+    """``12_dpo_grpo`` for a notebook test of that chapter, else None."""
+    path, _, name = nodeid.partition("::")
+    chapter = re.search(r"\[(\d\d_[a-z_]+)\]", name)
+    return chapter.group(1) if path.endswith("test_notebooks.py") and chapter else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """The chapter notebooks first, the later (longer: training runs) chapters before the earlier,
+    so that the two workers finish together (longest jobs first); everything else after, in order."""
+    def order(item):
+        chapter = _notebook_chapter(item.nodeid)
+        return (0, -int(chapter[:2])) if chapter else (1, 0)
+
+    items.sort(key=order)  # stable: the order within each group is kept
