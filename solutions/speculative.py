@@ -84,6 +84,22 @@ def check_speculative(gamma: int, temperature: float, target_vocab: int, draft_v
                          "draft trained with the target's tokenizer")
 
 
+def check_prompt(prompt_ids, max_new_tokens: int, context: int) -> list[int]:
+    """The prompt as a list of ints, checked: ``ValueError`` naming the fix if ``max_new_tokens`` is
+    not an int >= 0, the prompt is empty, or the prompt and the new tokens do not fit ``context``
+    positions (the smaller of the two models' ``max_seq_len``)."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token (for example the <|endoftext|> id)")
+    if len(prompt) + max_new_tokens > context:
+        raise ValueError(f"a prompt of {len(prompt)} tokens plus max_new_tokens={max_new_tokens} does not fit the "
+                         f"models' context of {context} positions: ask for at most {max(context - len(prompt), 0)} "
+                         "new tokens or shorten the prompt")
+    return prompt
+
+
 # ------------------------------------------------------------ logits to distributions
 
 
@@ -242,16 +258,7 @@ def speculative_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: 
     """
     check_speculative(gamma, temperature, target.cfg.vocab_size, draft.cfg.vocab_size)
     check_sampling(temperature, top_k, top_p)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    prompt = [int(t) for t in (prompt_ids.tolist() if torch.is_tensor(prompt_ids) else prompt_ids)]
-    if not prompt:
-        raise ValueError("the prompt is empty: give at least one token (for example the <|endoftext|> id)")
-    context = min(target.cfg.max_seq_len, draft.cfg.max_seq_len)
-    if len(prompt) + max_new_tokens > context:
-        raise ValueError(f"a prompt of {len(prompt)} tokens plus max_new_tokens={max_new_tokens} does not fit the "
-                         f"models' context of {context} positions: ask for at most {max(context - len(prompt), 0)} "
-                         "new tokens or shorten the prompt")
+    prompt = check_prompt(prompt_ids, max_new_tokens, min(target.cfg.max_seq_len, draft.cfg.max_seq_len))
     stop = set(stop_tokens)
     t_caches, d_caches = target.new_caches(), draft.new_caches()
     with torch.no_grad():
@@ -796,19 +803,83 @@ class NGramDraft:
                 return here
         return found
 
-    def __call__(self, tokens: torch.Tensor, caches: list[NGramHistory]) -> torch.Tensor:
-        history = caches[0]
+    def _feed(self, history: NGramHistory, tokens: list[int]) -> NGramHistory:
+        """Append ``tokens`` to ``history``; the first tokens it is fed (the prompt) are committed."""
         first = len(history) == 0
-        history.tokens.extend(int(t) for t in tokens[0].tolist())
+        history.tokens.extend(tokens)
         if len(history) > self.cfg.max_seq_len:
             raise ValueError(f"{len(history)} positions do not fit max_seq_len={self.cfg.max_seq_len}")
-        if first:  # the prompt: committed
+        if first:
             history.commit(len(history))
-        guess = self.guess(history)
+        return history
+
+    def __call__(self, tokens: torch.Tensor, caches: list[NGramHistory]) -> torch.Tensor:
+        guess = self.guess(self._feed(caches[0], [int(t) for t in tokens[0].tolist()]))
         logits = torch.zeros(1, 1, self.cfg.vocab_size)
         if guess is not None:
             logits.fill_(-math.inf)[0, 0, guess] = 0.0
         return logits
+
+    def propose(self, tokens: list[int], caches: list[NGramHistory], n: int) -> list[int]:
+        """Up to ``n`` guesses in one call, each after the ones before it: the tokens that ``n`` calls
+        at temperature 0 would draft, as token ids, without logits. ``tokens`` (ids the draft has not
+        seen) are fed first. Drafting stops early where no n-gram matches (where a call would return
+        uniform logits). The history then holds ``tokens`` and every guess but the last, as after the
+        calls (the last guess is fed with the next step's tokens, if accepted)."""
+        history = self._feed(caches[0], list(tokens))
+        guesses: list[int] = []
+        while len(guesses) < n:
+            guess = self.guess(history)
+            if guess is None:
+                break
+            guesses.append(guess)
+            history.tokens.append(guess)
+        if guesses:
+            history.tokens.pop()
+        return guesses
+
+
+def lookup_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: int = 6,
+                    stop_tokens: Iterable[int] = (), stats: list | None = None) -> Iterator[int]:
+    """Greedy speculative decoding with a draft that proposes token ids, not distributions.
+
+    :func:`speculative_generate` at temperature 0, for a draft with ``draft.propose(tokens, caches, n)``
+    (:class:`NGramDraft`): one call drafts up to ``gamma`` tokens, where ``speculative_generate`` makes
+    ``gamma`` calls, each returning a row of logits that the loop reduces to its argmax. For a draft
+    that costs nothing, that per-call work (tens of microseconds a token) is what is left to save;
+    Hugging Face's prompt lookup decoding likewise proposes ids without logits. The draft may propose
+    fewer than ``gamma`` tokens, none where nothing matches: the target then checks fewer positions.
+    Same arguments (no sampling), output and ``stats`` as ``speculative_generate`` at temperature 0:
+    the target's greedy output, token for token.
+    """
+    check_speculative(gamma, 0.0, target.cfg.vocab_size, draft.cfg.vocab_size)
+    prompt = check_prompt(prompt_ids, max_new_tokens, min(target.cfg.max_seq_len, draft.cfg.max_seq_len))
+    stop = set(stop_tokens)
+    t_caches, d_caches = target.new_caches(), draft.new_caches()
+    with torch.no_grad():
+        if len(prompt) > 1:  # the target's prefill, as in speculative_generate; the draft reads the prompt below
+            getattr(target, "prefill", target)(torch.tensor([prompt[:-1]]), t_caches)
+    todo, last, committed, produced = prompt, prompt[-1], len(prompt), 0  # todo: tokens the draft has not seen
+    while produced < max_new_tokens:
+        drafted = draft.propose(todo, d_caches, min(gamma, max_new_tokens - produced - 1))
+        g = len(drafted)
+        with torch.no_grad():  # the target's argmax after last and after each drafted token: (g + 1,)
+            best = target(torch.tensor([[last] + drafted]), t_caches)[0].max(dim=-1).indices.tolist()
+        n = next((i for i, x in enumerate(drafted) if x != best[i]), g)
+        new = drafted[:n] + [best[n]]
+        if stats is not None:
+            stats.append((g, n))
+        committed += len(new)
+        rollback(t_caches, committed - 1)
+        if n < g:  # a guess rejected: the draft forgets it and what followed, and reads the target's token
+            rollback(d_caches, committed - 1)
+        todo = (drafted[-1:] if n == g else []) + new[-1:]  # all accepted: its last guess was never fed either
+        last = new[-1]
+        for token in new:
+            if token in stop:
+                return
+            yield token
+        produced += len(new)  # at most what was left: gamma was capped above
 
 
 def _count_ngrams(counts: list[dict], text: list[int], guesses: list[int], first: int) -> None:

@@ -55,6 +55,7 @@ from solutions.speculative import (
     check_speculative,
     expected_tokens,
     greedy_decode,
+    lookup_generate,
     mtp_agreement,
     mtp_generate,
     mtp_loss,
@@ -580,6 +581,76 @@ def test_ngram_draft_on_the_shipped_model(shipped):
         assert list(speculative_generate(lean, draft, prompt, 40, gamma=3, stats=steps)) == \
             greedy_decode(lean, prompt, 40)
     assert acceptance_rate(steps) > 0.3  # the table agrees with the target often
+
+
+def test_propose_drafts_what_calls_would_and_leaves_the_same_history():
+    target = tiny(3)
+    text = [1] + list(generate(target, [1], 80)) + [5, 9] + list(generate(target, [5, 9], 60))
+    draft = NGramDraft.distil(target, text, order=3, window=16)
+    lengths = []
+    for prompt in ([1], [5, 9, 2, 7], text[:30], text[40:50]):
+        called, one_by_one, fed = draft.new_caches(), [], list(prompt)
+        for _ in range(5):
+            logits = draft(torch.tensor([fed]), called)
+            if not logits.isinf().any():  # nothing matched (q uniform): propose stops here
+                break
+            one_by_one.append(int(logits[0, -1].argmax()))
+            fed = one_by_one[-1:]
+        proposed = draft.new_caches()
+        assert draft.propose(prompt, proposed, 5) == one_by_one, prompt
+        assert proposed[0].tokens == list(prompt) + one_by_one[:-1]
+        if len(one_by_one) == 5:
+            assert called[0].tokens == proposed[0].tokens
+        lengths.append(len(one_by_one))
+    assert 5 in lengths and min(lengths) < 5  # both cases were met
+
+
+def test_propose_stops_where_nothing_matches():
+    draft = NGramDraft([{}, {}, {}], tiny(3).cfg)  # an empty table: guesses come from the text alone
+    caches = draft.new_caches()
+    assert draft.propose([1, 2, 3, 4, 1, 2], caches, 6) == [3, 4, 1, 2, 3, 4]  # the text repeats itself
+    caches = draft.new_caches()
+    assert draft.propose([1, 2, 3, 8], caches, 6) == []  # "3 8" and "8" were never followed by anything
+    assert caches[0].tokens == [1, 2, 3, 8]  # the tokens were read all the same
+    caches = draft.new_caches()
+    assert draft.propose([1, 2, 3, 1, 2], caches, 6) == [3, 1, 2, 3, 1, 2]
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_lookup_generate_is_the_targets_greedy_output(gamma):
+    target = tiny(3)
+    text = [1] + list(generate(target, [1], 80)) + [5, 9] + list(generate(target, [5, 9], 60))
+    for draft in (NGramDraft.distil(target, text, order=3, window=16), NGramDraft([{}, {}, {}], target.cfg)):
+        for prompt in ([1], [5, 9, 2, 7], list(range(10, 30))):
+            steps = []
+            got = list(lookup_generate(target, draft, prompt, 40, gamma=gamma, stats=steps))
+            assert got == list(generate(target, prompt, 40)), (gamma, prompt)
+            assert sum(n + 1 for _, n in steps) >= 40 and all(0 <= n <= g <= gamma for g, n in steps)
+    full = NGramDraft.distil(target, text, order=3, window=16)
+    steps = []
+    list(lookup_generate(LeanDecoder(target), full, [1], 40, gamma=gamma, stats=steps))
+    accepted = sum(n for _, n in steps)
+    assert 0 < accepted < sum(g for g, _ in steps)  # some guesses right, some wrong
+    reference = list(generate(target, [1, 2], 40))
+    stop = reference[4]
+    assert list(lookup_generate(target, full, [1, 2], 40, stop_tokens=[stop])) == \
+        reference[:reference.index(stop)]  # stops at a stop token, without yielding it
+    assert list(lookup_generate(target, full, [1, 2], 0)) == []
+
+
+def test_lookup_generate_bad_arguments():
+    target = tiny(3)
+    draft = NGramDraft([{}, {}], target.cfg)
+    with pytest.raises(ValueError, match="gamma"):
+        list(lookup_generate(target, draft, [1], 5, gamma=0))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(lookup_generate(target, draft, [1], -1))
+    with pytest.raises(ValueError, match="empty"):
+        list(lookup_generate(target, draft, [], 5))
+    with pytest.raises(ValueError, match="context"):
+        list(lookup_generate(target, draft, [1] * 90, 10))
+    with pytest.raises(ValueError, match="vocab"):
+        list(lookup_generate(target, NGramDraft([{}, {}], tiny(3, vocab_size=41).cfg), [1], 5))
 
 
 def test_greedy_batch_continues_every_prompt_with_its_top_token():

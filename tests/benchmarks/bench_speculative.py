@@ -42,7 +42,11 @@ stories (``--ngram-tokens`` of them, default all) and of ``--ngram-continuations
 continuations the target writes itself (200 tokens each after windows of those stories:
 on-policy data), distilled at the start of the run, plus the n-grams of the text being
 generated. A guess is a dictionary lookup: c is a few thousandths,
-so its bound is limited by alpha and v alone. The same table of columns is printed for it.
+so its bound is limited by alpha and v alone. The same table of columns is printed for it, twice:
+through ``speculative_generate`` (one draft call per drafted token, each returning a row of logits
+that the loop reduces to its argmax) and through ``lookup_generate`` (one ``propose`` call per step
+returning token ids, drafting fewer where nothing matches), so that the per-call work a free draft
+still costs is measured side by side.
 
 The last column, ``alpha for 2x``, is the acceptance rate a draft **of the same cost** would need
 for 2x at each gamma with the measured ``c`` and ``v`` (``-`` where even a draft that is always
@@ -61,7 +65,8 @@ import torch
 from solutions.generate import generate
 from solutions.model import LlamaConfig, Transformer
 from solutions.speculative import (
-    LeanDecoder, NGramDraft, acceptance_rate, expected_tokens, greedy_decode, rollback, speculative_generate,
+    LeanDecoder, NGramDraft, acceptance_rate, expected_tokens, greedy_decode, lookup_generate, rollback,
+    speculative_generate,
 )
 from solutions.speculative import alpha_needed, speedup_bound
 
@@ -128,7 +133,8 @@ def main() -> None:
           f"{args.prompt_tokens} tokens, median of {args.repeats}")
     torch.set_num_threads(max(threads))
     ngram = distil_ngram(target_model, args.ngram_order, args.ngram_tokens, args.ngram_continuations)
-    drafts = {"the draft model": draft, "the n-gram table": ngram}
+    drafts = {"the draft model": (draft, speculative_generate), "the n-gram table": (ngram, speculative_generate),
+              "the n-gram table, lookup_generate": (ngram, lookup_generate)}
     fastest = {}
     for count in threads:
         torch.set_num_threads(count)
@@ -145,8 +151,8 @@ def main() -> None:
 def measure(target_model, target, draft, drafts, batch, n, gammas, repeats) -> None:
     """Time the target alone, the draft alone, chapter 07's generate and every (draft, gamma); print the tables."""
     greedy_decode(target, batch[0], 8)  # warm-up
-    for d in drafts.values():
-        list(speculative_generate(target, d, batch[0], 8, gamma=2))
+    for d, decode in drafts.values():
+        list(decode(target, d, batch[0], 8, gamma=2))
     runs = [(name, gamma) for name in drafts for gamma in gammas]
     times = {key: [] for key in ["chapter 07", "target", "draft"] + runs}
     reference, stats = None, {}
@@ -157,8 +163,8 @@ def measure(target_model, target, draft, drafts, batch, n, gammas, repeats) -> N
         times["chapter 07"].append(timed(lambda: [list(generate(target_model, p, n)) for p in batch])[0])
         for name, gamma in runs:
             steps: list = []
-            t, out = timed(lambda: [list(speculative_generate(target, drafts[name], p, n, gamma=gamma, stats=steps))
-                                    for p in batch])
+            d, decode = drafts[name]
+            t, out = timed(lambda: [list(decode(target, d, p, n, gamma=gamma, stats=steps)) for p in batch])
             if out != reference:
                 raise SystemExit(f"{name}, gamma {gamma}: speculative output differs from the target's greedy output")
             times[(name, gamma)].append(t)
@@ -171,8 +177,10 @@ def measure(target_model, target, draft, drafts, batch, n, gammas, repeats) -> N
           f"{1e3 * median['chapter 07'] / tokens:.2f} ms/token; draft alone: {1e3 * median['draft'] / tokens:.2f} ms/token")
     one = pass_cost(target, batch[0], 1)
     verify = {gamma: pass_cost(target, batch[0], gamma + 1) / one for gamma in gammas}
+    ngram = drafts["the n-gram table"][0]
     costs = {"the draft model": median["draft"] / base,
-             "the n-gram table": ngram_call_cost(drafts["the n-gram table"], batch[0]) / (base / tokens)}
+             "the n-gram table": ngram_call_cost(ngram, batch[0]) / (base / tokens),
+             "the n-gram table, lookup_generate": ngram_propose_cost(ngram, batch[0]) / (base / tokens)}
     print("v = time of one target pass on gamma + 1 positions over a pass on one (the bound assumes 1)")
     for name in drafts:
         c = costs[name]
@@ -223,6 +231,19 @@ def distil_ngram(model, order: int, n_tokens: int, continuations: int = 0):
     print(f"n-gram draft: order {order}, distilled from the target on {len(ids):,} training tokens{own} in "
           f"{time.perf_counter() - start:.0f} s ({sum(len(t) for t in draft.table):,} n-grams)")
     return draft
+
+
+def ngram_propose_cost(draft, prompt: list[int], n: int = 6, repeats: int = 400) -> float:
+    """Median time of one ``propose`` of up to ``n`` tokens after ``prompt``, per token proposed (rolled back after each)."""
+    caches = draft.new_caches()
+    draft.propose(prompt[:-1], caches, 0)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        proposed = draft.propose(prompt[-1:], caches, n)
+        times.append((time.perf_counter() - start) / max(len(proposed), 1))
+        rollback(caches, len(prompt) - 1)
+    return statistics.median(times)
 
 
 def ngram_call_cost(draft, prompt: list[int], repeats: int = 400) -> float:
