@@ -850,8 +850,12 @@ def lookup_generate(target, draft, prompt_ids, max_new_tokens: int, gamma: int =
     Hugging Face's prompt lookup decoding likewise proposes ids without logits. The draft may propose
     fewer than ``gamma`` tokens, none where nothing matches: the target then checks fewer positions.
     Same arguments (no sampling), output and ``stats`` as ``speculative_generate`` at temperature 0:
-    the target's greedy output, token for token.
+    the target's greedy output, token for token. ``TypeError`` if the draft has no ``propose`` (a draft
+    model: use ``speculative_generate``); ``ValueError`` as ``speculative_generate``.
     """
+    if not callable(getattr(draft, "propose", None)):
+        raise TypeError(f"lookup_generate needs a draft that proposes token ids, draft.propose(tokens, caches, n) "
+                        f"(an NGramDraft); {type(draft).__name__} has none: decode with speculative_generate")
     check_speculative(gamma, 0.0, target.cfg.vocab_size, draft.cfg.vocab_size)
     prompt = check_prompt(prompt_ids, max_new_tokens, min(target.cfg.max_seq_len, draft.cfg.max_seq_len))
     stop = set(stop_tokens)

@@ -651,6 +651,8 @@ def test_lookup_generate_bad_arguments():
         list(lookup_generate(target, draft, [1] * 90, 10))
     with pytest.raises(ValueError, match="vocab"):
         list(lookup_generate(target, NGramDraft([{}, {}], tiny(3, vocab_size=41).cfg), [1], 5))
+    with pytest.raises(TypeError, match="proposes token ids.*speculative_generate"):
+        list(lookup_generate(target, tiny(4), [1], 5))  # a draft model
 
 
 def test_greedy_batch_continues_every_prompt_with_its_top_token():
