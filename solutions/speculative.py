@@ -814,7 +814,7 @@ class NGramDraft:
         return history
 
     def __call__(self, tokens: torch.Tensor, caches: list[NGramHistory]) -> torch.Tensor:
-        guess = self.guess(self._feed(caches[0], [int(t) for t in tokens[0].tolist()]))
+        guess = self.guess(self._feed(caches[0], tokens[0].tolist()))
         logits = torch.zeros(1, 1, self.cfg.vocab_size)
         if guess is not None:
             logits.fill_(-math.inf)[0, 0, guess] = 0.0
@@ -826,7 +826,7 @@ class NGramDraft:
         seen) are fed first. Drafting stops early where no n-gram matches (where a call would return
         uniform logits). The history then holds ``tokens`` and every guess but the last, as after the
         calls (the last guess is fed with the next step's tokens, if accepted)."""
-        history = self._feed(caches[0], list(tokens))
+        history = self._feed(caches[0], tokens)
         guesses: list[int] = []
         while len(guesses) < n:
             guess = self.guess(history)

@@ -148,8 +148,9 @@ def main() -> None:
                   f"({base_threads} thread(s)): {fastest[base_threads]['target'] / fastest[t][(name, gamma)]:.2f}x")
 
 
-def measure(target_model, target, draft, drafts, batch, n, gammas, repeats) -> None:
-    """Time the target alone, the draft alone, chapter 07's generate and every (draft, gamma); print the tables."""
+def measure(target_model, target, draft, drafts, batch, n, gammas, repeats) -> dict:
+    """Time the target alone, the draft alone, chapter 07's generate and every (draft, gamma); print the tables.
+    Returns the fastest run's time of each (``"target"``, ``(draft name, gamma)``, ...)."""
     greedy_decode(target, batch[0], 8)  # warm-up
     for d, decode in drafts.values():
         list(decode(target, d, batch[0], 8, gamma=2))
@@ -179,8 +180,8 @@ def measure(target_model, target, draft, drafts, batch, n, gammas, repeats) -> N
     verify = {gamma: pass_cost(target, batch[0], gamma + 1) / one for gamma in gammas}
     ngram = drafts["the n-gram table"][0]
     costs = {"the draft model": median["draft"] / base,
-             "the n-gram table": ngram_call_cost(ngram, batch[0]) / (base / tokens),
-             "the n-gram table, lookup_generate": ngram_propose_cost(ngram, batch[0]) / (base / tokens)}
+             "the n-gram table": ngram_cost(ngram, batch[0]) / (base / tokens),
+             "the n-gram table, lookup_generate": ngram_cost(ngram, batch[0], propose=6) / (base / tokens)}
     print("v = time of one target pass on gamma + 1 positions over a pass on one (the bound assumes 1)")
     for name in drafts:
         c = costs[name]
@@ -233,31 +234,21 @@ def distil_ngram(model, order: int, n_tokens: int, continuations: int = 0):
     return draft
 
 
-def ngram_propose_cost(draft, prompt: list[int], n: int = 6, repeats: int = 400) -> float:
-    """Median time of one ``propose`` of up to ``n`` tokens after ``prompt``, per token proposed (rolled back after each)."""
+def ngram_cost(draft, prompt: list[int], propose: int = 0, repeats: int = 400) -> float:
+    """Median time per drafted token of the n-gram draft after ``prompt`` (its history rolled back after each):
+    one call as a model on the last token (``propose=0``, what ``speculative_generate`` pays per drafted token),
+    or one ``draft.propose`` of up to ``propose`` tokens divided by the tokens proposed (``lookup_generate``)."""
     caches = draft.new_caches()
-    draft.propose(prompt[:-1], caches, 0)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        proposed = draft.propose(prompt[-1:], caches, n)
-        times.append((time.perf_counter() - start) / max(len(proposed), 1))
-        rollback(caches, len(prompt) - 1)
-    return statistics.median(times)
-
-
-def ngram_call_cost(draft, prompt: list[int], repeats: int = 400) -> float:
-    """Median time of one n-gram draft call on one token after ``prompt`` (the history rolled back after each)."""
-    caches = draft.new_caches()
-    draft(torch.tensor([prompt[:-1]]), caches)
+    draft.propose(prompt[:-1], caches, 0)  # the prompt but its last token, committed
     one = torch.tensor([prompt[-1:]])
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        draft(one, caches)
-        times.append(time.perf_counter() - start)
+        drafted = max(len(draft.propose(prompt[-1:], caches, propose)), 1) if propose else draft(one, caches).shape[1]
+        times.append((time.perf_counter() - start) / drafted)
         rollback(caches, len(prompt) - 1)
     return statistics.median(times)
+
 
 if __name__ == "__main__":
     main()
