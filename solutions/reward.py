@@ -300,16 +300,29 @@ def pair_examples(tokenizer, pairs: list[dict], max_len: int) -> list[tuple[tupl
 
 def reward_train(model: RewardModel, examples: list, steps: int = 60, batch_pairs: int = 8, max_lr: float = 1e-3,
                  warmup_steps: int = 6, weight_decay: float = 0.0, grad_clip: float = 1.0, seed: int = 0,
-                 progress: bool = True) -> dict[str, list[float]]:
-    """Train ``model`` on ``examples`` (from :func:`pair_examples`) with the Bradley-Terry loss.
+                 center_rewards_coefficient: float | None = None, progress: bool = True) -> dict[str, list[float]]:
+    r"""Train ``model`` on ``examples`` (from :func:`pair_examples`) with the Bradley-Terry loss.
 
     One epoch or less, as InstructGPT (a reward model overfits after one: Ouyang et al.,
     2022) and TRL's default: batches of ``batch_pairs`` pairs in a shuffled order (from
     ``seed``), chosen and rejected scored in one forward pass (:func:`collate_pairs`),
     chapter 06's AdamW, warm-up and cosine decay to a tenth of ``max_lr``, clipping. Returns
-    the per-step ``{"loss", "accuracy", "margin"}``.
+    the per-step ``{"loss", "accuracy", "margin"}`` (``loss`` is the Bradley-Terry loss alone).
+
+    ``center_rewards_coefficient`` :math:`c` (TRL's ``RewardConfig`` field of that name;
+    Eisenstein et al., 2023, suggest 0.01) adds :math:`c \cdot \overline{(r_c + r_r)^2}` to the
+    loss: each pair's mean reward is pulled towards 0. The Bradley-Terry loss sees only
+    :math:`r_c - r_r`, so without it a reward model is free to give every reply to one
+    question a large offset of its own; a policy optimised against such a reward sees mostly
+    which question it was asked, not how well it answered (chapter 11 measures this).
+    ``None`` or 0: off. ``ValueError`` if negative.
     """
     from tqdm.auto import tqdm
+
+    center = 0.0 if center_rewards_coefficient is None else center_rewards_coefficient
+    if not (isinstance(center, (int, float)) and not isinstance(center, bool) and math.isfinite(center) and center >= 0):
+        raise ValueError(f"center_rewards_coefficient={center_rewards_coefficient!r}: give None (off) or a finite "
+                         "number >= 0 (TRL and Eisenstein et al. use 0.01)")
 
     optimizer = AdamW(decay_groups(model, weight_decay), lr=max_lr, betas=(0.9, 0.95))
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -325,7 +338,8 @@ def reward_train(model: RewardModel, examples: list, steps: int = 60, batch_pair
             group["lr"] = lr_at(step, max_lr, warmup_steps, steps, max_lr / 10)
         rewards = model(input_ids, prompt_lengths)  # (2 n,)
         loss, accuracy, margin = preference_loss(rewards[: len(batch)], rewards[len(batch):])
-        loss.backward()
+        total = loss + center * (rewards[: len(batch)] + rewards[len(batch):]).pow(2).mean() if center else loss
+        total.backward()
         clip_gradients(model, grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -226,6 +226,37 @@ def test_a_short_training_run_is_deterministic_and_separates_the_pairs(tokenizer
     assert torch.allclose(single, chosen2[:1], atol=TOL)
 
 
+def test_centring_pulls_each_pairs_mean_reward_towards_zero(tokenizer, pairs):
+    """TRL's center_rewards_coefficient: None and 0 train exactly as without it; 1.0 leaves the
+    pairs' mean rewards (r_c + r_r) / 2 nearer 0 than the same run without it; the
+    Bradley-Terry loss it returns is the loss alone."""
+    config = dict(TINY, vocab_size=tokenizer.n_vocab, max_seq_len=512)
+    examples = pair_examples(tokenizer, pairs[:40], 512)
+    offsets, histories = {}, {}
+    for coefficient in (None, 0.0, 1.0):
+        torch.manual_seed(0)
+        model = RewardModel(config, tokenizer.encode_single_token(PAD))
+        init_score(model, 0)
+        histories[coefficient] = reward_train(model, examples, steps=30, batch_pairs=8, max_lr=3e-3,
+                                              center_rewards_coefficient=coefficient, progress=False)
+        chosen, rejected = score_pairs(model, examples)
+        offsets[coefficient] = ((chosen + rejected) / 2).pow(2).mean().item()
+    assert histories[None] == histories[0.0] and offsets[None] == offsets[0.0]
+    assert offsets[1.0] < offsets[None] / 4, offsets
+    assert histories[1.0]["loss"] != histories[None]["loss"]
+
+
+@pytest.mark.parametrize("coefficient", [-0.01, float("nan"), float("inf"), True, "0.01"])
+def test_a_bad_centring_coefficient_is_refused_before_training(tokenizer, pairs, coefficient):
+    config = dict(TINY, vocab_size=tokenizer.n_vocab, max_seq_len=512)
+    model = RewardModel(config, tokenizer.encode_single_token(PAD))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="center_rewards_coefficient"):
+        reward_train(model, pair_examples(tokenizer, pairs[:8], 512), steps=2, batch_pairs=4,
+                     center_rewards_coefficient=coefficient, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
 def test_reward_model_from_data_loads_the_backbone_and_seeds_the_head():
     model = Transformer(LlamaConfig(**TINY))
     a = reward_model_from_data(TINY, model.state_dict(), PAD_ID, seed=4)
