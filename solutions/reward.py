@@ -315,7 +315,7 @@ def reward_train(model: RewardModel, examples: list, steps: int = 60, batch_pair
     :math:`r_c - r_r`, so without it a reward model is free to give every reply to one
     question a large offset of its own; a policy optimised against such a reward sees mostly
     which question it was asked, not how well it answered (chapter 11 measures this).
-    ``None`` or 0: off. ``ValueError`` if negative.
+    ``None`` or 0: off. ``ValueError`` unless it is ``None`` or a finite number >= 0.
     """
     from tqdm.auto import tqdm
 
